@@ -1,0 +1,3 @@
+"""
+dmq: Kamailio-compatible DMQ (distributed message queue) nodes for Twisted.
+"""

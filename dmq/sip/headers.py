@@ -1,0 +1,247 @@
+"""
+Structured SIP header values: ``Via`` and name-addr headers (``From``, ``To``,
+``Contact``, ...), parsed and formatted per RFC 3261 section 25.
+
+Pure code: no Twisted, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Optional, Union
+
+from dmq.sip.uri import SIPURI, SIPParseError, _check_host, _check_port, match_sip_uri
+
+__all__ = [
+    "Via", "NameAddr", "parse_vias", "parse_params", "format_params", "parse_uri", "check_uri",
+]
+
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_QUOTED = r'"(?:[^"\\\r\n]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
+# gen-value; an unbracketed IPv6 address is admitted too (RFC 5118 4.5).
+_GEN_VALUE = rf"(?:{_QUOTED}|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*|{_TOKEN})"
+_PARAMS = rf"(?:[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*{_GEN_VALUE})?)*"
+
+_PARAMS_RE = re.compile(_PARAMS)
+_PARAM_RE = re.compile(rf"[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_GEN_VALUE}))?")
+_TOKEN_RE = re.compile(_TOKEN)
+
+_VIA_RE = re.compile(
+    rf"({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?"
+    rf"({_PARAMS})[ \t]*(,[ \t]*)?"
+)
+
+_ABSOLUTE_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"]+")
+_QUOTED_DISPLAY_RE = re.compile(rf"[ \t]*({_QUOTED})[ \t]*<([^<>]*)>({_PARAMS})[ \t]*")
+_TOKENS_DISPLAY_RE = re.compile(rf"[ \t]*((?:{_TOKEN}[ \t]*)*)<([^<>]*)>({_PARAMS})[ \t]*")
+_ADDR_SPEC_RE = re.compile(rf"[ \t]*([^\s;<>\",?]+)({_PARAMS})[ \t]*")
+
+
+def parse_params(text: str) -> dict[str, Optional[str]]:
+    """
+    Parse ``;name=value;flag`` header parameters (already validated).
+
+    Names are lowercased; values are kept as written (quoted strings keep
+    their quotes); a parameter without ``=`` maps to ``None``.
+    """
+    if not text:
+        return {}
+    return {m.group(1).lower(): m.group(2) for m in _PARAM_RE.finditer(text)}
+
+
+def format_params(params: Mapping[str, Optional[str]]) -> str:
+    """Format header parameters as ``;name=value`` pairs."""
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+def parse_uri(text: str) -> Union[SIPURI, str]:
+    """
+    Parse a URI: a :class:`SIPURI` for ``sip:``/``sips:``, else the checked
+    ``absoluteURI`` text (``tel:``, ``mailto:``, ...).
+
+    :raises SIPParseError: when it is neither.
+    """
+    m = check_uri(text)
+    return text if m is None else SIPURI._from_match(m)
+
+
+def check_uri(text: str) -> "Optional[re.Match[str]]":
+    """
+    Check the syntax of a URI without building it.
+
+    :returns: the match of a SIP/SIPS URI (for :meth:`SIPURI._from_match`), or
+        ``None`` for another well-formed absolute URI.
+    :raises SIPParseError: when ``text`` is not a URI.
+    """
+    scheme = text[:5].lower()
+    if scheme.startswith("sip:") or scheme == "sips:":
+        return match_sip_uri(text)
+    if _ABSOLUTE_URI_RE.fullmatch(text) is None:
+        raise SIPParseError(f"malformed URI: {text!r}")
+    return None
+
+
+class Via:
+    """
+    One ``Via`` header value (RFC 3261 section 20.42).
+
+    :ivar protocol: protocol name and version, normally ``"SIP/2.0"``.
+    :ivar transport: the transport, uppercased (``"UDP"``, ``"TCP"``, ``"TLS"``).
+    :ivar host: the sent-by host.
+    :ivar port: the sent-by port or ``None``.
+    :ivar params: parameters, names lowercased.
+    """
+
+    __slots__ = ("protocol", "transport", "host", "port", "params")
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: Optional[int] = None,
+        params: Optional[Mapping[str, Optional[str]]] = None,
+        protocol: str = "SIP/2.0",
+    ) -> None:
+        self.protocol = protocol
+        self.transport = transport.upper()
+        self.host = host
+        self.port = port
+        self.params: dict[str, Optional[str]] = dict(params) if params else {}
+
+    @property
+    def branch(self) -> Optional[str]:
+        """The ``branch`` parameter, or ``None``."""
+        return self.params.get("branch")
+
+    @property
+    def sent_by(self) -> str:
+        """``host`` or ``host:port``."""
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.protocol}/{self.transport} {self.sent_by}{format_params(self.params)}"
+
+    def __repr__(self) -> str:
+        return f"Via({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Via):
+            return NotImplemented
+        return str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+def parse_vias(value: str) -> list[Via]:
+    """
+    Parse one ``Via`` header value, which may hold several comma-separated
+    via-parms.
+
+    :raises SIPParseError: when the value is malformed.
+    """
+    vias: list[Via] = []
+    pos, end = 0, len(value)
+    match = _VIA_RE.match
+    while True:
+        while pos < end and value[pos] in " \t":
+            pos += 1
+        m = match(value, pos)
+        if m is None:
+            raise SIPParseError(f"malformed Via header: {value!r}")
+        name, version, transport, host, port, params, comma = m.groups()
+        vias.append(
+            Via(
+                transport,
+                _check_host(host, "Via"),
+                _check_port(port, "Via"),
+                parse_params(params),
+                protocol=f"{name}/{version}",
+            )
+        )
+        pos = m.end()
+        if comma is None:
+            if pos != end:
+                raise SIPParseError(f"malformed Via header: {value!r}")
+            return vias
+        if pos == end:
+            raise SIPParseError(f"trailing comma in Via header: {value!r}")
+
+
+class NameAddr:
+    """
+    A ``name-addr`` or ``addr-spec`` with header parameters, as in
+    ``From``, ``To`` and ``Contact``.
+
+    :ivar display_name: the display name as written (quoted strings keep
+        their quotes), or ``None``.
+    :ivar uri: a :class:`SIPURI`, or the text of another absolute URI.
+    :ivar params: header parameters (``tag``, ``expires``, ...), names lowercased.
+    """
+
+    __slots__ = ("display_name", "uri", "params")
+
+    def __init__(
+        self,
+        uri: Union[SIPURI, str],
+        params: Optional[Mapping[str, Optional[str]]] = None,
+        display_name: Optional[str] = None,
+    ) -> None:
+        self.display_name = display_name
+        self.uri = uri
+        self.params: dict[str, Optional[str]] = dict(params) if params else {}
+
+    @property
+    def tag(self) -> Optional[str]:
+        """The ``tag`` parameter, or ``None``."""
+        return self.params.get("tag")
+
+    @classmethod
+    def parse(cls, value: str, header: str = "header") -> "NameAddr":
+        """
+        Parse a name-addr or addr-spec followed by parameters.
+
+        :raises SIPParseError: naming ``header`` when it is malformed.
+        """
+        display: Optional[str]
+        if value.lstrip(" \t").startswith('"'):
+            m = _QUOTED_DISPLAY_RE.fullmatch(value)
+            if m is None:
+                raise SIPParseError(f"malformed {header} header: {value!r}")
+            display, uri_text, params = m.groups()
+        elif "<" in value:
+            m = _TOKENS_DISPLAY_RE.fullmatch(value)
+            if m is None:
+                raise SIPParseError(f"malformed {header} header: {value!r}")
+            display, uri_text, params = m.groups()
+            display = display.rstrip(" \t") or None
+        else:
+            m = _ADDR_SPEC_RE.fullmatch(value)
+            if m is None:
+                raise SIPParseError(f"malformed {header} header: {value!r}")
+            display = None
+            uri_text, params = m.groups()
+        try:
+            uri = parse_uri(uri_text)
+        except SIPParseError as e:
+            raise SIPParseError(f"bad URI in {header} header: {e}") from None
+        return cls(uri, parse_params(params), display)
+
+    def __str__(self) -> str:
+        prefix = f"{self.display_name} " if self.display_name else ""
+        return f"{prefix}<{self.uri}>{format_params(self.params)}"
+
+    def __repr__(self) -> str:
+        return f"NameAddr({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NameAddr):
+            return NotImplemented
+        return (self.display_name, self.uri, self.params) == (
+            other.display_name,
+            other.uri,
+            other.params,
+        )
+
+    __hash__ = None  # type: ignore[assignment]

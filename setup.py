@@ -1,0 +1,38 @@
+"""Packaging for txdmq, the ``dmq`` package and its ``twistd dmq`` plugin."""
+
+from setuptools import setup
+
+setup(
+    name="txdmq",
+    version="0.1.0",
+    description="Kamailio-compatible DMQ (distributed message queue) nodes for Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=["dmq", "dmq.sip", "dmq.peers", "twisted.plugins"],
+    package_data={"twisted.plugins": ["dmq_plugin.py"]},
+    install_requires=[
+        "twisted>=23.10",
+        "service_identity>=23.1",
+        "pyOpenSSL>=23.2",
+        "dnspython>=2.4",
+        "prometheus_client>=0.17",
+    ],
+    extras_require={
+        "conch": ["twisted[conch]>=23.10"],
+        "dev": [
+            "pytest>=7.4",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.80",
+            "mypy>=1.5",
+            "twisted[conch]>=23.10",
+        ],
+    },
+    entry_points={"console_scripts": ["dmqctl = dmq.ctl:main"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Communications :: Telephony",
+    ],
+)
