@@ -1,0 +1,45 @@
+"""
+Exceptions raised across dmq.
+
+Every failure a caller of :meth:`dmq.DMQService.send_message` can see carries a
+SIP status ``code``, so a failed Deferred and a final response can be handled
+alike (a timeout is a 408, as Kamailio's ``tm`` reports it).
+"""
+
+from __future__ import annotations
+
+from dmq.sip.uri import SIPParseError
+
+__all__ = [
+    "DMQError",
+    "SIPParseError",
+    "TransactionTimeout",
+    "TransportError",
+    "ConfigurationError",
+]
+
+
+class DMQError(Exception):
+    """
+    Base class of dmq's own errors.
+
+    :ivar code: the SIP status code this failure stands for.
+    """
+
+    code = 500
+
+
+class TransactionTimeout(DMQError):
+    """A client transaction got no final response before Timer F (408)."""
+
+    code = 408
+
+
+class TransportError(DMQError):
+    """A request could not be sent: connection refused or lost, no route (503)."""
+
+    code = 503
+
+
+class ConfigurationError(DMQError, ValueError):
+    """A setting is invalid; the message names the setting and the reason."""

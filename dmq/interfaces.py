@@ -1,0 +1,68 @@
+"""
+The zope interfaces of dmq, in one place.
+
+Implementations declare them with ``@implementer``; the tests check every
+implementation and every fake in :mod:`dmq.testing` with ``verifyObject``.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = ["ISIPTransport", "IMessageHandler", "IPeer", "IMessageSender"]
+
+
+class ISIPTransport(Interface):
+    """What the transaction layer needs from the transports."""
+
+    controller = Attribute("The object whose message_received(message, source) gets every parsed message.")
+
+    def supports(transport_name: str) -> bool:
+        """Whether this node can send over ``udp``, ``tcp`` or ``tls``."""
+
+    def send(data: bytes, address: object, connection: object = None) -> object:
+        """
+        Send bytes to an :class:`~dmq.sip.address.Address` (over ``connection``
+        when it is given and open).  Returns a Deferred that fails with
+        :class:`~dmq.errors.TransportError` when the bytes cannot be sent.
+        """
+
+
+class IMessageHandler(Interface):
+    """The controller transports hand parsed messages to."""
+
+    def message_received(message: object, source: object) -> None:
+        """Handle one parsed message from a :class:`~dmq.sip.transaction.Source`."""
+
+
+class IPeer(Interface):
+    """
+    A DMQ peer: the handler of one channel (Kamailio's ``dmq`` peer), and an
+    ``IService`` child of the :class:`~dmq.service.DMQService`.
+    """
+
+    channel = Attribute("The channel name (the Request-URI user part of its KDMQ messages).")
+    service = Attribute("The DMQService the peer is registered with (set on registration).")
+
+    def handle_message(message: object) -> object:
+        """
+        Handle an inbound :class:`~dmq.peer.DMQMessage`; return a
+        :class:`~dmq.peer.PeerResponse` (or a Deferred of one), or None for
+        a 200 with no body.  An exception answers 500.
+        """
+
+    def init(service: object) -> object:
+        """
+        Run once, after the node received its first node list (sync on
+        join); may return a Deferred.
+        """
+
+
+class IMessageSender(Interface):
+    """Sending on the bus: what a peer uses to reach other nodes."""
+
+    def send_message(peer: object, body: bytes, node: object, content_type: str = "text/plain") -> object:
+        """Send to one node; a Deferred firing with the final response (408 on timeout)."""
+
+    def bcast_message(peer: object, body: bytes, content_type: str = "text/plain", except_node: object = None) -> object:
+        """Send to every active node but this one; a Deferred firing with every node's result."""

@@ -1,0 +1,511 @@
+"""
+Non-INVITE SIP transactions (RFC 3261 sections 17.1.2 and 17.2.2).
+
+The :class:`TransactionLayer` sits between the transports, which hand it every
+parsed message, and the transaction user (the DMQ service), which it hands new
+requests and from which it takes requests to send.  It retransmits over UDP,
+absorbs retransmitted requests, and turns silence into a timeout, reading time
+only from the ``IReactorTime`` it is given.
+
+Client transaction timers: E (retransmit, T1 doubling up to T2, then T2 once a
+provisional response arrived), F (give up after 64*T1: the request's Deferred
+fails with :class:`~dmq.errors.TransactionTimeout`, code 408) and K (absorb
+retransmitted responses for T4).  Over TCP and TLS nothing is retransmitted
+and K is zero.  Server transaction timer: J (answer retransmissions with the
+stored final response for 64*T1 over UDP; zero over streams).
+
+RFC 4320 is kept in mind: a non-INVITE server transaction never sends a 408,
+and the client reports its own timeout rather than waiting for one.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from dmq.errors import TransactionTimeout, TransportError
+from dmq.interfaces import IMessageHandler
+from dmq.sip.address import Address
+from dmq.sip.message import REASONS, Request, Response, make_response
+from dmq.sip.uri import SIPParseError
+
+__all__ = [
+    "TransactionLayer",
+    "ClientTransaction",
+    "ServerTransaction",
+    "Source",
+    "TransactionStats",
+    "State",
+    "LARGE_REQUEST",
+]
+
+log = Logger()
+
+MAGIC_COOKIE = "z9hG4bK"
+LARGE_REQUEST = 1300
+"""Requests above this size go over TCP where the target has it (RFC 3261 18.1.1)."""
+
+RequestHandler = Callable[[Request, "Source"], Union[Response, "Deferred[Response]"]]
+
+
+class State(enum.Enum):
+    """Transaction states (RFC 3261 figures 6 and 8)."""
+
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    COMPLETED = "completed"
+    TERMINATED = "terminated"
+
+
+@dataclass(frozen=True)
+class Source:
+    """
+    Where a message came from: the remote address and, for a stream, the
+    connection it arrived on (responses go back over it while it is open).
+    """
+
+    address: Address
+    connection: Any = None
+
+
+@dataclass
+class TransactionStats:
+    """Counters the metrics layer reads."""
+
+    requests_sent: int = 0
+    retransmissions: int = 0
+    timeouts: int = 0
+    transport_errors: int = 0
+    responses_received: int = 0
+    stray_responses: int = 0
+    requests_received: int = 0
+    retransmitted_requests: int = 0
+    responses_sent: int = 0
+    handler_errors: int = 0
+    sent_over_tcp_for_size: int = 0
+    by_code: dict[int, int] = field(default_factory=dict)
+
+
+class ClientTransaction:
+    """
+    A non-INVITE client transaction: one request to one address.
+
+    :ivar deferred: fires with the final :class:`Response`, or fails with
+        :class:`TransactionTimeout` or :class:`TransportError`.
+    """
+
+    def __init__(
+        self,
+        layer: "TransactionLayer",
+        key: tuple[str, str],
+        request: Request,
+        data: bytes,
+        address: Address,
+        fallback: Optional[tuple[bytes, Address]] = None,
+    ) -> None:
+        self.layer = layer
+        self.key = key
+        self.request = request
+        self.data = data
+        self.address = address
+        self.state = State.TRYING
+        self.deferred: Deferred[Response] = Deferred()
+        self._fallback = fallback
+        self._interval = layer.t1
+        self._timer_e: Optional[IDelayedCall] = None
+        self._timer_f: Optional[IDelayedCall] = None
+        self._timer_k: Optional[IDelayedCall] = None
+
+    def start(self) -> None:
+        """Send the request and start timers E (over UDP) and F."""
+        clock = self.layer.clock
+        if not self.address.reliable:
+            self._timer_e = clock.callLater(self._interval, self._on_timer_e)
+        self._timer_f = clock.callLater(64 * self.layer.t1, self._on_timer_f)
+        self._send()  # last: a send may fail at once and end the transaction
+
+    def _send(self) -> None:
+        d = self.layer.transport.send(self.data, self.address)
+        if d is not None:
+            d.addErrback(self._on_transport_error)
+
+    def _on_timer_e(self) -> None:
+        self._timer_e = None
+        if self.state not in (State.TRYING, State.PROCEEDING):
+            return
+        self.layer.stats.retransmissions += 1
+        self._send()
+        if self.state is State.TRYING:
+            self._interval = min(2 * self._interval, self.layer.t2)
+        else:
+            self._interval = self.layer.t2
+        if self.state in (State.TRYING, State.PROCEEDING):
+            self._timer_e = self.layer.clock.callLater(self._interval, self._on_timer_e)
+
+    def _on_timer_f(self) -> None:
+        self._timer_f = None
+        if self.state in (State.TRYING, State.PROCEEDING):
+            self.layer.stats.timeouts += 1
+            self._terminate()
+            self.deferred.errback(
+                TransactionTimeout(f"no final response from {self.address} in {64 * self.layer.t1:g} s")
+            )
+
+    def _on_transport_error(self, failure: Failure) -> None:
+        if self.state not in (State.TRYING, State.PROCEEDING):
+            return
+        if self._fallback is not None:
+            # A large request could not go over TCP: send it over UDP after all.
+            data, address = self._fallback
+            self._fallback = None
+            log.debug(
+                "TCP to {address} failed ({reason}); sending over UDP",
+                address=self.address,
+                reason=failure.getErrorMessage(),
+            )
+            self.layer._rekey(self, data, address)
+            self._cancel_timers()
+            self.start()
+            return
+        self.layer.stats.transport_errors += 1
+        self._terminate()
+        error = failure.value if isinstance(failure.value, TransportError) else TransportError(
+            f"cannot send to {self.address}: {failure.getErrorMessage()}"
+        )
+        self.deferred.errback(error)
+
+    def response_received(self, response: Response) -> None:
+        """Handle a response matched to this transaction."""
+        if self.state in (State.COMPLETED, State.TERMINATED):
+            return  # a retransmitted final response, absorbed
+        if response.code < 200:
+            self.state = State.PROCEEDING
+            return
+        self.state = State.COMPLETED
+        self._cancel_timers()
+        if self.address.reliable:
+            self._terminate()
+        else:
+            self._timer_k = self.layer.clock.callLater(self.layer.t4, self._terminate)
+        self.deferred.callback(response)
+
+    def _cancel_timers(self) -> None:
+        for name in ("_timer_e", "_timer_f"):
+            timer = getattr(self, name)
+            if timer is not None and timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+
+    def _terminate(self) -> None:
+        self._cancel_timers()
+        if self._timer_k is not None and self._timer_k.active():
+            self._timer_k.cancel()
+        self._timer_k = None
+        self.state = State.TERMINATED
+        self.layer._client_done(self)
+
+
+class ServerTransaction:
+    """
+    A non-INVITE server transaction: absorbs retransmissions of its request
+    and answers them with the stored final response once there is one.
+    """
+
+    def __init__(self, layer: "TransactionLayer", key: tuple[object, ...], request: Request, source: Source) -> None:
+        self.layer = layer
+        self.key = key
+        self.request = request
+        self.source = source
+        self.state = State.TRYING
+        self.response: Optional[Response] = None
+        self._last: Optional[bytes] = None
+        self._timer_j: Optional[IDelayedCall] = None
+
+    def retransmission(self) -> None:
+        """The request arrived again: resend the last response, if any."""
+        self.layer.stats.retransmitted_requests += 1
+        if self._last is not None and self.state in (State.PROCEEDING, State.COMPLETED):
+            self._send(self._last)
+
+    def respond(self, response: Response) -> None:
+        """Send ``response``; a final one completes the transaction."""
+        if self.state in (State.COMPLETED, State.TERMINATED):
+            log.debug("late response {code} ignored", code=response.code)
+            return
+        data = response.to_bytes()
+        self._last = data
+        stats = self.layer.stats
+        stats.responses_sent += 1
+        stats.by_code[response.code] = stats.by_code.get(response.code, 0) + 1
+        self._send(data)
+        if response.code < 200:
+            self.state = State.PROCEEDING
+            return
+        self.response = response
+        self.state = State.COMPLETED
+        if self.source.address.reliable:
+            self._terminate()
+        else:
+            self._timer_j = self.layer.clock.callLater(64 * self.layer.t1, self._terminate)
+
+    def _send(self, data: bytes) -> None:
+        d = self.layer.transport.send(data, self.layer.response_address(self.request, self.source), self.source.connection)
+        if d is not None:
+            d.addErrback(
+                lambda f: log.info(
+                    "cannot send response to {address}: {reason}",
+                    address=self.source.address,
+                    reason=f.getErrorMessage(),
+                )
+            )
+
+    def _terminate(self) -> None:
+        if self._timer_j is not None and self._timer_j.active():
+            self._timer_j.cancel()
+        self._timer_j = None
+        self.state = State.TERMINATED
+        self.layer._server_done(self)
+
+
+@implementer(IMessageHandler)
+class TransactionLayer:
+    """
+    The controller the transports call, and the place the transaction user
+    sends requests through.
+
+    :param transport: an object with ``send(data, address, connection=None)``
+        returning a Deferred (or None) that fails with :class:`TransportError`
+        when the data cannot be sent, and ``supports(transport_name) -> bool``.
+    :param request_handler: called with each new request and its
+        :class:`Source`; returns a :class:`Response` or a Deferred firing with
+        one.  An exception or failure becomes a 500.
+    :param reactor: the ``IReactorTime`` all timers use.
+    :param t1: RFC 3261 T1, the round-trip estimate (seconds).
+    :param t2: the cap on the retransmission interval.
+    :param t4: how long the network may hold a message.
+    """
+
+    def __init__(
+        self,
+        transport: Any,
+        request_handler: Optional[RequestHandler] = None,
+        reactor: Optional[IReactorTime] = None,
+        t1: float = 0.5,
+        t2: float = 4.0,
+        t4: float = 5.0,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor  # type: ignore[assignment]
+        if not (0 < t1 <= t2) or t4 <= 0:
+            raise ValueError(f"timers need 0 < T1 <= T2 and T4 > 0 (got {t1}, {t2}, {t4})")
+        self.clock: IReactorTime = reactor  # type: ignore[assignment]
+        self.transport = transport
+        self.request_handler = request_handler
+        self.t1 = t1
+        self.t2 = t2
+        self.t4 = t4
+        self.stats = TransactionStats()
+        self.clients: dict[tuple[str, str], ClientTransaction] = {}
+        self.servers: dict[tuple[object, ...], ServerTransaction] = {}
+
+    # -- outbound ----------------------------------------------------------
+
+    def request(self, request: Request, address: Address) -> "Deferred[Response]":
+        """
+        Send ``request`` to ``address`` in a new client transaction.
+
+        A request above 1300 bytes for a UDP address goes over TCP when this
+        node has TCP (falling back to UDP if the connection fails).
+
+        :returns: a Deferred firing with the final response, or failing with
+            :class:`TransactionTimeout` (408) or :class:`TransportError`.
+        """
+        key = self._client_key(request)
+        if key in self.clients:
+            raise ValueError(f"a transaction with branch {key[0]!r} is already running")
+        data = request.to_bytes()
+        fallback = None
+        if (
+            address.transport == "udp"
+            and len(data) > LARGE_REQUEST
+            and self.transport.supports("tcp")
+        ):
+            fallback = (data, address)
+            data = _via_over(request, "TCP").to_bytes()
+            address = Address("tcp", address.host, address.port)
+            self.stats.sent_over_tcp_for_size += 1
+        transaction = ClientTransaction(self, key, request, data, address, fallback)
+        self.clients[key] = transaction
+        self.stats.requests_sent += 1
+        transaction.start()
+        return transaction.deferred
+
+    def _client_key(self, request: Request) -> tuple[str, str]:
+        branch = request.branch
+        if not branch:
+            raise ValueError("a request to send needs a branch in its top Via")
+        return (branch, request.cseq[1])
+
+    def _rekey(self, transaction: ClientTransaction, data: bytes, address: Address) -> None:
+        transaction.data = data
+        transaction.address = address
+        transaction.state = State.TRYING
+        transaction._interval = self.t1
+
+    def _client_done(self, transaction: ClientTransaction) -> None:
+        if self.clients.get(transaction.key) is transaction:
+            del self.clients[transaction.key]
+
+    # -- inbound -----------------------------------------------------------
+
+    def message_received(self, message: Union[Request, Response], source: Source) -> None:
+        """
+        Handle one parsed message from a transport.
+
+        :raises SIPParseError: when a header needed here is malformed (the
+            transport answers 400 or drops the message).
+        """
+        if isinstance(message, Response):
+            self._response_received(message, source)
+        else:
+            self._request_received(message, source)
+
+    def _response_received(self, response: Response, source: Source) -> None:
+        self.stats.responses_received += 1
+        vias = response.vias
+        branch = vias[0].branch if vias else None
+        transaction = self.clients.get((branch or "", response.cseq[1]))
+        if transaction is None:
+            self.stats.stray_responses += 1
+            log.debug(
+                "stray response {code} from {source} (branch {branch})",
+                code=response.code,
+                source=source.address,
+                branch=branch,
+            )
+            return
+        transaction.response_received(response)
+
+    def _server_key(self, request: Request) -> tuple[object, ...]:
+        top = request.vias[0]
+        branch = top.branch
+        method = "INVITE" if request.method == "ACK" else request.method
+        if branch and branch.startswith(MAGIC_COOKIE):
+            return (branch, top.sent_by.lower(), method)
+        # RFC 2543 peers: match on the request's identifying fields (17.2.3).
+        return (
+            str(request.uri),
+            request.to.tag,
+            request.from_.tag,
+            request.call_id,
+            request.cseq[0],
+            str(top),
+            method,
+        )
+
+    def _request_received(self, request: Request, source: Source) -> None:
+        if request.method == "ACK":
+            return  # no non-INVITE transaction takes an ACK; nothing answers one
+        key = self._server_key(request)
+        transaction = self.servers.get(key)
+        if transaction is not None:
+            transaction.retransmission()
+            return
+        self.stats.requests_received += 1
+        transaction = ServerTransaction(self, key, request, source)
+        self.servers[key] = transaction
+        if self.request_handler is None:
+            transaction.respond(make_response(request, 501))
+            return
+        d = maybeDeferred(self.request_handler, request, source)
+        d.addCallbacks(
+            transaction.respond,
+            self._handler_failed,
+            errbackArgs=(transaction,),
+        )
+
+    def _handler_failed(self, failure: Failure, transaction: ServerTransaction) -> None:
+        self.stats.handler_errors += 1
+        if failure.check(SIPParseError):
+            error = failure.value
+            log.info(
+                "bad request from {source}: {reason}",
+                source=transaction.source.address,
+                reason=str(error),
+            )
+            transaction.respond(make_response(transaction.request, error.code, _reason_from(error)))  # type: ignore[union-attr]
+            return
+        log.failure(
+            "handler failed on {method} from {source}",
+            failure,
+            method=transaction.request.method,
+            source=transaction.source.address,
+        )
+        transaction.respond(make_response(transaction.request, 500))
+
+    def respond_stateless(self, request: Request, source: Source, response: Response) -> None:
+        """Send a response outside any transaction (e.g. to a malformed request)."""
+        self.stats.responses_sent += 1
+        d = self.transport.send(response.to_bytes(), self.response_address(request, source), source.connection)
+        if d is not None:
+            d.addErrback(lambda f: None)
+
+    def response_address(self, request: Request, source: Source) -> Address:
+        """
+        Where responses to ``request`` go: back to the source address over
+        UDP (symmetric, as with ``rport``); over a stream, back over the
+        connection, or else to the top Via's sent-by host and port.
+        """
+        address = source.address
+        if not address.reliable:
+            return address
+        top = request.vias[0]
+        host = top.params.get("received") or address.host
+        port = top.port or 5060
+        return Address(address.transport, host.strip("[]"), port)
+
+    def _server_done(self, transaction: ServerTransaction) -> None:
+        if self.servers.get(transaction.key) is transaction:
+            del self.servers[transaction.key]
+
+    def stop(self) -> None:
+        """Cancel every timer; pending requests fail with a transport error."""
+        for transaction in list(self.clients.values()):
+            if transaction.state in (State.TRYING, State.PROCEEDING):
+                transaction._terminate()
+                transaction.deferred.errback(TransportError("transaction layer stopped"))
+            else:
+                transaction._terminate()
+        for server in list(self.servers.values()):
+            server._terminate()
+
+
+def _reason_from(error: SIPParseError) -> str:
+    """A reason phrase carrying the parse error (one line, bounded)."""
+    text = " ".join(str(error).split())
+    text = "".join(ch for ch in text if 32 <= ord(ch) < 127)
+    if error.code == 400:
+        return f"Bad Request ({text[:120]})"
+    return REASONS.get(error.code, "Bad Request")
+
+
+def _via_over(request: Request, transport: str) -> Request:
+    """A copy of ``request`` whose top Via names ``transport``."""
+    copy = Request(request.method, request.uri, None, request.body)
+    first = True
+    for name, value in request.headers:
+        if first and name.lower() in ("via", "v"):
+            protocol, _, rest = value.partition(" ")
+            value = f"{protocol.rpartition('/')[0]}/{transport} {rest}"
+            first = False
+        copy.headers.add(name, value)
+    return copy

@@ -1,0 +1,145 @@
+"""
+Fakes for testing code built on dmq without a network or a running reactor.
+
+- :class:`FakeSIPTransport`: stands in for :class:`dmq.sip.transport.SIPTransport`
+  under a :class:`~dmq.sip.transaction.TransactionLayer`; records what is sent
+  and lets a test deliver messages or fail sends.
+- :class:`FakeNetwork`: joins several fake transports by address so that
+  whole nodes can talk to each other on a :class:`twisted.internet.task.Clock`,
+  with loss and partitions under the test's control.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from dmq.errors import TransportError
+from dmq.interfaces import ISIPTransport
+from dmq.sip.address import Address
+from dmq.sip.message import Request, Response, parse_message
+from dmq.sip.transaction import Source
+from dmq.sip.uri import SIPParseError
+
+__all__ = ["Sent", "FakeSIPTransport", "FakeNetwork"]
+
+
+@dataclass
+class Sent:
+    """One message a fake transport was asked to send."""
+
+    data: bytes
+    address: Address
+    connection: Any = None
+    time: float = 0.0
+
+    @property
+    def message(self) -> Union[Request, Response]:
+        """The sent bytes, parsed."""
+        return parse_message(self.data)
+
+
+@implementer(ISIPTransport)
+class FakeSIPTransport:
+    """
+    A transport that keeps what it is asked to send.
+
+    :param clock: where :attr:`Sent.time` is read from (optional).
+    :param transports: the transport names :meth:`supports` admits.
+    :ivar sent: every :class:`Sent`, oldest first.
+    :ivar fail: when set, a callable ``(address) -> bool``; sends for which it
+        returns true fail with :class:`TransportError`.
+    """
+
+    def __init__(
+        self,
+        clock: Any = None,
+        transports: tuple[str, ...] = ("udp",),
+        controller: Any = None,
+        address: Optional[Address] = None,
+    ) -> None:
+        self.clock = clock
+        self.transports = transports
+        self.controller = controller
+        self.address = address
+        self.sent: list[Sent] = []
+        self.fail: Optional[Callable[[Address], bool]] = None
+        self.network: Optional["FakeNetwork"] = None
+
+    def supports(self, transport_name: str) -> bool:
+        """Whether ``transport_name`` is one of :attr:`transports`."""
+        return transport_name in self.transports
+
+    def send(self, data: bytes, address: Address, connection: Any = None) -> "Deferred[None]":
+        """Record the send; fail it if :attr:`fail` says so; deliver on a network."""
+        now = self.clock.seconds() if self.clock is not None else 0.0
+        self.sent.append(Sent(data, address, connection, now))
+        if self.fail is not None and self.fail(address):
+            return defer.fail(TransportError(f"cannot send to {address} (fake failure)"))
+        if self.network is not None:
+            self.network.deliver(self, data, address)
+        return defer.succeed(None)
+
+    def receive(self, data: Union[bytes, Request, Response], source: Union[Source, Address]) -> None:
+        """Deliver a message to the controller as if it came from ``source``."""
+        if isinstance(source, Address):
+            source = Source(source)
+        message = parse_message(data) if isinstance(data, bytes) else data
+        self.controller.message_received(message, source)
+
+    def messages(self) -> list[Union[Request, Response]]:
+        """Every sent message, parsed."""
+        return [s.message for s in self.sent]
+
+    def clear(self) -> None:
+        """Forget what was sent."""
+        del self.sent[:]
+
+
+@dataclass
+class FakeNetwork:
+    """
+    Connects fake transports by address, synchronously.
+
+    :ivar drop: a callable ``(source, target, data) -> bool``; true drops the
+        message (loss, partitions).
+    """
+
+    transports: dict[tuple[str, int], FakeSIPTransport] = field(default_factory=dict)
+    drop: Optional[Callable[[Address, Address, bytes], bool]] = None
+    delivered: int = 0
+    dropped: int = 0
+
+    def attach(self, transport: FakeSIPTransport, address: Address) -> None:
+        """Make ``transport`` reachable at ``address`` (host and port)."""
+        transport.address = address
+        transport.network = self
+        self.transports[(address.host, address.port)] = transport
+
+    def detach(self, address: Address) -> None:
+        """Make the node at ``address`` unreachable (as if it died)."""
+        transport = self.transports.pop((address.host, address.port), None)
+        if transport is not None:
+            transport.network = None
+
+    def deliver(self, sender: FakeSIPTransport, data: bytes, target: Address) -> None:
+        """Hand ``data`` to the transport at ``target``, unless dropped."""
+        receiver = self.transports.get((target.host, target.port))
+        source_address = sender.address
+        if receiver is None or source_address is None or receiver.controller is None:
+            self.dropped += 1
+            return
+        if self.drop is not None and self.drop(source_address, target, data):
+            self.dropped += 1
+            return
+        self.delivered += 1
+        source = Address(target.transport, source_address.host, source_address.port)
+        try:
+            message = parse_message(data)
+            receiver.controller.message_received(message, Source(source))
+        except SIPParseError:
+            self.dropped += 1

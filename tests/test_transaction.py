@@ -1,0 +1,341 @@
+"""Non-INVITE client and server transactions on a fake clock and a fake transport."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from dmq.errors import TransactionTimeout, TransportError
+from dmq.interfaces import IMessageHandler, ISIPTransport
+from dmq.sip import SIPURI, build_request, make_response, parse_message
+from dmq.sip.address import Address
+from dmq.sip.message import Request, Response
+from dmq.sip.transaction import LARGE_REQUEST, Source, State, TransactionLayer
+from dmq.testing import FakeSIPTransport
+
+PEER = Address("udp", "127.0.0.1", 5071)
+PEER_TCP = Address("tcp", "127.0.0.1", 5071)
+LOCAL = SIPURI.parse("sip:notification_peer@127.0.0.1:5070")
+
+
+def kdmq(body: bytes = b"sip:127.0.0.1:5070;status=active\r\n", transport: str = "UDP") -> Request:
+    """A node-list KDMQ from 127.0.0.1:5070 to 127.0.0.1:5071."""
+    return build_request(
+        "KDMQ",
+        SIPURI.parse("sip:notification_peer@127.0.0.1:5071"),
+        from_uri=LOCAL,
+        via_transport=transport,
+        via_sent_by="127.0.0.1:5070",
+        body=body,
+        content_type="text/plain",
+        max_forwards=1,
+    )
+
+
+def make_layer(transports: tuple[str, ...] = ("udp",), handler=None, **kw):
+    clock = Clock()
+    transport = FakeSIPTransport(clock, transports)
+    layer = TransactionLayer(transport, handler, reactor=clock, **kw)
+    transport.controller = layer
+    return clock, transport, layer
+
+
+class ClientTransactionTests(SynchronousTestCase):
+    """The client side: retransmissions, timeouts, matching."""
+
+    def test_interfaces(self) -> None:
+        """The layer and the fake transport provide their interfaces."""
+        _, transport, layer = make_layer()
+        verifyObject(ISIPTransport, transport)
+        verifyObject(IMessageHandler, layer)
+
+    def test_udp_retransmission_schedule_and_timeout(self) -> None:
+        """An unanswered UDP request is sent at 0, .5, 1.5, 3.5, 7.5 ... 31.5 s and fails with 408 at 32 s."""
+        clock, transport, layer = make_layer()
+        d = layer.request(kdmq(), PEER)
+        clock.pump([0.5] * 63)  # up to 31.5 s
+        self.assertNoResult(d)
+        clock.advance(0.5)
+        failure = self.failureResultOf(d, TransactionTimeout)
+        self.assertEqual(failure.value.code, 408)
+        times = [round(s.time, 6) for s in transport.sent]
+        self.assertEqual(times, [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5])
+        self.assertEqual(len({s.data for s in transport.sent}), 1)
+        self.assertEqual(layer.stats.timeouts, 1)
+        self.assertEqual(layer.clients, {})
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_tcp_sends_once_and_times_out(self) -> None:
+        """Over TCP the request is sent once, never retransmitted, and still times out at 64*T1."""
+        clock, transport, layer = make_layer(("udp", "tcp"))
+        d = layer.request(kdmq(transport="TCP"), PEER_TCP)
+        clock.advance(31.9)
+        self.assertEqual(len(transport.sent), 1)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.failureResultOf(d, TransactionTimeout)
+
+    def test_custom_timers(self) -> None:
+        """T1 and T2 set the schedule: T1=1/8, T2=1/4 gives sends at 0, 1/8, 3/8, 5/8, ... and 408 at 8 s."""
+        clock, transport, layer = make_layer(t1=0.125, t2=0.25)
+        d = layer.request(kdmq(), PEER)
+        clock.pump([0.125] * 63)
+        self.assertNoResult(d)
+        clock.advance(0.125)
+        self.failureResultOf(d, TransactionTimeout)
+        times = [s.time for s in transport.sent]
+        self.assertEqual(times[:5], [0, 0.125, 0.375, 0.625, 0.875])
+        self.assertEqual(times[-1], 7.875)
+
+    def test_final_response_completes(self) -> None:
+        """A 200 fires the Deferred, stops retransmissions, and Timer K absorbs a retransmitted 200."""
+        clock, transport, layer = make_layer()
+        request = kdmq()
+        d = layer.request(request, PEER)
+        clock.advance(0.5)
+        self.assertEqual(len(transport.sent), 2)
+        response = make_response(request, 200)
+        transport.receive(response.to_bytes(), PEER)
+        result = self.successResultOf(d)
+        self.assertEqual(result.code, 200)
+        transport.receive(response.to_bytes(), PEER)  # retransmitted final response
+        self.assertEqual(layer.stats.stray_responses, 0)
+        clock.advance(40)
+        self.assertEqual(len(transport.sent), 2)
+        self.assertEqual(layer.clients, {})
+
+    def test_timer_k_then_stray(self) -> None:
+        """After Timer K (T4) the transaction is gone and a late copy of the response is a stray."""
+        clock, transport, layer = make_layer()
+        request = kdmq()
+        d = layer.request(request, PEER)
+        response = make_response(request, 200).to_bytes()
+        transport.receive(response, PEER)
+        self.successResultOf(d)
+        clock.advance(4.9)
+        self.assertEqual(len(layer.clients), 1)
+        clock.advance(0.1)
+        self.assertEqual(layer.clients, {})
+        transport.receive(response, PEER)
+        self.assertEqual(layer.stats.stray_responses, 1)
+
+    def test_provisional_then_t2_interval(self) -> None:
+        """After a 1xx the request is retransmitted every T2 until the final response."""
+        clock, transport, layer = make_layer()
+        request = kdmq()
+        d = layer.request(request, PEER)
+        transport.receive(make_response(request, 100).to_bytes(), PEER)
+        clock.pump([0.5] * 20)
+        times = [round(s.time, 6) for s in transport.sent]
+        self.assertEqual(times, [0, 0.5, 4.5, 8.5])
+        self.assertNoResult(d)
+        transport.receive(make_response(request, 404).to_bytes(), PEER)
+        self.assertEqual(self.successResultOf(d).code, 404)
+
+    def test_response_matching_needs_branch_and_method(self) -> None:
+        """A response with another branch or CSeq method does not complete the transaction."""
+        clock, transport, layer = make_layer()
+        request = kdmq()
+        d = layer.request(request, PEER)
+        wrong_branch = make_response(request, 200)
+        wrong_branch.headers.set("Via", "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKother")
+        transport.receive(wrong_branch.to_bytes(), PEER)
+        wrong_method = make_response(request, 200)
+        wrong_method.headers.set("CSeq", "10 OPTIONS")
+        transport.receive(wrong_method.to_bytes(), PEER)
+        self.assertNoResult(d)
+        self.assertEqual(layer.stats.stray_responses, 2)
+        transport.receive(make_response(request, 200).to_bytes(), PEER)
+        self.successResultOf(d)
+
+    def test_transport_error_fails_at_once(self) -> None:
+        """A send that fails with a transport error fails the request at once, with no timers left."""
+        clock, transport, layer = make_layer(("udp", "tcp"))
+        transport.fail = lambda address: True
+        d = layer.request(kdmq(transport="TCP"), PEER_TCP)
+        failure = self.failureResultOf(d, TransportError)
+        self.assertEqual(failure.value.code, 503)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(layer.clients, {})
+
+    def test_large_request_goes_over_tcp(self) -> None:
+        """A request above 1300 bytes for a UDP address goes over TCP, with a TCP Via, once."""
+        clock, transport, layer = make_layer(("udp", "tcp"))
+        body = b"x" * (LARGE_REQUEST + 1)
+        d = layer.request(kdmq(body=body), PEER)
+        self.assertEqual(len(transport.sent), 1)
+        sent = transport.sent[0]
+        self.assertEqual(sent.address, PEER_TCP)
+        self.assertEqual(sent.message.vias[0].transport, "TCP")
+        clock.advance(5)
+        self.assertEqual(len(transport.sent), 1)
+        request = sent.message
+        assert isinstance(request, Request)
+        transport.receive(make_response(request, 200).to_bytes(), PEER_TCP)
+        self.assertEqual(self.successResultOf(d).code, 200)
+
+    def test_large_request_falls_back_to_udp(self) -> None:
+        """When TCP to the node fails, a large request is sent over UDP after all."""
+        clock, transport, layer = make_layer(("udp", "tcp"))
+        transport.fail = lambda address: address.transport == "tcp"
+        request = kdmq(body=b"y" * 2000)
+        d = layer.request(request, PEER)
+        self.assertEqual([s.address for s in transport.sent], [PEER_TCP, PEER])
+        self.assertEqual(transport.sent[1].message.vias[0].transport, "UDP")
+        clock.advance(0.5)
+        self.assertEqual(len(transport.sent), 3)
+        transport.receive(make_response(request, 200).to_bytes(), PEER)
+        self.successResultOf(d)
+
+    def test_large_request_stays_udp_without_tcp(self) -> None:
+        """Without TCP a large request goes over UDP."""
+        clock, transport, layer = make_layer(("udp",))
+        layer.request(kdmq(body=b"z" * 2000), PEER)
+        self.assertEqual(transport.sent[0].address, PEER)
+
+    def test_duplicate_branch_refused(self) -> None:
+        """Sending two requests with the same branch is a programming error."""
+        clock, transport, layer = make_layer()
+        request = kdmq()
+        layer.request(request, PEER)
+        with pytest.raises(ValueError):
+            layer.request(request, PEER)
+
+    def test_stop_fails_pending(self) -> None:
+        """Stopping the layer fails pending requests and leaves no timer."""
+        clock, transport, layer = make_layer()
+        d = layer.request(kdmq(), PEER)
+        layer.stop()
+        self.failureResultOf(d, TransportError)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_bad_timers_refused(self) -> None:
+        """T1 above T2 or a non-positive timer is refused."""
+        with pytest.raises(ValueError):
+            make_layer(t1=5, t2=4)
+        with pytest.raises(ValueError):
+            make_layer(t4=0)
+
+
+class ServerTransactionTests(SynchronousTestCase):
+    """The server side: dispatch, retransmission absorption, Timer J."""
+
+    def test_response_and_retransmissions(self) -> None:
+        """A retransmitted request gets the stored final response byte for byte, the handler runs once."""
+        calls = []
+
+        def handler(request: Request, source: Source) -> Response:
+            calls.append(request)
+            return make_response(request, 200)
+
+        clock, transport, layer = make_layer(handler=handler)
+        data = kdmq().to_bytes()
+        transport.receive(data, PEER)
+        transport.receive(data, PEER)
+        transport.receive(data, PEER)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(len(transport.sent), 3)
+        self.assertEqual(len({s.data for s in transport.sent}), 1)
+        response = transport.sent[0].message
+        assert isinstance(response, Response)
+        self.assertEqual(response.code, 200)
+        self.assertIsNotNone(response.to.tag)
+        self.assertEqual(transport.sent[0].address, PEER)
+        self.assertEqual(layer.stats.retransmitted_requests, 2)
+
+    def test_retransmission_before_final_is_absorbed(self) -> None:
+        """Before the handler answers, a retransmission gets nothing; the answer then goes out once."""
+        pending: Deferred[Response] = Deferred()
+        clock, transport, layer = make_layer(handler=lambda request, source: pending)
+        request = kdmq()
+        data = request.to_bytes()
+        transport.receive(data, PEER)
+        transport.receive(data, PEER)
+        self.assertEqual(transport.sent, [])
+        pending.callback(make_response(parse_message(data), 202))  # type: ignore[arg-type]
+        self.assertEqual(len(transport.sent), 1)
+        transport.receive(data, PEER)
+        self.assertEqual(len(transport.sent), 2)
+
+    def test_timer_j(self) -> None:
+        """Over UDP the server transaction lives 64*T1 after its final response, then a copy is new."""
+        calls = []
+        clock, transport, layer = make_layer(
+            handler=lambda request, source: calls.append(1) or make_response(request, 200)
+        )
+        data = kdmq().to_bytes()
+        transport.receive(data, PEER)
+        clock.advance(31.9)
+        transport.receive(data, PEER)
+        self.assertEqual(len(calls), 1)
+        clock.advance(0.1)
+        self.assertEqual(layer.servers, {})
+        transport.receive(data, PEER)
+        self.assertEqual(len(calls), 2)
+
+    def test_reliable_state_freed(self) -> None:
+        """Over TCP the server transaction is freed as soon as the final response is sent."""
+        clock, transport, layer = make_layer(("udp", "tcp"), handler=lambda r, s: make_response(r, 200))
+        transport.receive(kdmq(transport="TCP").to_bytes(), Source(PEER_TCP, connection="conn"))
+        self.assertEqual(layer.servers, {})
+        self.assertEqual(transport.sent[0].connection, "conn")
+        self.assertEqual(transport.sent[0].address, Address("tcp", "127.0.0.1", 5070))
+
+    def test_handler_exception_is_500(self) -> None:
+        """A handler that raises gets the request answered 500, and the failure is logged."""
+
+        def handler(request: Request, source: Source) -> Response:
+            raise RuntimeError("boom")
+
+        clock, transport, layer = make_layer(handler=handler)
+        transport.receive(kdmq().to_bytes(), PEER)
+        self.assertEqual(transport.sent[0].message.code, 500)  # type: ignore[union-attr]
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(layer.stats.handler_errors, 1)
+
+    def test_bad_lazy_header_is_400(self) -> None:
+        """A handler that trips over a malformed header answers 400 naming it."""
+
+        def handler(request: Request, source: Source) -> Response:
+            request.from_  # noqa: B018
+            return make_response(request, 200)
+
+        clock, transport, layer = make_layer(handler=handler)
+        data = kdmq().to_bytes().replace(b"From: <sip:", b"From: <bad sip:")
+        transport.receive(data, PEER)
+        response = transport.sent[0].message
+        assert isinstance(response, Response)
+        self.assertEqual(response.code, 400)
+        self.assertIn("From", response.reason)
+
+    def test_no_handler_is_501(self) -> None:
+        """Without a transaction user every request is answered 501."""
+        clock, transport, layer = make_layer()
+        transport.receive(kdmq().to_bytes(), PEER)
+        self.assertEqual(transport.sent[0].message.code, 501)  # type: ignore[union-attr]
+
+    def test_ack_is_ignored(self) -> None:
+        """An ACK starts no transaction and gets no answer."""
+        clock, transport, layer = make_layer(handler=lambda r, s: make_response(r, 200))
+        ack = kdmq().to_bytes().replace(b"KDMQ sip:", b"ACK sip:").replace(b"10 KDMQ", b"10 ACK")
+        transport.receive(ack, PEER)
+        self.assertEqual(transport.sent, [])
+        self.assertEqual(layer.servers, {})
+
+    def test_rfc2543_matching(self) -> None:
+        """Requests without the magic cookie match on Call-ID, CSeq, tags and Via."""
+        calls = []
+        clock, transport, layer = make_layer(
+            handler=lambda request, source: calls.append(1) or make_response(request, 200)
+        )
+        data = kdmq().to_bytes()
+        old = data.replace(b"branch=z9hG4bK", b"branch=old")
+        transport.receive(old, PEER)
+        transport.receive(old, PEER)
+        self.assertEqual(len(calls), 1)
+        other = old.replace(b"CSeq: 10 KDMQ", b"CSeq: 11 KDMQ")
+        transport.receive(other, PEER)
+        self.assertEqual(len(calls), 2)
