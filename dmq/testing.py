@@ -74,6 +74,16 @@ class FakeSIPTransport:
         """Whether ``transport_name`` is one of :attr:`transports`."""
         return transport_name in self.transports
 
+    def listen(self) -> "Deferred[None]":
+        """Nothing to listen on: fires at once."""
+        return defer.succeed(None)
+
+    def stop(self) -> "Deferred[None]":
+        """Leave the network, if on one."""
+        if self.network is not None and self.address is not None:
+            self.network.detach(self.address)
+        return defer.succeed(None)
+
     def send(self, data: bytes, address: Address, connection: Any = None) -> "Deferred[None]":
         """Record the send; fail it if :attr:`fail` says so; deliver on a network."""
         now = self.clock.seconds() if self.clock is not None else 0.0
@@ -103,12 +113,15 @@ class FakeSIPTransport:
 @dataclass
 class FakeNetwork:
     """
-    Connects fake transports by address, synchronously.
+    Connects fake transports by address: a message arrives ``latency``
+    seconds after it is sent on ``clock``, or at once when there is no clock.
 
     :ivar drop: a callable ``(source, target, data) -> bool``; true drops the
         message (loss, partitions).
     """
 
+    clock: Any = None
+    latency: float = 0.001
     transports: dict[tuple[str, int], FakeSIPTransport] = field(default_factory=dict)
     drop: Optional[Callable[[Address, Address, bytes], bool]] = None
     delivered: int = 0
@@ -136,8 +149,17 @@ class FakeNetwork:
         if self.drop is not None and self.drop(source_address, target, data):
             self.dropped += 1
             return
-        self.delivered += 1
         source = Address(target.transport, source_address.host, source_address.port)
+        if self.clock is None:
+            self._arrive(receiver, data, source)
+        else:
+            self.clock.callLater(self.latency, self._arrive, receiver, data, source)
+
+    def _arrive(self, receiver: FakeSIPTransport, data: bytes, source: Address) -> None:
+        if receiver.network is not self or receiver.controller is None:
+            self.dropped += 1
+            return
+        self.delivered += 1
         try:
             message = parse_message(data)
             receiver.controller.message_received(message, Source(source))

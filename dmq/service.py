@@ -1,0 +1,592 @@
+"""
+:class:`DMQService`: one DMQ node, the public API of dmq.
+
+The service owns the transports, the transaction layer, the node list, the
+notification peer and the registered peers (each an ``IService`` child named
+by its channel).  It dispatches every inbound ``KDMQ`` by its Request-URI
+user to the peer of that channel and sends peers' messages to one node or to
+all active ones::
+
+    svc = DMQService(server_address="sip:127.0.0.1:5060",
+                     notification_addresses=["sip:127.0.0.1:5061"])
+    svc.register_peer(MyPeer("custom1"))
+    svc.startService()
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Union
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from dmq.errors import ConfigurationError, DMQError
+from dmq.interfaces import IMessageSender, IPeer
+from dmq.node import Event, Node, NodeList, NodeListError, NodeStatus, TimeoutPolicy
+from dmq.notification import DEFAULT_CHANNEL, NotificationPeer
+from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
+from dmq.sip.address import Address
+from dmq.sip.headers import NameAddr
+from dmq.sip.message import Request, Response, build_request, make_response, new_branch
+from dmq.sip.transaction import Source, TransactionLayer
+from dmq.sip.transport import SIPTransport, TLSSettings
+from dmq.sip.uri import SIPURI, SIPParseError, unescape
+
+__all__ = ["DMQService", "ChannelStats", "SERVER_NAME"]
+
+log = Logger()
+
+SERVER_NAME = "dmq"
+"""The ``Server`` / ``User-Agent`` value."""
+
+RequestHook = Callable[[Request, Source], Union[Response, "Deferred[Response]", None]]
+EventListener = Callable[[Event], Any]
+
+
+@dataclass
+class ChannelStats:
+    """Message counts of one channel, for the metrics and ``dmq.stats``."""
+
+    received: int = 0
+    sent: int = 0
+    answered: dict[int, int] = field(default_factory=dict)
+    results: dict[int, int] = field(default_factory=dict)
+
+
+def _parse_uri(value: Union[str, SIPURI], what: str) -> SIPURI:
+    if isinstance(value, SIPURI):
+        return value
+    try:
+        return SIPURI.parse(value)
+    except SIPParseError as e:
+        raise ConfigurationError(f"{what}: {e}") from None
+
+
+@implementer(IMessageSender)
+class DMQService(MultiService):
+    """
+    A DMQ node.
+
+    :param server_address: this node's address, as other nodes see it
+        (``sip:host:port[;transport=tcp|tls]``); Kamailio's ``server_address``.
+    :param notification_addresses: seed nodes to join through.
+    :param notification_channel: the node-list channel.
+    :param ping_interval: seconds between pings.
+    :param remove_inactive: a node that stops answering becomes disabled
+        (and is removed at the next timeout); when false, not active.
+    :param fail_count_enabled: count timeouts per node (Kamailio 6.1).
+    :param fail_count_threshold_not_active: timeouts before not active.
+    :param fail_count_threshold_disabled: timeouts before disabled.
+    :param init_with_single: run the peers' init hooks also when this node
+        is alone (no seed, or no seed answered the first join).
+    :param multi_notify: turn every address of the first seed's host name
+        into a seed.
+    :param listen: the interface to listen on (default: the host of
+        ``server_address``; Kamailio's ``server_socket``).
+    :param udp: listen on UDP.
+    :param tcp: listen on TCP on the same port.
+    :param tls: TLS settings, to listen on ``tls_port`` and speak TLS.
+    :param t1: SIP timer T1 (seconds); the timeout of a request is 64*T1.
+    :param allow: when given, only requests from these networks (CIDR
+        strings or addresses) are served; others get 403.
+    :param request_hook: handles requests other than KDMQ (e.g. REGISTER);
+        without one they get 405.
+    :param reactor: the reactor (default: the global one).
+    """
+
+    def __init__(
+        self,
+        server_address: Union[str, SIPURI] = "sip:127.0.0.1:5060",
+        notification_addresses: Iterable[Union[str, SIPURI]] = (),
+        notification_channel: str = DEFAULT_CHANNEL,
+        ping_interval: float = 60,
+        remove_inactive: bool = True,
+        fail_count_enabled: bool = False,
+        fail_count_threshold_not_active: int = 0,
+        fail_count_threshold_disabled: int = 1,
+        init_with_single: bool = False,
+        multi_notify: bool = False,
+        listen: Optional[str] = None,
+        udp: bool = True,
+        tcp: bool = False,
+        tls: Optional[TLSSettings] = None,
+        tls_port: Optional[int] = None,
+        t1: float = 0.5,
+        t2: float = 4.0,
+        t4: float = 5.0,
+        idle_timeout: float = 300.0,
+        max_connections: int = 1024,
+        allow: Optional[Iterable[str]] = None,
+        request_hook: Optional[RequestHook] = None,
+        resolver: Any = None,
+        reactor: Any = None,
+        transport: Any = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.clock = reactor
+        self.server_address = _parse_uri(server_address, "server_address")
+        if self.server_address.scheme != "sip":
+            raise ConfigurationError("server_address: use sip: with ;transport=tls for TLS")
+        if self.server_address.port is None:
+            raise ConfigurationError("server_address: a port is needed")
+        try:
+            local = Node.from_uri(self.server_address, status=NodeStatus.ACTIVE, local=True)
+        except NodeListError as e:
+            raise ConfigurationError(f"server_address: {e}") from None
+        if ping_interval <= 0:
+            raise ConfigurationError("ping_interval must be positive")
+        self.nodes = NodeList(local)
+        self.policy = TimeoutPolicy(
+            remove_inactive=remove_inactive,
+            fail_count_enabled=fail_count_enabled,
+            fail_count_threshold_not_active=fail_count_threshold_not_active,
+            fail_count_threshold_disabled=fail_count_threshold_disabled,
+        )
+        self.init_with_single = init_with_single
+        self.request_hook = request_hook
+        self.allow = [ipaddress.ip_network(a, strict=False) for a in allow] if allow else None
+        host = listen or local.host.strip("[]")
+        local_transport = local.transport
+        if transport is None:
+            transport = SIPTransport(
+                None,
+                reactor,
+                host=host,
+                port=local.port or 5060,
+                udp=udp,
+                tcp=tcp or local_transport == "tcp",
+                tls=tls,
+                tls_port=tls_port if tls_port is not None else (local.port if local_transport == "tls" else None),
+                idle_timeout=idle_timeout,
+                max_connections=max_connections,
+            )
+        self.transport = transport
+        self.transactions = TransactionLayer(transport, self._handle_request, reactor=reactor, t1=t1, t2=t2, t4=t4)
+        transport.controller = self.transactions
+        self.peers: dict[str, Peer] = {}
+        self.channel_stats: dict[str, ChannelStats] = {}
+        self.rtt: dict[tuple[str, str, str], float] = {}
+        self._listeners: list[EventListener] = []
+        self._ready_waiters: list[Deferred[None]] = []
+        self.ready = False
+        self._initialized = False
+        self.notification = NotificationPeer(
+            notification_channel,
+            notification_addresses,
+            ping_interval=ping_interval,
+            policy=self.policy,
+            multi_notify=multi_notify,
+            resolver=resolver,
+        )
+        self.register_peer(self.notification)
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def startService(self) -> None:  # noqa: N802
+        """Listen, then start the peers (the notification peer joins)."""
+        self._listening = defer.maybeDeferred(self.transport.listen)
+
+        def listening(_: object) -> None:
+            log.info(
+                "DMQ node {uri} listening ({transports})",
+                uri=str(self.nodes.local.uri),
+                transports=", ".join(t for t in ("udp", "tcp", "tls") if self.transport.supports(t)),
+            )
+            MultiService.startService(self)
+
+        def failed(failure: Any) -> Any:
+            log.failure("cannot listen for {uri}", failure, uri=str(self.server_address))
+            return failure
+
+        self._listening.addCallbacks(listening, failed)
+
+    def stopService(self) -> "Deferred[Any]":  # noqa: N802
+        """Stop the peers (the node says it leaves), then the transports."""
+        d = defer.maybeDeferred(MultiService.stopService, self) if self.running else defer.succeed(None)
+        d.addBoth(lambda _: self.transactions.stop())
+        d.addBoth(lambda _: self.transport.stop())
+        return d
+
+    def when_listening(self) -> "Deferred[None]":
+        """A new Deferred that fires when the listeners are up (or fails why not)."""
+        d: Deferred[None] = Deferred()
+
+        def relay(result: Any) -> Any:
+            if isinstance(result, Failure):
+                d.errback(result)
+                return None
+            d.callback(None)
+            return result
+
+        self._listening.addBoth(relay)
+        return d
+
+    # -- peers ---------------------------------------------------------------------
+
+    def register_peer(self, peer: Peer) -> Peer:
+        """
+        Register ``peer`` for its channel and make it a child service.
+
+        :raises ValueError: when the channel is taken.
+        """
+        IPeer(peer)
+        if peer.channel in self.peers:
+            raise ValueError(f"channel {peer.channel!r} already has a peer")
+        self.peers[peer.channel] = peer
+        peer.service = self
+        peer.setServiceParent(self)
+        if self._initialized:
+            self._init_peer(peer)
+        return peer
+
+    def unregister_peer(self, peer: Peer) -> "Deferred[Any]":
+        """Remove ``peer``; its channel answers 404 afterwards."""
+        if self.peers.get(peer.channel) is not peer:
+            return defer.succeed(None)
+        del self.peers[peer.channel]
+        return defer.maybeDeferred(peer.disownServiceParent)
+
+    def get_peer(self, channel: str) -> Optional[Peer]:
+        """The peer of ``channel``, or ``None``."""
+        return self.peers.get(channel)
+
+    # -- readiness and events --------------------------------------------------------
+
+    def when_ready(self) -> "Deferred[None]":
+        """A new Deferred that fires once the first node list has arrived."""
+        d: Deferred[None] = Deferred()
+        if self.ready:
+            d.callback(None)
+        else:
+            self._ready_waiters.append(d)
+        return d
+
+    def _node_list_received(self) -> None:
+        if not self.ready:
+            self.ready = True
+            log.info("first node list received; {count} node(s) known", count=len(self.nodes))
+            self._run_inits()
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _alone(self) -> None:
+        """No seed, or none answered: ready anyway with ``init_with_single``."""
+        if self.init_with_single:
+            self._node_list_received()
+
+    def _run_inits(self) -> None:
+        if self._initialized:
+            return
+        self._initialized = True
+        for peer in list(self.peers.values()):
+            self._init_peer(peer)
+
+    def _init_peer(self, peer: Peer) -> None:
+        d = defer.maybeDeferred(peer.init, self)
+        d.addErrback(lambda f: log.failure("init of peer {channel} failed", f, channel=peer.channel))
+
+    def add_event_listener(self, listener: EventListener) -> None:
+        """Call ``listener(event)`` on each peer-up, peer-down, peer-disabled."""
+        self._listeners.append(listener)
+
+    def remove_event_listener(self, listener: EventListener) -> None:
+        """Stop calling ``listener``."""
+        self._listeners.remove(listener)
+
+    def _emit(self, events: Iterable[Event]) -> None:
+        for event in events:
+            log.info("{kind}: {uri}", kind=event.kind.value, uri=str(event.node.uri))
+            for listener in list(self._listeners):
+                try:
+                    listener(event)
+                except Exception:
+                    log.failure("event listener failed on {kind}", kind=event.kind.value)
+
+    def _record_rtt(self, node: Node, seconds: float) -> None:
+        self.rtt[node.key] = seconds
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _channel_of(self, peer: Union[Peer, str]) -> str:
+        return peer if isinstance(peer, str) else peer.channel
+
+    def _stats(self, channel: str) -> ChannelStats:
+        stats = self.channel_stats.get(channel)
+        if stats is None:
+            stats = self.channel_stats[channel] = ChannelStats()
+        return stats
+
+    def _target(self, node: Union[Node, SIPURI, str]) -> Node:
+        if isinstance(node, Node):
+            return node
+        listed = self.nodes.get(node)
+        if listed is not None:
+            return listed
+        return Node.from_uri(node)
+
+    def build_kdmq(
+        self, channel: str, node: Node, body: bytes, content_type: Optional[str], max_forwards: int = 1
+    ) -> tuple[Request, Address]:
+        """The KDMQ request for ``channel`` to ``node``, and where it goes."""
+        local = self.nodes.local
+        params: dict[str, Optional[str]] = {}
+        if node.transport != "udp":
+            params["transport"] = node.transport
+        target = SIPURI(node.host, node.port, user=channel, params=params)
+        own_params: dict[str, Optional[str]] = {}
+        if local.transport != "udp":
+            own_params["transport"] = local.transport
+        from_uri = SIPURI(local.host, local.port, user=channel, params=own_params)
+        address = Address.from_uri(target)
+        if address.transport == "tls" and node.port is None:
+            address = Address("tls", address.host, 5061)
+        sent_by_port = local.port
+        if address.transport == "tls" and self.transport.supports("tls") and local.transport != "tls":
+            sent_by_port = getattr(self.transport, "tls_port", local.port)
+        request = build_request(
+            "KDMQ",
+            target,
+            from_uri=from_uri,
+            via_transport=address.transport,
+            via_sent_by=f"{local.host}:{sent_by_port}",
+            body=body,
+            content_type=content_type,
+            max_forwards=max_forwards,
+            user_agent=SERVER_NAME,
+        )
+        return request, address
+
+    def send_message(
+        self,
+        peer: Union[Peer, str],
+        body: bytes,
+        node: Union[Node, SIPURI, str],
+        content_type: Optional[str] = "text/plain",
+        max_forwards: int = 1,
+    ) -> "Deferred[Response]":
+        """
+        Send ``body`` on ``peer``'s channel to one node.
+
+        :returns: a Deferred firing with the node's final response; a timeout
+            or transport failure fires with a local 408 response (as
+            Kamailio's ``tm`` reports it), whose reason says which.
+        """
+        channel = self._channel_of(peer)
+        target = self._target(node)
+        request, address = self.build_kdmq(channel, target, body, content_type, max_forwards)
+        stats = self._stats(channel)
+        stats.sent += 1
+        d = self.transactions.request(request, address)
+        d.addErrback(self._local_failure, request)
+
+        def counted(response: Response) -> Response:
+            stats.results[response.code] = stats.results.get(response.code, 0) + 1
+            if response.code == 408 and channel != self.notification.channel:
+                self._emit(self.nodes.mark_message_timeout(target, self.clock.seconds(), self.policy).events)
+            return response
+
+        d.addCallback(counted)
+        return d
+
+    def _local_failure(self, failure: Any, request: Request) -> Response:
+        error = failure.value
+        if not isinstance(error, DMQError):
+            log.failure("sending {method} failed", failure, method=request.method)
+        reason = "Request Timeout" if getattr(error, "code", 408) == 408 else f"Request Timeout ({error})"
+        response = make_response(request, 408, reason, server=None)
+        return response
+
+    def bcast_message(
+        self,
+        peer: Union[Peer, str],
+        body: bytes,
+        content_type: Optional[str] = "text/plain",
+        except_node: Optional[Union[Node, SIPURI, str]] = None,
+        max_forwards: int = 1,
+    ) -> "Deferred[list[tuple[Node, Response]]]":
+        """
+        Send ``body`` on ``peer``'s channel to every active node but this one
+        (and ``except_node``).
+
+        :returns: a Deferred firing with ``(node, final response)`` for every
+            target (408 for a timeout), in node-list order.
+        """
+        skip = self._target(except_node).key if except_node is not None else None
+        targets = [n for n in self.nodes.active() if n.key != skip]
+        ds = []
+        for node in targets:
+            d = self.send_message(peer, body, node, content_type, max_forwards)
+            d.addCallback(lambda response, node=node: (node, response))
+            ds.append(d)
+        return defer.gatherResults(ds)
+
+    def replicate(self, request: Request, skip_loop_test: bool = False) -> "Deferred[list[tuple[Node, Response]]]":
+        """
+        Forward a SIP request to every active node but this one (Kamailio's
+        ``dmq_t_replicate``): same method, headers and body, the node's
+        address as Request-URI, a new Via of this node's.  Unless
+        ``skip_loop_test``, a request that came from a node of the bus is not
+        replicated again (fires with an empty list).
+        """
+        if not skip_loop_test:
+            top = request.vias[0] if request.vias else None
+            if top is not None and self.is_from_node(top.params.get("received") or top.host):
+                return defer.succeed([])
+        local = self.nodes.local
+        ds = []
+        for node in self.nodes.active():
+            address = Address.from_uri(node.uri)
+            copy = Request(request.method, node.uri, None, request.body)
+            copy.headers.add("Via", f"SIP/2.0/{address.transport.upper()} {local.host}:{local.port};branch={new_branch()}")
+            for name, value in request.headers:
+                key = name.lower()
+                if key in ("via", "v", "content-length", "l", "max-forwards", "route", "record-route"):
+                    continue
+                copy.headers.add(name, value)
+            copy.headers.add("Max-Forwards", "1")
+            copy.headers.add("Content-Length", str(len(request.body)))
+            d = self.transactions.request(copy, address)
+            d.addErrback(self._local_failure, copy)
+            d.addCallback(lambda response, node=node: (node, response))
+            ds.append(d)
+        return defer.gatherResults(ds)
+
+    def is_from_node(self, address: Union[str, Source, Request, Address]) -> bool:
+        """
+        Whether ``address`` (an IP or host, a :class:`Source`, an
+        :class:`Address` or a request's top Via host) belongs to a node of
+        the bus other than this one (Kamailio's ``dmq_is_from_node``).
+        """
+        if isinstance(address, Request):
+            top = address.vias[0]
+            host = top.params.get("received") or top.host
+        elif isinstance(address, Source):
+            host = address.address.host
+        elif isinstance(address, Address):
+            host = address.host
+        else:
+            host = address
+        host = host.strip("[]")
+        for node in self.nodes.others():
+            if node.host.strip("[]") == host or node.resolved_ip == host:
+                return True
+        return False
+
+    def process_message(
+        self,
+        channel: str,
+        body: bytes,
+        content_type: Optional[str] = "text/plain",
+        node: Optional[Node] = None,
+    ) -> "Deferred[PeerResponse]":
+        """
+        Hand a message to the local peer of ``channel`` without the network
+        (Kamailio's ``dmq_process_custom``).
+
+        :returns: a Deferred firing with the peer's answer (404 when no peer).
+        """
+        peer = self.peers.get(channel)
+        if peer is None:
+            return defer.succeed(PeerResponse(404, "Not Found Peer ID"))
+        message = DMQMessage(channel, body, content_type, node=node, from_uri=node.uri if node else None)
+        d = defer.maybeDeferred(peer.handle_message, message)
+        d.addCallbacks(_as_peer_response, _failure_as_peer_response)
+        return d
+
+    # -- inbound -------------------------------------------------------------------------
+
+    def _allowed(self, source: Source) -> bool:
+        if self.allow is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(source.address.host)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.allow)
+
+    def _handle_request(self, request: Request, source: Source) -> Any:
+        if not self._allowed(source):
+            log.info("refused {method} from {source}: not allowed", method=request.method, source=source.address)
+            return make_response(request, 403, "Forbidden (source not allowed)", server=SERVER_NAME)
+        if request.method != "KDMQ":
+            if self.request_hook is not None:
+                d = defer.maybeDeferred(self.request_hook, request, source)
+                d.addCallback(
+                    lambda r: r if r is not None else make_response(request, 405, headers=[("Allow", "KDMQ")], server=SERVER_NAME)
+                )
+                return d
+            return make_response(request, 405, headers=[("Allow", "KDMQ")], server=SERVER_NAME)
+        uri = request.uri
+        if not isinstance(uri, SIPURI) or not uri.user:
+            return make_response(request, 404, "Not Found Peer ID", server=SERVER_NAME)
+        channel = unescape(uri.user)
+        stats = self._stats(channel)
+        stats.received += 1
+        peer = self.peers.get(channel)
+        if peer is None:
+            stats.answered[404] = stats.answered.get(404, 0) + 1
+            return make_response(request, 404, "Not Found Peer ID", server=SERVER_NAME)
+        from_uri = request.from_.uri
+        node = None
+        if isinstance(from_uri, SIPURI):
+            node = self.nodes.get(from_uri)
+        message = DMQMessage(
+            channel,
+            request.body,
+            request.content_type,
+            node=node,
+            from_uri=from_uri if isinstance(from_uri, SIPURI) else None,
+            max_forwards=request.max_forwards,
+            request=request,
+            source=source,
+        )
+        d = defer.maybeDeferred(peer.handle_message, message)
+        d.addCallbacks(_as_peer_response, _failure_as_peer_response, errbackArgs=(channel,))
+        keep_body = peer is self.notification
+
+        def respond(answer: PeerResponse) -> Response:
+            stats.answered[answer.code] = stats.answered.get(answer.code, 0) + 1
+            body = answer.body if keep_body else b""
+            return make_response(
+                request,
+                answer.code,
+                answer.reason,
+                body=body,
+                content_type=answer.content_type if body else None,
+                headers=answer.headers,
+                server=SERVER_NAME,
+            )
+
+        d.addCallback(respond)
+        return d
+
+
+def _as_peer_response(result: Any) -> PeerResponse:
+    if result is None:
+        return PeerResponse()
+    if isinstance(result, PeerResponse):
+        return result
+    if isinstance(result, Response):
+        return PeerResponse(result.code, result.reason, result.body, result.content_type)
+    if isinstance(result, int):
+        return PeerResponse(result)
+    raise TypeError(f"a peer handler returned {result!r}")
+
+
+def _failure_as_peer_response(failure: Any, channel: str = "?") -> PeerResponse:
+    if failure.check(PeerError):
+        return PeerResponse(failure.value.code, failure.value.reason)
+    log.failure("peer {channel} failed on a message", failure, channel=channel)
+    return PeerResponse(500, "Server Internal Error")

@@ -1,0 +1,380 @@
+"""DMQService and the notification peer, several nodes on a fake network and a fake clock."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from dmq import CallbackPeer, DMQService, EventKind, NodeStatus, Peer, PeerError, PeerResponse
+from dmq.interfaces import IMessageSender, IPeer
+from dmq.peer import DMQMessage
+from dmq.sip import SIPURI, build_request, parse_message
+from dmq.sip.address import Address
+from dmq.sip.message import Request, Response
+from dmq.testing import FakeNetwork, FakeSIPTransport
+
+
+class Cluster:
+    """Nodes on 127.0.0.1 with DMQ services over one fake network and one clock."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.network = FakeNetwork(clock=self.clock)
+        self.nodes: dict[int, DMQService] = {}
+        self.events: dict[int, list[Any]] = {}
+
+    def add(self, port: int, seeds: tuple[int, ...] = (), start: bool = True, **kw: Any) -> DMQService:
+        transport = FakeSIPTransport(self.clock, ("udp",))
+        kw.setdefault("ping_interval", 5)
+        svc = DMQService(
+            f"sip:127.0.0.1:{port}",
+            [f"sip:127.0.0.1:{s}" for s in seeds],
+            reactor=self.clock,
+            transport=transport,
+            **kw,
+        )
+        self.network.attach(transport, Address("udp", "127.0.0.1", port))
+        self.nodes[port] = svc
+        self.events[port] = []
+        svc.add_event_listener(self.events[port].append)
+        if start:
+            svc.startService()
+        return svc
+
+    def run(self, seconds: float, step: float = 0.001) -> None:
+        """Advance the clock in small steps so messages and timers interleave."""
+        for _ in range(int(round(seconds / step))):
+            self.clock.advance(step)
+
+    def view(self, port: int) -> dict[int, str]:
+        """Port -> status of every node ``port`` knows, itself included."""
+        return {n.port: n.status.value for n in self.nodes[port].nodes}  # type: ignore[misc]
+
+    def kill(self, port: int) -> None:
+        """The node at ``port`` vanishes without a word."""
+        svc = self.nodes[port]
+        self.network.detach(Address("udp", "127.0.0.1", port))
+        svc.notification._pinger.stop()  # type: ignore[union-attr]
+        svc.transactions.stop()
+
+
+class MembershipTests(SynchronousTestCase):
+    """Join, merge, re-broadcast, ping, timeouts, leave, on three nodes."""
+
+    def test_interfaces(self) -> None:
+        """The service and its peers provide their interfaces."""
+        cluster = Cluster()
+        svc = cluster.add(5060)
+        verifyObject(IMessageSender, svc)
+        verifyObject(IPeer, svc.notification)
+
+    def test_three_nodes_converge(self) -> None:
+        """A seeded chain A <- B <- C ends with every node knowing every other as active."""
+        cluster = Cluster()
+        cluster.add(5060)
+        cluster.add(5061, seeds=(5060,))
+        cluster.add(5062, seeds=(5061,))
+        cluster.run(5.1)  # one ping interval
+        everyone = {5060: "active", 5061: "active", 5062: "active"}
+        for port in (5060, 5061, 5062):
+            self.assertEqual(cluster.view(port), everyone)
+            self.assertEqual(len(list(cluster.nodes[port].nodes)), 3)
+        self.assertTrue(cluster.nodes[5061].ready)
+        self.assertTrue(cluster.nodes[5062].ready)
+
+    def test_peer_up_events(self) -> None:
+        """Each node reports peer-up once for each other node, never for itself."""
+        cluster = Cluster()
+        cluster.add(5060)
+        cluster.add(5061, seeds=(5060,))
+        cluster.add(5062, seeds=(5061,))
+        cluster.run(12)
+        for port in (5060, 5061, 5062):
+            ups = sorted(e.node.port for e in cluster.events[port] if e.kind is EventKind.PEER_UP)
+            self.assertEqual(ups, sorted({5060, 5061, 5062} - {port}))
+
+    def test_death_and_return(self) -> None:
+        """A killed node is disabled after one ping timeout, removed after the next, and rejoins when back."""
+        cluster = Cluster()
+        cluster.add(5060)
+        cluster.add(5061, seeds=(5060,))
+        cluster.add(5062, seeds=(5061,))
+        cluster.run(5.1)
+        cluster.kill(5062)
+        # next ping at 10 s, its 408 at 10 + 32 s
+        cluster.run(37)
+        self.assertEqual(cluster.view(5060).get(5062), "disabled")
+        kinds = [e.kind for e in cluster.events[5060] if e.node.port == 5062]
+        self.assertEqual(kinds, [EventKind.PEER_UP, EventKind.PEER_DISABLED])
+        cluster.run(5)
+        self.assertNotIn(5062, cluster.view(5060))
+        # it comes back
+        del cluster.nodes[5062]
+        cluster.add(5062, seeds=(5061,))
+        cluster.run(6)
+        for port in (5060, 5061, 5062):
+            self.assertEqual(cluster.view(port), {5060: "active", 5061: "active", 5062: "active"})
+
+    def test_seed_never_deleted(self) -> None:
+        """A dead seed becomes not active but stays in the list, and the node keeps trying it."""
+        cluster = Cluster()
+        cluster.add(5060)
+        cluster.add(5061, seeds=(5060,))
+        cluster.run(0.1)
+        cluster.kill(5060)
+        cluster.run(120)
+        self.assertEqual(cluster.view(5061), {5061: "active", 5060: "not_active"})
+
+    def test_remove_inactive_false(self) -> None:
+        """With remove_inactive off a silent node becomes not active and stays."""
+        cluster = Cluster()
+        cluster.add(5060, remove_inactive=False)
+        cluster.add(5061, seeds=(5060,))
+        cluster.run(0.1)
+        cluster.kill(5061)
+        cluster.run(110)
+        self.assertEqual(cluster.view(5060), {5060: "active", 5061: "not_active"})
+        kinds = [e.kind for e in cluster.events[5060]]
+        self.assertEqual(kinds, [EventKind.PEER_UP, EventKind.PEER_DOWN])
+
+    def test_join_retries_until_seed_answers(self) -> None:
+        """A node whose seed is not there yet keeps joining and gets ready when the seed appears."""
+        cluster = Cluster()
+        b = cluster.add(5061, seeds=(5060,), t1=0.05)
+        cluster.run(10)
+        self.assertFalse(b.ready)
+        cluster.add(5060)
+        cluster.run(10)
+        self.assertTrue(b.ready)
+        self.assertEqual(cluster.view(5061), {5061: "active", 5060: "active"})
+
+    def test_graceful_leave(self) -> None:
+        """A node that stops tells the others, which see it disabled at once."""
+        cluster = Cluster()
+        cluster.add(5060)
+        b = cluster.add(5061, seeds=(5060,))
+        cluster.run(0.1)
+        d = b.stopService()
+        cluster.run(0.1)
+        self.successResultOf(d)
+        self.assertEqual(cluster.view(5060), {5060: "active", 5061: "disabled"})
+
+    def test_empty_body_is_read_only(self) -> None:
+        """A node-list request with an empty body changes nothing and gets the list back."""
+        cluster = Cluster()
+        a = cluster.add(5060)
+        transport: FakeSIPTransport = a.transport
+        request = build_request(
+            "KDMQ",
+            SIPURI.parse("sip:notification_peer@127.0.0.1:5060"),
+            from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5999"),
+            via_transport="UDP",
+            via_sent_by="127.0.0.1:5999",
+        )
+        transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5999))
+        response = transport.sent[-1].message
+        assert isinstance(response, Response)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.body, b"sip:127.0.0.1:5060;status=active\r\n")
+        self.assertEqual(len(list(a.nodes)), 1)
+        self.assertFalse(a.ready)
+
+    def test_bad_body_is_400_and_changes_nothing(self) -> None:
+        """A node list with one bad line is answered 400 naming it, and the list is unchanged."""
+        cluster = Cluster()
+        a = cluster.add(5060)
+        transport: FakeSIPTransport = a.transport
+        request = build_request(
+            "KDMQ",
+            SIPURI.parse("sip:notification_peer@127.0.0.1:5060"),
+            from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5999"),
+            via_transport="UDP",
+            via_sent_by="127.0.0.1:5999",
+            body=b"sip:127.0.0.1:5999;status=active\r\nsip:127.0.0.1:5998;status=bogus\r\n",
+            content_type="text/plain",
+        )
+        transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5999))
+        response = transport.sent[-1].message
+        assert isinstance(response, Response)
+        self.assertEqual(response.code, 400)
+        self.assertIn("node list", response.reason)
+        self.assertEqual(len(list(a.nodes)), 1)
+
+
+class ChannelTests(SynchronousTestCase):
+    """Dispatch by channel, answers, broadcast and send."""
+
+    def setUp(self) -> None:
+        self.cluster = Cluster()
+        self.a = self.cluster.add(5060)
+        self.b = self.cluster.add(5061, seeds=(5060,))
+        self.c = self.cluster.add(5062, seeds=(5060,))
+        self.received: list[tuple[int, DMQMessage]] = []
+        for port, svc in ((5061, self.b), (5062, self.c)):
+            svc.register_peer(CallbackPeer("custom1", lambda m, port=port: self.received.append((port, m))))
+        self.cluster.run(0.1)
+
+    def test_bcast_reaches_every_other_node(self) -> None:
+        """A broadcast reaches every other active node once and each answers 200 with no body."""
+        d = self.b.bcast_message("custom1", b"hello", "text/plain")
+        self.cluster.run(0.1)
+        results = self.successResultOf(d)
+        codes = {node.port: response.code for node, response in results}
+        self.assertEqual(codes, {5060: 404, 5062: 200})
+        self.assertEqual([(p, m.body) for p, m in self.received], [(5062, b"hello")])
+        self.assertEqual(self.received[0][1].node.port, 5061)  # type: ignore[union-attr]
+        for _, response in results:
+            self.assertEqual(response.body, b"")
+
+    def test_unknown_channel_404(self) -> None:
+        """A message on a channel nobody serves is answered 404 Not Found Peer ID."""
+        d = self.b.send_message("nosuch", b"x", self.a.nodes.local.uri)
+        self.cluster.run(0.1)
+        response = self.successResultOf(d)
+        self.assertEqual((response.code, response.reason), (404, "Not Found Peer ID"))
+
+    def test_peer_bodies_are_dropped(self) -> None:
+        """A non-node-list peer's answer body never goes on the wire (Kamailio would read it as a node list)."""
+        self.a.register_peer(CallbackPeer("chatty", lambda m: PeerResponse(200, body=b"{}", content_type="application/json")))
+        d = self.b.send_message("chatty", b"x", self.a.nodes.local.uri)
+        self.cluster.run(0.1)
+        response = self.successResultOf(d)
+        self.assertEqual((response.code, response.body, response.content_type), (200, b"", None))
+
+    def test_handler_errors(self) -> None:
+        """A PeerError answers its code and reason; another exception answers 500 and is logged."""
+
+        def handler(message: DMQMessage) -> None:
+            if message.body == b"bad":
+                raise PeerError(400, "Bad Request (no)")
+            raise RuntimeError("boom")
+
+        self.a.register_peer(CallbackPeer("picky", handler))
+        d1 = self.b.send_message("picky", b"bad", self.a.nodes.local.uri)
+        d2 = self.b.send_message("picky", b"worse", self.a.nodes.local.uri)
+        self.cluster.run(0.1)
+        self.assertEqual(self.successResultOf(d1).reason, "Bad Request (no)")
+        self.assertEqual(self.successResultOf(d2).code, 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_deferred_handler(self) -> None:
+        """A handler may answer later through a Deferred."""
+        pending: Deferred[Any] = Deferred()
+        self.a.register_peer(CallbackPeer("slow", lambda m: pending))
+        d = self.b.send_message("slow", b"x", self.a.nodes.local.uri)
+        self.cluster.run(0.1)
+        self.assertNoResult(d)
+        pending.callback(PeerResponse(202))
+        self.cluster.run(0.1)
+        self.assertEqual(self.successResultOf(d).code, 202)
+
+    def test_timeout_is_408(self) -> None:
+        """A message to a vanished node fires with a local 408."""
+        self.cluster.kill(5062)
+        d = self.b.send_message("custom1", b"x", self.c.nodes.local.uri)
+        self.cluster.run(33, step=0.5)
+        self.assertEqual(self.successResultOf(d).code, 408)
+
+    def test_except_node(self) -> None:
+        """bcast_message skips except_node."""
+        d = self.a.bcast_message("custom1", b"y", except_node=self.b.nodes.local)
+        self.cluster.run(0.1)
+        self.assertEqual([n.port for n, _ in self.successResultOf(d)], [5062])
+
+    def test_non_kdmq_405_or_hook(self) -> None:
+        """A non-KDMQ request gets 405 with Allow, or what the application hook answers."""
+        request = build_request(
+            "REGISTER",
+            SIPURI.parse("sip:127.0.0.1:5060"),
+            from_uri=SIPURI.parse("sip:alice@127.0.0.1:5999"),
+            via_transport="UDP",
+            via_sent_by="127.0.0.1:5999",
+        )
+        transport: FakeSIPTransport = self.a.transport
+        transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5999))
+        response = transport.sent[-1].message
+        self.assertEqual((response.code, response.headers.get("Allow")), (405, "KDMQ"))  # type: ignore[union-attr]
+        from dmq.sip import make_response
+
+        self.a.request_hook = lambda req, source: make_response(req, 200)
+        request.headers.set("Via", "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKother")
+        transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5999))
+        self.assertEqual(transport.sent[-1].message.code, 200)  # type: ignore[union-attr]
+
+    def test_allow_list(self) -> None:
+        """With an allow list, a request from another address gets 403."""
+        svc = self.cluster.add(5070, allow=["127.0.0.2/32"])
+        request = build_request(
+            "KDMQ",
+            SIPURI.parse("sip:notification_peer@127.0.0.1:5070"),
+            from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5999"),
+            via_transport="UDP",
+            via_sent_by="127.0.0.1:5999",
+        )
+        transport: FakeSIPTransport = svc.transport
+        transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5999))
+        self.assertEqual(transport.sent[-1].message.code, 403)  # type: ignore[union-attr]
+        request.headers.set("Via", "SIP/2.0/UDP 127.0.0.2:5999;branch=z9hG4bKok")
+        transport.receive(request.to_bytes(), Address("udp", "127.0.0.2", 5999))
+        self.assertEqual(transport.sent[-1].message.code, 200)  # type: ignore[union-attr]
+
+    def test_process_message_locally(self) -> None:
+        """process_message hands a message to a local peer without the network."""
+        d = self.b.process_message("custom1", b"local")
+        self.assertEqual(self.successResultOf(d).code, 200)
+        self.assertEqual([(p, m.body) for p, m in self.received], [(5061, b"local")])
+        self.assertEqual(self.successResultOf(self.b.process_message("nosuch", b"")).code, 404)
+
+    def test_is_from_node(self) -> None:
+        """is_from_node knows the hosts of other nodes."""
+        self.assertTrue(self.a.is_from_node("127.0.0.1"))
+        self.assertFalse(self.a.is_from_node("127.0.0.9"))
+
+    def test_init_runs_once_when_ready(self) -> None:
+        """A peer's init hook runs once, after the first node list, also for peers registered later."""
+        calls: list[int] = []
+        cluster = Cluster()
+        cluster.add(5060)
+        b = cluster.add(5061, seeds=(5060,), start=False)
+        b.register_peer(CallbackPeer("early", lambda m: None, init=lambda svc: calls.append(1)))
+        ready = b.when_ready()
+        b.startService()
+        self.assertEqual(calls, [])
+        cluster.run(12)
+        self.assertEqual(calls, [1])
+        self.successResultOf(ready)
+        b.register_peer(CallbackPeer("late", lambda m: None, init=lambda svc: calls.append(2)))
+        self.assertEqual(calls, [1, 2])
+
+    def test_init_with_single(self) -> None:
+        """With init_with_single a lone node is ready at once; without it, it waits."""
+        cluster = Cluster()
+        alone = cluster.add(5060, init_with_single=True)
+        waiting = cluster.add(5061)
+        cluster.run(0.1)
+        self.assertTrue(alone.ready)
+        self.assertFalse(waiting.ready)
+
+    def test_replicate(self) -> None:
+        """replicate forwards a request to every other active node, but not one from a node (loop check)."""
+        seen: list[Request] = []
+        self.a.request_hook = lambda req, source: (seen.append(req), None)[1]
+        self.c.request_hook = lambda req, source: (seen.append(req), None)[1]
+        register = build_request(
+            "REGISTER",
+            SIPURI.parse("sip:127.0.0.1:5061"),
+            from_uri=SIPURI.parse("sip:alice@10.1.1.1:5999"),
+            via_transport="UDP",
+            via_sent_by="10.1.1.1:5999",
+        )
+        d = self.b.replicate(register)
+        self.cluster.run(0.1)
+        self.assertEqual(sorted(n.port for n, _ in self.successResultOf(d)), [5060, 5062])
+        self.assertEqual([r.method for r in seen], ["REGISTER", "REGISTER"])
+        self.assertEqual(seen[0].call_id, register.call_id)
+        # a replicated request arriving at c came from a node: not replicated again
+        self.assertEqual(self.successResultOf(self.c.replicate(seen[-1])), [])
