@@ -202,6 +202,10 @@ class NotificationPeer(Peer):
                 self._merge(response.body, node, now, from_request=False)
                 return True
             if response.code == 408:
+                listed = svc.nodes.get(node.key)
+                if listed is not None and listed.last_seen is not None and listed.last_seen >= sent_at:
+                    # The node answered something sent later: this timeout is stale.
+                    return False
                 outcome = svc.nodes.mark_timeout(node, now, self.policy)
                 svc._emit(outcome.events)
                 if outcome.removed:

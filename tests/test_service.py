@@ -119,6 +119,27 @@ class MembershipTests(SynchronousTestCase):
         for port in (5060, 5061, 5062):
             self.assertEqual(cluster.view(port), {5060: "active", 5061: "active", 5062: "active"})
 
+    def test_stale_timeout_ignored(self) -> None:
+        """A timeout of a ping sent before the node answered a later one does not disable it."""
+        cluster = Cluster()
+        cluster.add(5060)
+        cluster.add(5061, seeds=(5060,))
+        cluster.run(0.1)
+        doomed: set[str] = set()
+
+        def drop(source: Address, target: Address, data: bytes) -> bool:
+            message = parse_message(data)
+            if target.port != 5061 or not isinstance(message, Request):
+                return False
+            if not doomed and cluster.clock.seconds() >= 5:
+                doomed.add(message.branch or "")
+            return message.branch in doomed
+
+        cluster.network.drop = drop  # every copy of A's ping at 5 s is lost
+        cluster.run(40)  # later pings are answered; the lost one times out at 37 s
+        self.assertEqual(cluster.view(5060), {5060: "active", 5061: "active"})
+        self.assertEqual([e.kind for e in cluster.events[5060]], [EventKind.PEER_UP])
+
     def test_seed_never_deleted(self) -> None:
         """A dead seed becomes not active but stays in the list, and the node keeps trying it."""
         cluster = Cluster()
