@@ -16,6 +16,7 @@ __all__ = [
     "TransactionTimeout",
     "TransportError",
     "ConfigurationError",
+    "RPCError",
 ]
 
 
@@ -43,3 +44,17 @@ class TransportError(DMQError):
 
 class ConfigurationError(DMQError, ValueError):
     """A setting is invalid; the message names the setting and the reason."""
+
+
+class RPCError(DMQError):
+    """
+    An error answer of a control (JSON-RPC) method.
+
+    :ivar code: the error code given to the caller (Kamailio's RPC layer uses
+        SIP-like codes: 400 bad parameters, 404 not found, 500 failure).
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
