@@ -510,6 +510,10 @@ class NodeList:
             return ref.key
         if isinstance(ref, tuple):
             return ref
+        if isinstance(ref, SIPURI) and ref.scheme == "sip":
+            # The hot path (every inbound message): no Node built.
+            port = "" if ref.port is None else str(ref.port)
+            return (ref.host, port, ref.transport)
         return Node.from_uri(ref).key
 
     def get(self, key_or_uri: NodeRef) -> Optional[Node]:

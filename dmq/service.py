@@ -317,6 +317,61 @@ class DMQService(MultiService):
     def _record_rtt(self, node: Node, seconds: float) -> None:
         self.rtt[node.key] = seconds
 
+    # -- operator changes (the control API's dmq.add, dmq.remove, dmq.change_status) --
+
+    def add_node(self, uri: Union[str, SIPURI]) -> Node:
+        """
+        Add a node by its URI (Kamailio's ``dmq.add``): active unless the URI
+        carries ``;status=``.  Pings reach it from the next interval on.
+
+        :raises NodeListError: when ``uri`` is no acceptable node URI.
+        :raises ValueError: when the node is already in the list.
+        """
+        node = Node.from_uri(uri)
+        if self.nodes.get(node) is not None:
+            raise ValueError(f"node {node.uri} is already in the node list")
+        events: list[Event] = []
+        self.nodes.add(node, events)
+        log.info("node {uri} added by the operator ({status})", uri=str(node.uri), status=node.status.value)
+        self._emit(events)
+        return node
+
+    def remove_node(self, uri: Union[str, SIPURI, Node]) -> bool:
+        """
+        Remove a remote node (Kamailio's ``dmq.remove``).
+
+        :returns: whether a node was removed (never the local node).
+        :raises NodeListError: when ``uri`` is no acceptable node URI.
+        """
+        events: list[Event] = []
+        removed = self.nodes.remove(uri, events)
+        if removed:
+            log.info("node {uri} removed by the operator", uri=str(uri))
+        self._emit(events)
+        return removed
+
+    def set_node_status(self, uri: Union[str, SIPURI, Node], status: NodeStatus) -> bool:
+        """
+        Change a remote node's status (Kamailio's ``dmq.change_status``).
+
+        :returns: whether the status changed (false when it already was ``status``).
+        :raises NodeListError: when ``uri`` is no acceptable node URI.
+        :raises ValueError: for the local node or a node not in the list.
+        """
+        listed = self.nodes.get(uri)
+        if listed is None:
+            raise ValueError(f"node {uri} is not in the node list")
+        if listed.local:
+            raise ValueError("the status of the local node cannot be changed")
+        if listed.status is status:
+            return False
+        events = self.nodes.set_status(listed, status)
+        log.info(
+            "node {uri} set {status} by the operator", uri=str(listed.uri), status=status.value
+        )
+        self._emit(events)
+        return True
+
     # -- sending -----------------------------------------------------------------------
 
     def _channel_of(self, peer: Union[Peer, str]) -> str:
@@ -552,8 +607,6 @@ class DMQService(MultiService):
             request=request,
             source=source,
         )
-        d = defer.maybeDeferred(peer.handle_message, message)
-        d.addCallbacks(_as_peer_response, _failure_as_peer_response, errbackArgs=(channel,))
         keep_body = peer is self.notification
 
         def respond(answer: PeerResponse) -> Response:
@@ -569,8 +622,20 @@ class DMQService(MultiService):
                 server=SERVER_NAME,
             )
 
-        d.addCallback(respond)
-        return d
+        # Called directly (no Deferred) unless the peer answers later.
+        try:
+            result = peer.handle_message(message)
+        except Exception:
+            return respond(_failure_as_peer_response(Failure(), channel))
+        if isinstance(result, Deferred):
+            result.addCallbacks(_as_peer_response, _failure_as_peer_response, errbackArgs=(channel,))
+            result.addCallback(respond)
+            return result
+        try:
+            answer = _as_peer_response(result)
+        except Exception:
+            answer = _failure_as_peer_response(Failure(), channel)
+        return respond(answer)
 
 
 def _as_peer_response(result: Any) -> PeerResponse:

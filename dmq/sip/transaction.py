@@ -21,10 +21,11 @@ and the client reports its own timeout rather than waiting for one.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -121,7 +122,6 @@ class ClientTransaction:
         self._interval = layer.t1
         self._timer_e: Optional[IDelayedCall] = None
         self._timer_f: Optional[IDelayedCall] = None
-        self._timer_k: Optional[IDelayedCall] = None
 
     def start(self) -> None:
         """Send the request and start timers E (over UDP) and F."""
@@ -190,10 +190,10 @@ class ClientTransaction:
             return
         self.state = State.COMPLETED
         self._cancel_timers()
-        if self.address.reliable:
-            self._terminate()
-        else:
-            self._timer_k = self.layer.clock.callLater(self.layer.t4, self._terminate)
+        self._terminate()
+        if not self.address.reliable:
+            # Timer K: retransmitted copies of the response are absorbed for T4.
+            self.layer._retain_client(self.key)
         self.deferred.callback(response)
 
     def _cancel_timers(self) -> None:
@@ -205,9 +205,6 @@ class ClientTransaction:
 
     def _terminate(self) -> None:
         self._cancel_timers()
-        if self._timer_k is not None and self._timer_k.active():
-            self._timer_k.cancel()
-        self._timer_k = None
         self.state = State.TERMINATED
         self.layer._client_done(self)
 
@@ -215,7 +212,8 @@ class ClientTransaction:
 class ServerTransaction:
     """
     A non-INVITE server transaction: absorbs retransmissions of its request
-    and answers them with the stored final response once there is one.
+    until the transaction user answers.  Once the final response is sent the
+    layer keeps only its bytes (Timer J) to answer later retransmissions.
     """
 
     def __init__(self, layer: "TransactionLayer", key: tuple[object, ...], request: Request, source: Source) -> None:
@@ -224,15 +222,13 @@ class ServerTransaction:
         self.request = request
         self.source = source
         self.state = State.TRYING
-        self.response: Optional[Response] = None
         self._last: Optional[bytes] = None
-        self._timer_j: Optional[IDelayedCall] = None
 
     def retransmission(self) -> None:
-        """The request arrived again: resend the last response, if any."""
+        """The request arrived again: resend the last provisional response, if any."""
         self.layer.stats.retransmitted_requests += 1
-        if self._last is not None and self.state in (State.PROCEEDING, State.COMPLETED):
-            self._send(self._last)
+        if self._last is not None and self.state is State.PROCEEDING:
+            self.layer._send_response(self._last, self.request, self.source)
 
     def respond(self, response: Response) -> None:
         """Send ``response``; a final one completes the transaction."""
@@ -244,34 +240,14 @@ class ServerTransaction:
         stats = self.layer.stats
         stats.responses_sent += 1
         stats.by_code[response.code] = stats.by_code.get(response.code, 0) + 1
-        self._send(data)
+        address = self.layer._send_response(data, self.request, self.source)
         if response.code < 200:
             self.state = State.PROCEEDING
             return
-        self.response = response
-        self.state = State.COMPLETED
-        if self.source.address.reliable:
-            self._terminate()
-        else:
-            self._timer_j = self.layer.clock.callLater(64 * self.layer.t1, self._terminate)
-
-    def _send(self, data: bytes) -> None:
-        d = self.layer.transport.send(data, self.layer.response_address(self.request, self.source), self.source.connection)
-        if d is not None:
-            d.addErrback(
-                lambda f: log.info(
-                    "cannot send response to {address}: {reason}",
-                    address=self.source.address,
-                    reason=f.getErrorMessage(),
-                )
-            )
-
-    def _terminate(self) -> None:
-        if self._timer_j is not None and self._timer_j.active():
-            self._timer_j.cancel()
-        self._timer_j = None
         self.state = State.TERMINATED
         self.layer._server_done(self)
+        if not self.source.address.reliable:
+            self.layer._retain_server(self.key, data, address)
 
 
 @implementer(IMessageHandler)
@@ -316,6 +292,13 @@ class TransactionLayer:
         self.stats = TransactionStats()
         self.clients: dict[tuple[str, str], ClientTransaction] = {}
         self.servers: dict[tuple[object, ...], ServerTransaction] = {}
+        # Completed transactions keep only what they need, in insertion order
+        # (every entry lives the same time), swept by one timer.
+        self.completed_servers: dict[tuple[object, ...], tuple[bytes, Address]] = {}
+        self.completed_clients: set[tuple[str, str]] = set()
+        self._server_expiry: deque[tuple[float, tuple[object, ...]]] = deque()
+        self._client_expiry: deque[tuple[float, tuple[str, str]]] = deque()
+        self._sweeper: Optional[IDelayedCall] = None
 
     # -- outbound ----------------------------------------------------------
 
@@ -383,8 +366,11 @@ class TransactionLayer:
         self.stats.responses_received += 1
         vias = response.vias
         branch = vias[0].branch if vias else None
-        transaction = self.clients.get((branch or "", response.cseq[1]))
+        key = (branch or "", response.cseq[1])
+        transaction = self.clients.get(key)
         if transaction is None:
+            if key in self.completed_clients:
+                return  # a retransmitted final response (Timer K)
             self.stats.stray_responses += 1
             log.debug(
                 "stray response {code} from {source} (branch {branch})",
@@ -420,18 +406,33 @@ class TransactionLayer:
         if transaction is not None:
             transaction.retransmission()
             return
+        done = self.completed_servers.get(key)
+        if done is not None:
+            self.stats.retransmitted_requests += 1
+            d = self.transport.send(done[0], done[1], source.connection)
+            if d is not None:
+                d.addErrback(lambda f: None)
+            return
         self.stats.requests_received += 1
         transaction = ServerTransaction(self, key, request, source)
         self.servers[key] = transaction
         if self.request_handler is None:
             transaction.respond(make_response(request, 501))
             return
-        d = maybeDeferred(self.request_handler, request, source)
-        d.addCallbacks(
-            transaction.respond,
-            self._handler_failed,
-            errbackArgs=(transaction,),
-        )
+        # Called directly (no Deferred) unless the handler answers later.
+        try:
+            result = self.request_handler(request, source)
+        except Exception:
+            self._handler_failed(Failure(), transaction)
+            return
+        if isinstance(result, Deferred):
+            result.addCallback(transaction.respond)
+            result.addErrback(self._handler_failed, transaction)
+            return
+        try:
+            transaction.respond(result)
+        except Exception:
+            self._handler_failed(Failure(), transaction)
 
     def _handler_failed(self, failure: Failure, transaction: ServerTransaction) -> None:
         self.stats.handler_errors += 1
@@ -477,6 +478,54 @@ class TransactionLayer:
         if self.servers.get(transaction.key) is transaction:
             del self.servers[transaction.key]
 
+    def _send_response(self, data: bytes, request: Request, source: Source) -> Address:
+        address = self.response_address(request, source)
+        d = self.transport.send(data, address, source.connection)
+        if d is not None:
+            d.addErrback(
+                lambda f: log.info(
+                    "cannot send response to {address}: {reason}",
+                    address=address,
+                    reason=f.getErrorMessage(),
+                )
+            )
+        return address
+
+    def _retain_server(self, key: tuple[object, ...], data: bytes, address: Address) -> None:
+        """Timer J: answer retransmissions with ``data`` for 64*T1."""
+        self.completed_servers[key] = (data, address)
+        self._server_expiry.append((self.clock.seconds() + 64 * self.t1, key))
+        self._schedule_sweep()
+
+    def _retain_client(self, key: tuple[str, str]) -> None:
+        """Timer K: absorb retransmitted responses for T4."""
+        self.completed_clients.add(key)
+        self._client_expiry.append((self.clock.seconds() + self.t4, key))
+        self._schedule_sweep()
+
+    def _schedule_sweep(self) -> None:
+        heads = [q[0][0] for q in (self._server_expiry, self._client_expiry) if q]
+        if not heads:
+            return
+        first = min(heads)
+        sweeper = self._sweeper
+        if sweeper is not None and sweeper.active():
+            if sweeper.getTime() <= first:
+                return
+            sweeper.cancel()
+        self._sweeper = self.clock.callLater(max(0.0, first - self.clock.seconds()), self._sweep)
+
+    def _sweep(self) -> None:
+        """Forget completed transactions whose Timer J or K ran out."""
+        self._sweeper = None
+        now = self.clock.seconds()
+        servers, clients = self._server_expiry, self._client_expiry
+        while servers and servers[0][0] <= now:
+            self.completed_servers.pop(servers.popleft()[1], None)
+        while clients and clients[0][0] <= now:
+            self.completed_clients.discard(clients.popleft()[1])
+        self._schedule_sweep()
+
     def stop(self) -> None:
         """Cancel every timer; pending requests fail with a transport error."""
         for transaction in list(self.clients.values()):
@@ -485,8 +534,14 @@ class TransactionLayer:
                 transaction.deferred.errback(TransportError("transaction layer stopped"))
             else:
                 transaction._terminate()
-        for server in list(self.servers.values()):
-            server._terminate()
+        self.servers.clear()
+        self.completed_servers.clear()
+        self.completed_clients.clear()
+        self._server_expiry.clear()
+        self._client_expiry.clear()
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
 
 
 def _reason_from(error: SIPParseError) -> str:
