@@ -1,0 +1,137 @@
+"""Operating a node next to real Kamailio 5.6: `twistd dmq` joins its cluster, the control API answers as Kamailio's RPC."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from twisted.internet.task import Clock
+
+from dmq import DMQService
+from dmq.control import ControlAPI
+from dmq.testing import FakeSIPTransport
+
+from .kamailio import KamailioNode, KamailioRPCError, free_port, liveness_probe, wait_until
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+DMQCTL = str(Path(sys.executable).with_name("dmqctl"))
+PING = 5  # seconds, Kamailio's minimum
+
+
+def dmqctl_json(control: int, *command: str) -> Optional[Any]:
+    """`dmqctl --json COMMAND` against the node's control port; the result, or None if it did not answer."""
+    result = subprocess.run([DMQCTL, "--url", f"http://127.0.0.1:{control}/RPC", "--json", *command],
+                            capture_output=True, text=True, timeout=30)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def view(nodes: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """A node list as a set of (host, port, status)."""
+    return {(n["host"], n["port"], n["status"]) for n in nodes}
+
+
+def assert_alive(*nodes: KamailioNode) -> None:
+    """The liveness probe: every Kamailio still answers a fresh node-list request within 1 s."""
+    for k in nodes:
+        assert k.running, f"{k} died"
+        assert liveness_probe("127.0.0.1", k.port, timeout=1.0), f"{k} stopped answering node lists"
+
+
+def stop(process: "subprocess.Popen[bytes]") -> bytes:
+    """SIGTERM the process we started, SIGKILL it if it lingers; its output."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        out, _ = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    return out
+
+
+def test_twistd_node_joins_kamailio_cluster(kamailio: Any, tmp_path: Path) -> None:
+    """`twistd -n dmq` seeded with a Kamailio joins its 2-node cluster; dmqctl list-nodes shows what Kamailio's dmq.list_nodes shows."""
+    k1 = kamailio(ping_interval=PING)
+    k2 = kamailio([k1], ping_interval=PING)
+    wait_until(lambda: k1.node_status(k2.port) == "active" and k2.node_status(k1.port) == "active", timeout=10)
+    sip, control = free_port("udp"), free_port("tcp")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    process = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "dmq", "--server-address", f"sip:127.0.0.1:{sip}",
+         "--notification-address", k1.uri, "--ping-interval", str(PING), "--control", f"tcp:{control}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        expected = {("127.0.0.1", str(port), "active") for port in (k1.port, k2.port, sip)}
+
+        def converged() -> Optional[tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]]:
+            ours = dmqctl_json(control, "list-nodes")
+            if ours is None or view(ours) != expected:
+                return None
+            on_k1, on_k2 = k1.list_nodes(), k2.list_nodes()
+            if view(on_k1) != expected or view(on_k2) != expected:
+                return None
+            return ours, on_k1, on_k2
+
+        ours, on_k1, on_k2 = wait_until(converged, timeout=20, interval=0.3)
+        assert view(ours) == view(on_k1) == view(on_k2)
+        assert [(n["port"], n["local"]) for n in ours if n["local"]] == [(str(sip), 1)]
+        assert [n["port"] for n in on_k1 if n["local"]] == [str(k1.port)]
+        # Exactly Kamailio's keys and value types (5.6 has no fail_count, which 6.1 added).
+        kamailio_entry = on_k1[0]
+        for entry in ours:
+            assert set(entry) == set(kamailio_entry) | {"fail_count"}
+            for key, value in kamailio_entry.items():
+                assert type(entry[key]) is type(value), key
+        # The table a person reads shows the same three nodes, this one local.
+        table = subprocess.run([DMQCTL, "--url", f"http://127.0.0.1:{control}/RPC", "list-nodes"],
+                               capture_output=True, text=True, timeout=30).stdout.splitlines()
+        assert sorted(line.split()[0] for line in table[1:]) == sorted(f"sip:127.0.0.1:{p}" for p in (k1.port, k2.port, sip))
+    finally:
+        log = stop(process)
+    assert b"Server Shut Down." in log, log[-2000:]
+    assert_alive(k1, k2)
+
+
+def test_rpc_answers_match_kamailio(kamailio: Any) -> None:
+    """dmq.remove and dmq.list_nodes answer as Kamailio 5.6.3 does: same results, same fault codes and texts."""
+    k1 = kamailio(ping_interval=PING)
+    svc = DMQService(f"sip:127.0.0.1:{free_port('udp')}", reactor=Clock(), transport=FakeSIPTransport())
+    api = ControlAPI(svc)
+
+    def ours(method: str, *params: Any) -> dict[str, Any]:
+        call: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": 1}
+        if params:
+            call["params"] = list(params)
+        answers: list[Any] = []
+        api.handle(json.dumps(call).encode()).addCallback(answers.append)
+        return json.loads(answers[0])
+
+    def theirs(method: str, *params: Any) -> dict[str, Any]:
+        try:
+            return {"result": k1.rpc(method, *params)}
+        except KamailioRPCError as e:
+            return {"error": {"code": e.code, "message": e.message}}
+
+    cases = [
+        ("dmq.remove", "sip:127.0.0.9:4444"),  # not listed: still Ok
+        ("dmq.remove", "garbage"),  # 500 Failure
+        ("dmq.remove",),  # 500 Invalid Parameters
+    ]
+    for method, *params in cases:
+        answer = ours(method, *params)
+        answer.pop("jsonrpc")
+        answer.pop("id")
+        assert answer == theirs(method, *params), (method, params)
+    local_ours = ours("dmq.list_nodes")["result"]
+    local_theirs = k1.list_nodes()
+    assert len(local_ours) == len(local_theirs) == 1
+    assert {k: v for k, v in local_ours[0].items() if k not in ("port", "fail_count")} == {
+        k: v for k, v in local_theirs[0].items() if k != "port"
+    }
+    assert_alive(k1)
