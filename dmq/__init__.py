@@ -4,22 +4,42 @@ dmq: Kamailio-compatible DMQ (distributed message queue) nodes for Twisted.
 Nodes form a cluster, find each other through seed addresses, watch each
 other with pings, and carry messages on named channels as SIP ``KDMQ``
 requests over UDP, TCP and TLS.
+
+The names below load their modules on first use, so that light tools (such
+as ``dmqctl``) do not import Twisted's reactor machinery.
 """
 
-from dmq.node import Event, EventKind, Node, NodeList, NodeStatus
-from dmq.peer import CallbackPeer, DMQMessage, Peer, PeerError, PeerResponse
-from dmq.service import DMQService
+from __future__ import annotations
 
-__all__ = [
-    "CallbackPeer",
-    "DMQMessage",
-    "DMQService",
-    "Event",
-    "EventKind",
-    "Node",
-    "NodeList",
-    "NodeStatus",
-    "Peer",
-    "PeerError",
-    "PeerResponse",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dmq.node import Event, EventKind, Node, NodeList, NodeStatus
+    from dmq.peer import CallbackPeer, DMQMessage, Peer, PeerError, PeerResponse
+    from dmq.service import DMQService
+
+_EXPORTS = {
+    "CallbackPeer": "dmq.peer",
+    "DMQMessage": "dmq.peer",
+    "DMQService": "dmq.service",
+    "Event": "dmq.node",
+    "EventKind": "dmq.node",
+    "Node": "dmq.node",
+    "NodeList": "dmq.node",
+    "NodeStatus": "dmq.node",
+    "Peer": "dmq.peer",
+    "PeerError": "dmq.peer",
+    "PeerResponse": "dmq.peer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dmq' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
