@@ -10,7 +10,17 @@ from __future__ import annotations
 import re
 from typing import Mapping, Optional, Union
 
-from dmq.sip.uri import SIPURI, SIPParseError, _check_host, _check_port, match_sip_uri
+from dmq.sip.uri import (
+    PLAIN_HOST_PATTERN,
+    PLAIN_SIP_URI_PATTERN,
+    PORT_PATTERN,
+    SIPURI,
+    SIPParseError,
+    _check_host,
+    _check_port,
+    match_sip_uri,
+    split_params,
+)
 
 __all__ = [
     "Via", "NameAddr", "parse_vias", "parse_params", "format_params", "parse_uri", "check_uri",
@@ -32,10 +42,30 @@ _VIA_RE = re.compile(
     rf"({_PARAMS})[ \t]*(,[ \t]*)?"
 )
 
+# The usual values in one regex that needs no further check: "SIP/2.0/UDP
+# host:port;branch=..." and "<sip:...>;tag=...", token-valued parameters, no
+# blanks, no quoted strings, no IPv6.  Anything else goes the general way.
+_PLAIN_PARAMS = rf"(?:;{_TOKEN}(?:={_TOKEN})?)*"
+_PLAIN_VIA_RE = re.compile(
+    rf"SIP/2\.0/({_TOKEN}) ({PLAIN_HOST_PATTERN})(?::({PORT_PATTERN}))?({_PLAIN_PARAMS})"
+)
+_PLAIN_NAME_ADDR_RE = re.compile(rf"<{PLAIN_SIP_URI_PATTERN}>(?P<header_params>{_PLAIN_PARAMS})")
+
+_new_object = object.__new__
+
 _ABSOLUTE_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"]+")
 _QUOTED_DISPLAY_RE = re.compile(rf"[ \t]*({_QUOTED})[ \t]*<([^<>]*)>({_PARAMS})[ \t]*")
-_TOKENS_DISPLAY_RE = re.compile(rf"[ \t]*((?:{_TOKEN}[ \t]*)*)<([^<>]*)>({_PARAMS})[ \t]*")
+# *(token LWS), written so that each blank run has one way to match: the
+# naive (?:token[ \t]*)* backtracks exponentially when no "<...>" follows.
+_TOKENS_DISPLAY_RE = re.compile(
+    rf"[ \t]*((?:{_TOKEN}(?:[ \t]+{_TOKEN})*[ \t]*)?)<([^<>]*)>({_PARAMS})[ \t]*"
+)
 _ADDR_SPEC_RE = re.compile(rf"[ \t]*([^\s;<>\",?]+)({_PARAMS})[ \t]*")
+
+
+def _lowered(params: Optional[Mapping[str, Optional[str]]]) -> dict[str, Optional[str]]:
+    """A copy of ``params`` with the names lowercased, as the parser gives them."""
+    return {name.lower(): value for name, value in params.items()} if params else {}
 
 
 def parse_params(text: str) -> dict[str, Optional[str]]:
@@ -107,7 +137,7 @@ class Via:
         self.transport = transport.upper()
         self.host = host
         self.port = port
-        self.params: dict[str, Optional[str]] = dict(params) if params else {}
+        self.params: dict[str, Optional[str]] = _lowered(params)
 
     @property
     def branch(self) -> Optional[str]:
@@ -134,6 +164,18 @@ class Via:
         return hash(str(self))
 
 
+def _plain_via(m: "re.Match[str]") -> Via:
+    """The Via of a match of _PLAIN_VIA_RE."""
+    transport, host, port, params = m.groups()
+    via = _new_object(Via)
+    via.protocol = "SIP/2.0"
+    via.transport = transport.upper()
+    via.host = host
+    via.port = None if port is None else int(port)
+    via.params = split_params(params) if params else {}
+    return via
+
+
 def parse_vias(value: str) -> list[Via]:
     """
     Parse one ``Via`` header value, which may hold several comma-separated
@@ -141,6 +183,24 @@ def parse_vias(value: str) -> list[Via]:
 
     :raises SIPParseError: when the value is malformed.
     """
+    m = _PLAIN_VIA_RE.fullmatch(value)
+    if m is not None:
+        return [_plain_via(m)]
+    if "," in value and '"' not in value:
+        # Without quoted strings every comma separates two vias.
+        plain: list[Via] = []
+        for part in value.split(","):
+            m = _PLAIN_VIA_RE.fullmatch(part.strip(" \t"))
+            if m is None:
+                break
+            plain.append(_plain_via(m))
+        else:
+            return plain
+    return _parse_vias_general(value)
+
+
+def _parse_vias_general(value: str) -> list[Via]:
+    """:func:`parse_vias` without its fast paths, for any Via value."""
     vias: list[Via] = []
     pos, end = 0, len(value)
     match = _VIA_RE.match
@@ -190,7 +250,7 @@ class NameAddr:
     ) -> None:
         self.display_name = display_name
         self.uri = uri
-        self.params: dict[str, Optional[str]] = dict(params) if params else {}
+        self.params: dict[str, Optional[str]] = _lowered(params)
 
     @property
     def tag(self) -> Optional[str]:
@@ -204,6 +264,19 @@ class NameAddr:
 
         :raises SIPParseError: naming ``header`` when it is malformed.
         """
+        m = _PLAIN_NAME_ADDR_RE.fullmatch(value)
+        if m is not None:
+            name_addr = _new_object(cls)
+            name_addr.display_name = None
+            name_addr.uri = SIPURI._from_match(m)
+            params = m.group("header_params")
+            name_addr.params = split_params(params) if params else {}
+            return name_addr
+        return cls._parse_general(value, header)
+
+    @classmethod
+    def _parse_general(cls, value: str, header: str) -> "NameAddr":
+        """:meth:`parse` without its fast path, for any value."""
         display: Optional[str]
         if value.lstrip(" \t").startswith('"'):
             m = _QUOTED_DISPLAY_RE.fullmatch(value)

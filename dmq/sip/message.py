@@ -7,11 +7,16 @@ datagram, or a frame cut out of a stream) and get back a message object or a
 :class:`SIPParseError` naming what was wrong.
 
 The parser checks, for every message, the start line, the SIP version, the
-syntax of ``Via``, ``From``, ``To``, ``Call-ID``, ``CSeq``, ``Max-Forwards``,
-``Content-Length`` and ``Content-Type``, that none of the single-value headers
-appears twice, that a request's ``CSeq`` method equals its method, and that
-the mandatory headers are present.  Other header values are kept as text and
-parsed only by whoever asks for them.
+Request-URI, the syntax of ``Call-ID``, ``CSeq``, ``Max-Forwards`` and
+``Content-Length``, that none of the single-value headers appears twice, that
+a request's ``CSeq`` method equals its method, that the mandatory headers are
+present, and the caps on size, header lines and line length.  ``Via``,
+``From``, ``To`` and ``Content-Type`` are checked in full when first used (or
+by :meth:`Message.validate`); other header values are kept as text.
+
+The common shapes take fast paths (one regex that needs no further check, or
+plain string operations); whatever they do not take goes the general way, and
+``tests/test_sip_properties.py`` checks that both accept the same.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import re
 from typing import Iterable, Iterator, Optional, Union
 
 from dmq.sip.headers import NameAddr, Via, check_uri, parse_vias
-from dmq.sip.uri import SIP_URI_PATTERN, SIPURI, SIPParseError, check_uri_match
+from dmq.sip.uri import PLAIN_SIP_URI_PATTERN, SIP_URI_PATTERN, SIPURI, SIPParseError
 
 __all__ = [
     "Headers",
@@ -122,9 +127,15 @@ _CONTENT_TYPE_RE = re.compile(
     r"(?:[ \t]*;[ \t]*[A-Za-z0-9\-.!%*_+`'~]+[ \t]*=[ \t]*"
     r"(?:[A-Za-z0-9\-.!%*_+`'~]+|\"(?:[^\"\\]|\\.)*\"))*"
 )
-_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
-_FOLD_RE = re.compile(r"[ \t]*\r?\n[ \t]+")
-_TAG_PREFIX = os.urandom(16).hex()
+_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE | re.ASCII)
+# A line break with the blanks around it, continuation lines of blanks only
+# included, as one match (to become one SP).  The lookbehind lets a match
+# start only where a run of blanks starts, and the possessive quantifiers
+# never give blanks back: the naive [ \t]*\n[ \t]+ takes quadratic time on
+# a long run of blanks that no line break follows.
+_FOLD_RE = re.compile(r"(?<![ \t])[ \t]*+(?:\n[ \t]++)++")
+_BLANK_LINE_RE = re.compile(rb"\n\r?\n")
+_TAG_PREFIX = os.urandom(16).hex() + "."
 
 
 def _display_name(key: str) -> str:
@@ -152,6 +163,21 @@ _KNOWN_NAMES = {
     for spelling in {name, name.lower(), name.upper(), _display_name(name.lower())}
 }
 """Common header name spellings (exactly as written, no spaces) to their keys."""
+
+
+def _check_texts(*texts: Optional[str]) -> None:
+    """Refuse texts (None aside) that hold a line break: they would inject lines."""
+    for text in texts:
+        if text is not None and ("\n" in text or "\r" in text):
+            raise SIPParseError(f"line break in {text[:80]!r}")
+
+
+def _check_field(name: str, value: str) -> None:
+    """Refuse a header name that is not a token, or a value with a line break."""
+    if _TOKEN_RE.fullmatch(name) is None:
+        raise SIPParseError(f"malformed header name {name[:80]!r}")
+    if "\n" in value or "\r" in value:
+        raise SIPParseError(f"line break in the value of header {name!r}")
 
 
 class Headers:
@@ -202,9 +228,11 @@ class Headers:
 
     def lines(self) -> list[str]:
         """The header lines as they will be written (``Name: value``)."""
-        if self._raw is not None:
-            return self._raw
-        return [f"{name}: {value}" for name, value in self._list or ()]
+        lines = self._raw
+        if lines is None:
+            # Cached until the next change (every change resets _raw).
+            lines = self._raw = [f"{name}: {value}" for name, value in self._list or ()]
+        return lines
 
     def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The first value of ``name``, or ``default``."""
@@ -216,13 +244,24 @@ class Headers:
         return list(self._index.get(canonical_key(name), ()))
 
     def add(self, name: str, value: str) -> None:
-        """Append a header line."""
+        """
+        Append a header line.
+
+        :raises SIPParseError: when ``name`` is not a token or ``value``
+            holds a line break (which would inject header lines).
+        """
+        _check_field(name, value)
         self._items.append((name, value))
         self._raw = None
         self._index.setdefault(canonical_key(name), []).append(value)
 
     def set(self, name: str, value: str) -> None:
-        """Replace every ``name`` line by one; a new header goes last."""
+        """
+        Replace every ``name`` line by one; a new header goes last.
+
+        :raises SIPParseError: as :meth:`add` does.
+        """
+        _check_field(name, value)
         key = canonical_key(name)
         if key not in self._index:
             self.add(name, value)
@@ -409,7 +448,12 @@ class Message:
 
         :raises SIPParseError: naming the first fault found.
         """
-        _check(self, self.headers._index)
+        method: Optional[str] = None
+        if isinstance(self, Request):
+            method = self.method
+            if not isinstance(method, str) or _TOKEN_RE.fullmatch(method) is None:
+                raise SIPParseError(f"malformed method {method!r}")
+        _check(self, self.headers._index, method, False)
 
     def validate(self) -> None:
         """
@@ -427,10 +471,12 @@ class Message:
 
     def to_bytes(self) -> bytes:
         """Serialise the message: start line, header lines as stored, body."""
-        lines = [self._start_line()]
-        lines.extend(self.headers.lines())
-        lines.append("\r\n")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self._body
+        headers = self.headers
+        lines = headers._raw
+        if lines is None:
+            lines = headers.lines()
+        text = "\r\n".join([self._start_line(), *lines, "", ""])
+        return text.encode("utf-8", "surrogateescape") + self._body
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
@@ -545,57 +591,73 @@ class Response(Message):
 
 
 _REQUEST_LINE_RE = re.compile(rf"([A-Za-z0-9\-.!%*_+`'~]+) ({SIP_URI_PATTERN}) SIP/2\.0")
+# The common request line in one regex that needs no further check: a token
+# method and a plain SIP Request-URI (see PLAIN_SIP_URI_PATTERN).
+_PLAIN_REQUEST_LINE_RE = re.compile(rf"([A-Za-z0-9\-.!%*_+`'~]+) ({PLAIN_SIP_URI_PATTERN}) SIP/2\.0")
+_PLAIN_STATUS_LINE_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?", re.DOTALL)
+_MAX_FORWARDS = {str(n): n for n in range(256)}
+"""Max-Forwards values as normally written, to their ints."""
+
+_new_object = object.__new__
+
+
+def _is_sip_2_0(version: str) -> bool:
+    """Whether a SIP-Version is 2.0 (case-insensitive, ASCII only)."""
+    return version.isascii() and version.upper() == "SIP/2.0"
+
+
+def _bad_version(version: str, line: str) -> SIPParseError:
+    """The error for a start line whose version is not SIP/2.0."""
+    if _VERSION_RE.fullmatch(version):
+        return SIPParseError(f"unsupported SIP version {version!r}", code=505)
+    return SIPParseError(f"malformed start line: {line[:200]!r}")
 
 
 def _parse_start_line(line: str) -> Union[Request, Response]:
-    """Parse a request line or status line into an empty message."""
-    m = _REQUEST_LINE_RE.fullmatch(line)
-    if m is not None and "%" not in line and m.group("headers") is None:
-        # The common case, in one regex: a SIP Request-URI without escapes.
-        check_uri_match(m)
-        request = Request.__new__(Request)
-        request.method = m.group(1)
-        request._uri = None
-        request._uri_text = m.group(2)
-        request._uri_match = m
-        request._cache = {}
-        return request
-    if line[:4] == "SIP/" or line[:4].upper() == "SIP/":
+    """
+    Parse a request line or status line into an empty message (for
+    :func:`parse_message`, which has found ``line`` is no plain request line).
+    """
+    m = _PLAIN_STATUS_LINE_RE.fullmatch(line)
+    if m is not None:
+        response = _new_object(Response)
+        code, reason = m.group(1, 2)
+        response.code = int(code)
+        response.reason = reason or ""
+        response._cache = {}
+        return response
+    if line[:4].isascii() and line[:4].upper() == "SIP/":
         parts = line.split(" ", 2)
         if len(parts) < 2:
-            raise SIPParseError(f"malformed status line: {line!r}")
+            raise SIPParseError(f"malformed status line: {line[:200]!r}")
         version, code_text = parts[0], parts[1]
-        if version.upper() != "SIP/2.0":
-            if _VERSION_RE.fullmatch(version):
-                raise SIPParseError(f"unsupported SIP version {version!r}", code=505)
-            raise SIPParseError(f"malformed status line: {line!r}")
+        if not _is_sip_2_0(version):
+            raise _bad_version(version, line)
         if len(code_text) != 3 or not code_text.isdigit() or not code_text.isascii():
-            raise SIPParseError(f"malformed status code {code_text!r}")
+            raise SIPParseError(f"malformed status code {code_text[:20]!r}")
         code = int(code_text)
         if not 100 <= code <= 699:
             raise SIPParseError(f"status code {code} out of range")
-        response = Response.__new__(Response)
+        response = _new_object(Response)
         response.code = code
         response.reason = parts[2] if len(parts) == 3 else ""
         response._cache = {}
         return response
     parts = line.split(" ")
     if len(parts) != 3:
-        raise SIPParseError(f"malformed request line: {line!r}")
+        raise SIPParseError(f"malformed request line: {line[:200]!r}")
     method, uri_text, version = parts
     if _TOKEN_RE.fullmatch(method) is None:
-        raise SIPParseError(f"malformed method {method!r}")
-    if version.upper() != "SIP/2.0":
-        if _VERSION_RE.fullmatch(version):
-            raise SIPParseError(f"unsupported SIP version {version!r}", code=505)
-        raise SIPParseError(f"malformed request line: {line!r}")
+        raise SIPParseError(f"malformed method {method[:80]!r}")
+    if not _is_sip_2_0(version):
+        raise _bad_version(version, line)
     try:
         match = check_uri(uri_text)
     except SIPParseError as e:
         raise SIPParseError(f"bad Request-URI: {e}", code=e.code) from None
     if match is not None and match.group("headers") is not None:
-        raise SIPParseError(f"headers are not allowed in a Request-URI: {uri_text!r}")
-    request = Request.__new__(Request)
+        raise SIPParseError(f"headers are not allowed in a Request-URI: {uri_text[:200]!r}")
+    request = _new_object(Request)
     request.method = method
     request._uri = None
     request._uri_text = uri_text
@@ -604,46 +666,126 @@ def _parse_start_line(line: str) -> Union[Request, Response]:
     return request
 
 
-def _check(
-    message: Message, index: dict[str, list[str]], checked_duplicates: bool = False
-) -> None:
-    """The checks of :meth:`Message.check`, filling the accessor caches."""
+def _check(message: Message, index: dict[str, list[str]], method: Optional[str], parsed: bool) -> None:
+    """
+    The checks of :meth:`Message.check`, filling the accessor caches.
+
+    :param method: a request's method, already known to be a token; ``None``
+        for a response.
+    :param parsed: whether :func:`parse_message` has already rejected
+        repeated single-value headers and checked ``Content-Length``.
+    """
     if not _REQUIRED_SET <= index.keys():
         missing = [_display_name(key) for key in _REQUIRED if key not in index]
         raise SIPParseError(f"missing {', '.join(missing)} header")
-    if checked_duplicates is False:
+    if not parsed:
         for key in SINGLE_VALUE_HEADERS:
             values = index.get(key)
             if values is not None and len(values) > 1:
                 raise SIPParseError(f"{_display_name(key)} header appears {len(values)} times")
+        values = index.get("content-length")
+        if values is not None and not (values[0].isdigit() and values[0].isascii()):
+            raise SIPParseError(f"malformed Content-Length header: {values[0][:80]!r}")
     cache = message._cache
     call_id = index["call-id"][0]
     if _CALL_ID_RE.fullmatch(call_id) is None:
-        raise SIPParseError(f"malformed Call-ID header: {call_id!r}")
+        raise SIPParseError(f"malformed Call-ID header: {call_id[:200]!r}")
     cache["call-id"] = call_id
     text = index["cseq"][0]
-    m = _CSEQ_RE.fullmatch(text)
-    if m is None:
-        raise SIPParseError(f"malformed CSeq header: {text!r}")
-    number, method = m.groups()
-    cseq = cache["cseq"] = (int(number), method)
-    if cseq[0] > 0xFFFFFFFF:
+    number, _, cseq_method = text.partition(" ")
+    # The usual "<number> <method>" needs no regex; anything else is judged by it.
+    if cseq_method != method or not (number.isdigit() and number.isascii() and len(number) <= 10):
+        m = _CSEQ_RE.fullmatch(text)
+        if m is None:
+            raise SIPParseError(f"malformed CSeq header: {text[:200]!r}")
+        number, cseq_method = m.groups()
+        if method is not None and cseq_method != method:
+            raise SIPParseError(
+                f"CSeq method {cseq_method!r} does not match request method {method!r}"
+            )
+    sequence = int(number)
+    if sequence > 0xFFFFFFFF:
         raise SIPParseError(f"CSeq number {number} does not fit 32 bits")
-    if isinstance(message, Request) and method != message.method:
-        raise SIPParseError(
-            f"CSeq method {method!r} does not match request method {message.method!r}"
-        )
+    cache["cseq"] = (sequence, cseq_method)
     values = index.get("max-forwards")
     if values is None:
         cache["max-forwards"] = None
     else:
         text = values[0]
-        if not (text.isdigit() and text.isascii()) or int(text) > 255:
-            raise SIPParseError(f"Max-Forwards must be 0-255, not {text!r}")
-        cache["max-forwards"] = int(text)
-    values = index.get("content-length")
-    if values is not None and not (values[0].isdigit() and values[0].isascii()):
-        raise SIPParseError(f"malformed Content-Length header: {values[0]!r}")
+        hops = _MAX_FORWARDS.get(text)
+        if hops is None:
+            if not (text.isdigit() and text.isascii()) or int(text) > 255:
+                raise SIPParseError(f"Max-Forwards must be 0-255, not {text[:80]!r}")
+            hops = int(text)
+        cache["max-forwards"] = hops
+
+
+def _slow_lines(data: bytes, max_headers: int, max_line: int) -> tuple[list[str], int]:
+    """
+    The unfolded lines of a header section that may use bare LFs, may be
+    folded, or is big enough to need the caps checked; for
+    :func:`parse_message` when its fast path does not apply.
+
+    :returns: the lines (start line first) and where the body starts.
+    :raises SIPParseError: for a missing blank line, a continuation of the
+        start line, or (code 413) a cap exceeded.
+    """
+    m = _BLANK_LINE_RE.search(data)
+    if m is None:
+        raise SIPParseError("no blank line after the headers")
+    text = data[: m.start()].decode("utf-8", "surrogateescape").replace("\r\n", "\n")
+    if text[-1:] == "\r":
+        text = text[:-1]
+    # Continuation lines count, as the stream transport counts them: this
+    # also bounds the work of unfolding.
+    if text.count("\n") > max_headers:
+        raise SIPParseError(f"more than {max_headers} header lines", code=413)
+    first = text.find("\n")
+    if first >= 0 and text[first + 1 : first + 2] in (" ", "\t"):
+        raise SIPParseError("continuation line after the start line")
+    if "\n " in text or "\n\t" in text:
+        text = _FOLD_RE.sub(" ", text)
+    lines = text.split("\n")
+    if len(text) > max_line and max(map(len, lines)) > max_line:
+        raise SIPParseError(f"header line longer than {max_line} characters", code=413)
+    return lines, m.end()
+
+
+def _index_headers(lines: list[str]) -> Optional[dict[str, list[str]]]:
+    """
+    Index unfolded header lines by lowercased long name, checking names and
+    rejecting repeated single-value headers.
+
+    :returns: the index, or ``None`` when a line turns out to be a
+        continuation line (the caller unfolds and tries again).
+    """
+    index: dict[str, list[str]] = {}
+    known = _KNOWN_NAMES
+    single = SINGLE_VALUE_HEADERS
+    for line in lines:
+        name, colon, value = line.partition(":")
+        key = known.get(name)
+        if key is None or not colon:
+            if line[:1] in (" ", "\t"):
+                return None
+            if not colon:
+                raise SIPParseError(f"header line without a colon: {line[:80]!r}")
+            name = name.rstrip(" \t")
+            # Checked before lowercasing: str.lower() maps some non-ASCII
+            # letters (KELVIN SIGN) to ASCII ones.
+            if _TOKEN_RE.fullmatch(name) is None:
+                raise SIPParseError(f"malformed header name {name[:80]!r}")
+            key = name.lower()
+            key = COMPACT_FORMS.get(key, key)
+        value = value.strip(" \t")
+        values = index.get(key)
+        if values is None:
+            index[key] = [value]
+        elif key in single:
+            raise SIPParseError(f"{_display_name(key)} header appears more than once")
+        else:
+            values.append(value)
+    return index
 
 
 def parse_message(
@@ -666,72 +808,73 @@ def parse_message(
     raises :class:`SIPParseError` if they are malformed), or all at once by
     :meth:`Message.validate`, which ``strict=True`` calls before returning.
 
+    :param max_size: the largest message accepted, in bytes.
+    :param max_headers: the most header lines accepted, continuation lines
+        of folded headers included.
+    :param max_line: the longest line accepted, in characters, after unfolding.
     :raises SIPParseError: with a message naming the fault, for any input that
-        is not a well-formed message; never any other exception.
+        is not a well-formed message; never any other exception.  Exceeding a
+        cap gives code 413, an unsupported SIP version 505.
     """
     if len(data) > max_size:
         raise SIPParseError(f"message of {len(data)} bytes exceeds {max_size}", code=413)
     if data[:1] in (b"\r", b"\n"):
         # Keep-alives or stray CRLFs before the start line (RFC 3261 7.5).
         data = data.lstrip(b"\r\n")
-    end = data.find(b"\r\n\r\n")
-    if end >= 0:
-        body_start = end + 4
+    lines: Optional[list[str]] = None
+    head_bytes, blank, rest = data.partition(b"\r\n\r\n")
+    if blank:
+        head = head_bytes.decode("utf-8", "surrogateescape")
+        newlines = head.count("\n")
+        # Within these bounds no cap can be exceeded, folded or not.
+        if newlines <= max_headers and len(head) <= max_line:
+            lines = head.split("\r\n")
+            if newlines >= len(lines):
+                # A bare LF: lines may end in LF, and the header section may
+                # end at an LF LF before the first CRLF CRLF.
+                lines = None
+    if lines is None:
+        lines, body_start = _slow_lines(data, max_headers, max_line)
+        rest = data[body_start:]
+    message: Union[Request, Response]
+    m = _PLAIN_REQUEST_LINE_RE.fullmatch(lines[0])
+    if m is not None:
+        # The common start line, without the call to _parse_start_line.
+        request: Request = _new_object(Request)
+        method, request._uri_text = m.group(1, 2)
+        request.method = method
+        request._uri = None
+        request._uri_match = m
+        request._cache = {}
+        message = request
     else:
-        end = data.find(b"\n\n")
-        if end >= 0:
-            body_start = end + 2
-        elif data.endswith(b"\n"):
-            end = body_start = len(data)
-        else:
-            raise SIPParseError("no blank line after the headers")
-    head = data[:end].decode("utf-8", "surrogateescape")
-    if "\n " in head or "\n\t" in head:
-        head = _FOLD_RE.sub(" ", head)
-    lines = head.split("\r\n")
-    if head.count("\n") != len(lines) - 1:
-        lines = head.replace("\r\n", "\n").split("\n")
-    if len(lines) > max_headers + 1:
-        raise SIPParseError(f"more than {max_headers} header lines", code=413)
-    message = _parse_start_line(lines[0])
-    if len(head) > max_line and max(map(len, lines)) > max_line:
-        raise SIPParseError(f"header line longer than {max_line} characters", code=413)
-    index: dict[str, list[str]] = {}
-    known = _KNOWN_NAMES
+        message = _parse_start_line(lines[0])
+        method = message.method if type(message) is Request else None
     del lines[0]
-    for line in lines:
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise SIPParseError(f"header line without a colon: {line[:80]!r}")
-        key = known.get(name)
-        if key is None:
-            name = name.rstrip(" \t")
-            key = name.lower()
-            if _TOKEN_RE.fullmatch(key) is None:
-                raise SIPParseError(f"malformed header name {name[:80]!r}")
-            key = COMPACT_FORMS.get(key, key)
-        value = value.strip(" \t")
-        if key in index:
-            if key in SINGLE_VALUE_HEADERS:
-                raise SIPParseError(f"{_display_name(key)} header appears more than once")
-            index[key].append(value)
-        else:
-            index[key] = [value]
-    message.headers = Headers._from_lines(lines, index)
-    length_values = index.get("content-length")
-    if length_values is not None:
-        text = length_values[0]
-        if not (text.isdigit() and text.isascii()):
-            raise SIPParseError(f"malformed Content-Length header: {text!r}")
-        length = int(text)
-        if body_start + length > len(data):
-            raise SIPParseError(
-                f"body has {len(data) - body_start} bytes, Content-Length says {length}"
-            )
-        message._body = data[body_start : body_start + length]
+    index = _index_headers(lines)
+    if index is None:
+        # Folded: _slow_lines unfolds.
+        lines = _slow_lines(data, max_headers, max_line)[0]
+        del lines[0]
+        index = _index_headers(lines)
+        if index is None:  # pragma: no cover - _slow_lines leaves no continuation line
+            raise SIPParseError("continuation line in the headers")
+    headers = message.headers = _new_object(Headers)
+    headers._list = None
+    headers._raw = lines
+    headers._index = index
+    values = index.get("content-length")
+    if values is None:
+        message._body = rest
     else:
-        message._body = data[body_start:]
-    _check(message, index, True)
+        text = values[0]
+        if not (text.isdigit() and text.isascii()):
+            raise SIPParseError(f"malformed Content-Length header: {text[:80]!r}")
+        length = int(text)
+        if length > len(rest):
+            raise SIPParseError(f"body has {len(rest)} bytes, Content-Length says {text}")
+        message._body = rest[:length]
+    _check(message, index, method, True)
     if strict:
         message.validate()
     return message
@@ -760,16 +903,18 @@ def response_tag(request: Request) -> str:
     """
     index = request.headers._index
     key = (index["call-id"][0], index["via"][0]) if "via" in index else index.get("call-id")
-    return f"{_TAG_PREFIX}.{hash(key) & 0xFFFFFFFF:08x}"
+    return _TAG_PREFIX + "%08x" % (hash(key) & 0xFFFFFFFF)
 
 
-_TAG_PARAM_RE = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
+_TAG_PARAM_RE = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE | re.ASCII)
 
 
 def _has_tag(to_value: str) -> bool:
     """Whether a ``To`` value carries a tag parameter (outside its ``<>``)."""
-    params = to_value[to_value.rfind(">") + 1 :]
-    return ";" in params and _TAG_PARAM_RE.search(params) is not None
+    if ";" not in to_value:
+        return False
+    params = to_value.rfind(">") + 1
+    return to_value.find(";", params) >= 0 and _TAG_PARAM_RE.search(to_value, params) is not None
 
 
 def make_response(
@@ -789,38 +934,54 @@ def make_response(
     the request had none), ``Call-ID`` and ``CSeq`` copied from the request;
     then extra ``headers``, ``Content-Type`` when there is a body, ``Server``
     and ``Content-Length``.
+
+    :raises SIPParseError: when ``request`` lacks one of the headers copied,
+        an extra header is malformed (see :meth:`Headers.add`), or a text
+        given holds a line break.
     """
     source = request.headers._index
-    vias = source["via"]
-    to = source["to"][0]
+    try:
+        vias = source["via"]
+        from_ = source["from"][0]
+        to = source["to"][0]
+        call_id = source["call-id"][0]
+        cseq = source["cseq"][0]
+    except (KeyError, IndexError):
+        missing = [_display_name(key) for key in _REQUIRED if not source.get(key)]
+        raise SIPParseError(f"cannot answer a request without {', '.join(missing)}") from None
+    if reason is not None or to_tag is not None or content_type is not None or server != "dmq":
+        _check_texts(reason, to_tag, content_type, server)
     if code != 100 and not _has_tag(to):
         to = f"{to};tag={to_tag or response_tag(request)}"
-    from_ = source["from"]
-    call_id = source["call-id"]
-    cseq = source["cseq"]
-    items = [("Via", via) for via in vias]
-    items += [("From", from_[0]), ("To", to), ("Call-ID", call_id[0]), ("CSeq", cseq[0])]
-    index = {"via": list(vias), "from": from_[:1], "to": [to], "call-id": call_id[:1], "cseq": cseq[:1]}
+    if len(vias) == 1:  # the usual case, without the cost of a comprehension
+        lines = ["Via: " + vias[0], "From: " + from_, "To: " + to, "Call-ID: " + call_id, "CSeq: " + cseq]
+    else:
+        lines = ["Via: " + via for via in vias]
+        lines += ("From: " + from_, "To: " + to, "Call-ID: " + call_id, "CSeq: " + cseq)
+    index = {"via": vias.copy(), "from": [from_], "to": [to], "call-id": [call_id], "cseq": [cseq]}
     for name, value in headers:
-        items.append((name, value))
+        _check_field(name, value)
+        value = value.strip(" \t")  # as it will read back
+        lines.append(f"{name}: {value}")
         index.setdefault(canonical_key(name), []).append(value)
     if body and content_type:
-        items.append(("Content-Type", content_type))
+        lines.append("Content-Type: " + content_type)
         index["content-type"] = [content_type]
     if server:
-        items.append(("Server", server))
+        lines.append("Server: " + server)
         index["server"] = [server]
     length = str(len(body))
-    items.append(("Content-Length", length))
+    lines.append("Content-Length: " + length)
     index["content-length"] = [length]
-    response = Response.__new__(Response)
+    response = _new_object(Response)
     response.code = code
     response.reason = REASONS.get(code, "") if reason is None else reason
-    response.headers = Headers._from_parsed(items, index)
+    response_headers = response.headers = _new_object(Headers)
+    response_headers._list = None
+    response_headers._raw = lines
+    response_headers._index = index
     response._body = body
-    response._cache = cache = request._cache.copy()
-    cache.pop("to", None)
-    cache.pop("max-forwards", None)
+    response._cache = {}
     return response
 
 
@@ -848,7 +1009,12 @@ def build_request(
     ``User-Agent``, ``Max-Forwards``, extra ``headers``, ``Content-Type``.
 
     A new branch, From-tag and Call-ID are made unless given.
+
+    :raises SIPParseError: when the request would not pass
+        :meth:`Message.check` (a method that is not a token, Max-Forwards
+        outside 0-255, ...), or a text given holds a line break.
     """
+    _check_texts(via_transport, via_sent_by, content_type, call_id, branch, from_tag, user_agent)
     branch = branch or new_branch()
     from_tag = from_tag or new_tag()
     call_id = call_id or new_call_id(from_uri.host)
@@ -867,15 +1033,14 @@ def build_request(
     if user_agent:
         items.append(("User-Agent", user_agent))
     items.append(("Max-Forwards", str(max_forwards)))
-    items.extend(headers)
+    for name, value in headers:
+        _check_field(name, value)
+        items.append((name, value))
     if content_type:
         items.append(("Content-Type", content_type))
     index: dict[str, list[str]] = {}
     for name, value in items:
         index.setdefault(canonical_key(name), []).append(value)
     request = Request(method, uri, Headers._from_parsed(items, index), body)
-    cache = request._cache
-    cache["cseq"] = (cseq, method)
-    cache["call-id"] = call_id
-    cache["max-forwards"] = max_forwards
+    request.check()
     return request

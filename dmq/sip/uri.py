@@ -13,7 +13,19 @@ import re
 from typing import Mapping, Optional
 from urllib.parse import unquote
 
-__all__ = ["SIPParseError", "SIPURI", "parse_host_port", "unescape"]
+__all__ = [
+    "SIPParseError",
+    "SIPURI",
+    "SIP_URI_PATTERN",
+    "PLAIN_SIP_URI_PATTERN",
+    "PLAIN_HOST_PATTERN",
+    "PORT_PATTERN",
+    "match_sip_uri",
+    "check_uri_match",
+    "parse_host_port",
+    "split_params",
+    "unescape",
+]
 
 
 class SIPParseError(ValueError):
@@ -52,10 +64,38 @@ _SIP_URI_RE = re.compile(SIP_URI_PATTERN)
 # IPv4 with octets 0-255, or an RFC 3261 hostname; both written so that the
 # regex engine never backtracks more than linearly.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_HOST_RE = re.compile(
-    rf"{_OCTET}(?:\.{_OCTET}){{3}}"
-    r"|(?:[A-Za-z0-9]+(?:-+[A-Za-z0-9]+)*\.)*[A-Za-z][A-Za-z0-9]*(?:-+[A-Za-z0-9]+)*\.?"
+_HOSTNAME = (
+    r"(?:[A-Za-z0-9]+(?:-+[A-Za-z0-9]+)*\.)*[A-Za-z][A-Za-z0-9]*(?:-+[A-Za-z0-9]+)*\.?"
 )
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+PLAIN_HOST_PATTERN = rf"{_IPV4}|{_HOSTNAME}"
+"""An IPv4 address or a host name: a host needing no check beyond the regex."""
+_HOST_RE = re.compile(PLAIN_HOST_PATTERN)
+
+# The same SIP URI grammar restricted to what needs no check beyond the regex:
+# no %-escapes, no headers, an IPv4 address or host name (IPv6 references go
+# through ipaddress), a port of at most 65535.  Anything this does not match
+# is judged by SIP_URI_PATTERN and its checks; both accept the same URIs.
+_PLAIN = r"A-Za-z0-9\-_.!~*'()"
+PORT_PATTERN = r"[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]"
+"""A port, 0 to 65535 (leading zeros allowed)."""
+PLAIN_SIP_URI_PATTERN = (
+    r"(?P<scheme>[Ss][Ii][Pp][Ss]?):"
+    rf"(?:(?P<user>[{_PLAIN}&=+$,;?/]+)(?::(?P<password>[{_PLAIN}&=+$,]*))?@)?"
+    rf"(?P<host>{PLAIN_HOST_PATTERN})"
+    rf"(?::(?P<port>{PORT_PATTERN}))?"
+    rf"(?P<params>(?:;[{_PLAIN}\[\]/:&+$]+(?:=[{_PLAIN}\[\]/:&+$]+)?)*)"
+    # A headers group that never takes part ((?!) never matches), so that
+    # SIPURI._from_match reads the groups of either pattern alike.
+    r"(?:(?P<headers>)(?!))?"
+)
+"""
+A subset of :data:`SIP_URI_PATTERN` (no escapes, no headers, no IPv6) whose
+matches are valid SIP URIs without the further checks of :func:`match_sip_uri`.
+"""
+_PLAIN_SIP_URI_RE = re.compile(PLAIN_SIP_URI_PATTERN)
+
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 _BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 # Parameters that must match whenever either URI carries them (19.1.4).
@@ -122,11 +162,21 @@ def match_sip_uri(text: str) -> "re.Match[str]":
     :returns: the regex match, for :meth:`SIPURI._from_match`.
     :raises SIPParseError: naming what is wrong.
     """
+    m = _PLAIN_SIP_URI_RE.fullmatch(text)
+    if m is not None:
+        return m
+    return _match_sip_uri_general(text)
+
+
+def _match_sip_uri_general(text: str) -> "re.Match[str]":
+    """:func:`match_sip_uri` without its fast path, for any SIP URI."""
     m = _SIP_URI_RE.fullmatch(text)
     if m is None:
-        scheme = text.partition(":")[0].lower()
-        if scheme not in ("sip", "sips"):
-            raise SIPParseError(f"not a SIP URI: {text!r}", code=416)
+        scheme, colon, _ = text.partition(":")
+        if scheme.lower() not in ("sip", "sips"):
+            if colon and _SCHEME_RE.fullmatch(scheme):
+                raise SIPParseError(f"not a SIP URI: {text!r}", code=416)
+            raise SIPParseError(f"not a URI: {text!r}")
         raise SIPParseError(f"malformed SIP URI: {text!r}")
     if "%" in text and _BAD_ESCAPE_RE.search(text):
         raise SIPParseError(f"bad %-escape in SIP URI: {text!r}")
@@ -142,8 +192,11 @@ def check_uri_match(m: "re.Match[str]") -> None:
         raise SIPParseError(f"port {port} out of range in URI")
 
 
-def _parse_params(text: str) -> dict[str, Optional[str]]:
-    """Split ``;a=b;c`` into an ordered dict with lowercased names."""
+def split_params(text: str) -> dict[str, Optional[str]]:
+    """
+    Split ``;a=b;c`` into an ordered dict with lowercased names: for
+    parameters already checked to hold no blanks and no quoted strings.
+    """
     params: dict[str, Optional[str]] = {}
     for item in text.split(";")[1:]:
         name, sep, value = item.partition("=")
@@ -187,7 +240,11 @@ class SIPURI:
         self.password = password
         self.host = host
         self.port = port
-        self.params: dict[str, Optional[str]] = dict(params) if params else {}
+        # Lowercased here as the parser does, so that a built URI and its
+        # parsed text compare and format alike.
+        self.params: dict[str, Optional[str]] = (
+            {name.lower(): value for name, value in params.items()} if params else {}
+        )
         self.headers: dict[str, str] = dict(headers) if headers else {}
         self._text: Optional[str] = None
 
@@ -212,7 +269,7 @@ class SIPURI:
         uri.password = password
         uri.host = host
         uri.port = None if port is None else int(port)
-        uri.params = _parse_params(params) if params else {}
+        uri.params = split_params(params) if params else {}
         uri.headers = dict(h.split("=", 1) for h in headers.split("&")) if headers else {}
         uri._text = None
         return uri
