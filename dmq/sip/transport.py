@@ -79,6 +79,8 @@ IDLE_TIMEOUT = 300.0
 """Default seconds before an idle TCP/TLS connection is closed."""
 MAX_CONNECTIONS = 1024
 """Default cap on open TCP/TLS connections (both directions)."""
+LINGER = 2.0
+"""Seconds a connection closed after an error answer keeps draining input."""
 
 _COPY_FOR_ERROR = {
     b"via": b"Via", b"v": b"Via", b"from": b"From", b"f": b"From", b"to": b"To",
@@ -355,7 +357,26 @@ class SIPStreamProtocol(LineReceiver, TimeoutMixin):
         self._body = []
         if answer is not None:
             self.transport.write(answer)
-        self.transport.loseConnection()
+        self._linger()
+
+    def _linger(self) -> None:
+        """
+        Close after an error answer without losing it: send it and a FIN,
+        keep reading (and discarding) what the peer still sends for a while,
+        then drop the connection.  Closing at once with unread input would
+        reset the connection and the peer might never read the answer.
+        """
+        self.setTimeout(None)
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None or self.transport_name != "tcp":
+            self.transport.loseConnection()
+            return
+        half_close()
+        self.owner.clock.callLater(LINGER, self._abort)
+
+    def _abort(self) -> None:
+        if self.connected_ok:
+            self.transport.abortConnection()
 
 
 @dataclass(frozen=True)
@@ -508,7 +529,10 @@ class SIPTransport:
         try:
             if self.udp:
                 self._datagram = SIPDatagramProtocol(self)
-                self._ports.append(self.reactor.listenUDP(self.port, self._datagram, interface=self.host))
+                # Twisted reads 8192 bytes a datagram unless told; Kamailio's sync answers are up to 60 KB.
+                self._ports.append(
+                    self.reactor.listenUDP(self.port, self._datagram, interface=self.host, maxPacketSize=MAX_DATAGRAM)
+                )
             if self.tcp:
                 server = (TCP6ServerEndpoint if ipv6 else TCP4ServerEndpoint)(
                     self.reactor, self.port, interface=self.host
