@@ -319,7 +319,9 @@ class Message:
     What requests and responses share: headers, body and typed accessors.
 
     Typed accessors parse their header on first use and cache the result;
-    messages from :func:`parse_message` have already been through them.
+    messages from :func:`parse_message` have already been through some of
+    them.  The cache does not follow later changes to :attr:`headers`: to
+    change a header that was read, build a new message (or parse the bytes).
     """
 
     __slots__ = ("headers", "_body", "_cache")
@@ -531,8 +533,11 @@ class Request(Message):
     @property
     def branch(self) -> Optional[str]:
         """The branch of the top ``Via``."""
-        vias = self.vias
-        return vias[0].branch if vias else None
+        branch = self._cache.get("branch")
+        if branch is None:
+            vias = self.vias
+            branch = self._cache["branch"] = vias[0].branch if vias else None
+        return branch  # type: ignore[return-value]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Request):
@@ -1043,4 +1048,5 @@ def build_request(
         index.setdefault(canonical_key(name), []).append(value)
     request = Request(method, uri, Headers._from_parsed(items, index), body)
     request.check()
+    request._cache["branch"] = branch  # known: spares the client transaction a Via parse
     return request
