@@ -119,6 +119,21 @@ class MembershipTests(SynchronousTestCase):
         for port in (5060, 5061, 5062):
             self.assertEqual(cluster.view(port), {5060: "active", 5061: "active", 5062: "active"})
 
+    def test_thirty_node_cluster(self) -> None:
+        """Thirty nodes, all seeded with the first, converge: node lists Kamailio 5.6 could not answer (1 KB cap)."""
+        cluster = Cluster()
+        ports = list(range(16000, 16030))
+        cluster.add(ports[0])
+        for port in ports[1:]:
+            cluster.add(port, seeds=(ports[0],))
+        cluster.run(5.5, step=0.05)
+        everyone = {port: "active" for port in ports}
+        for port in ports:
+            self.assertEqual(cluster.view(port), everyone)
+        body = cluster.nodes[ports[0]].nodes.format_body()
+        self.assertGreater(len(body), 1024)
+        self.assertEqual(body.count(b"\r\n"), 30)
+
     def test_stale_timeout_ignored(self) -> None:
         """A timeout of a ping sent before the node answered a later one does not disable it."""
         cluster = Cluster()
