@@ -205,13 +205,21 @@ def test_three_python_nodes(python_node: Any, reactor: Any) -> Any:
         return True
 
     yield eventually(lambda: converged(nodes), timeout=PING + 1, reactor=reactor)
+    c_key = Node("127.0.0.1", c.nodes.local.port).key
     c_port = c.nodes.local.port
+
+    def seen_leaving() -> bool:
+        statuses = [s.nodes.get(c_key) for s in (a, b)]
+        return all(n is None or n.status.value == "disabled" for n in statuses)
+
     yield c.stopService()
-    yield eventually(
-        lambda: all((s.nodes.get(Node("127.0.0.1", c_port).key) is None or s.nodes.get(Node("127.0.0.1", c_port).key).status.value == "disabled") for s in (a, b)),
-        timeout=2,
-        reactor=reactor,
-    )
+    try:
+        yield eventually(seen_leaving, timeout=2, reactor=reactor)
+    except AssertionError:
+        raise AssertionError(
+            f"c still listed: {[s.nodes.get(c_key) for s in (a, b)]}; c's view at stop: {list(c.nodes)}; "
+            f"c sent {c.channel_stats.get('notification_peer')}"
+        ) from None
     c2 = python_node([str(a.nodes.local.uri)], port=c_port, t1=0.1)
     yield eventually(lambda: converged([a, b, c2]), timeout=2 * PING, reactor=reactor)
     assert {s.nodes.local.port for s in (a, b, c2)} == ports
