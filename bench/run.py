@@ -62,8 +62,8 @@ def codec_section(r: dict[str, Any]) -> str:
         f"| dmq parse + build response | {fmt(r['dmq_ops_per_s'])} |",
         f"| dmq parse only | {fmt(r['parse_only_ops_per_s'])} |",
     ]
-    if "twisted_parse_ops_per_s" in r:
-        lines.append(f"| Twisted `MessagesParser`, parse only | {fmt(r['twisted_parse_ops_per_s'])} |")
+    if "twisted_parse_only_ops_per_s" in r:
+        lines.append(f"| Twisted `MessagesParser`, parse only | {fmt(r['twisted_parse_only_ops_per_s'])} |")
     lines.append(f"| minimal hand parser + response | {fmt(r['minimal_ops_per_s'])} |")
     lines += [
         "",

@@ -279,6 +279,21 @@ class ServerTransactionTests(SynchronousTestCase):
         transport.receive(data, PEER)
         self.assertEqual(len(calls), 2)
 
+    def test_completed_transactions_capped(self) -> None:
+        """Past max_completed, the oldest completed transactions are forgotten first."""
+        calls = []
+        clock, transport, layer = make_layer(
+            handler=lambda request, source: calls.append(1) or make_response(request, 200), max_completed=3
+        )
+        requests = [kdmq().to_bytes() for _ in range(5)]
+        for data in requests:
+            transport.receive(data, PEER)
+        self.assertEqual(len(layer.completed_servers), 3)
+        transport.receive(requests[-1], PEER)  # still known: answered from memory
+        self.assertEqual(len(calls), 5)
+        transport.receive(requests[0], PEER)  # forgotten: handled as new
+        self.assertEqual(len(calls), 6)
+
     def test_reliable_state_freed(self) -> None:
         """Over TCP the server transaction is freed as soon as the final response is sent."""
         clock, transport, layer = make_layer(("udp", "tcp"), handler=lambda r, s: make_response(r, 200))

@@ -50,6 +50,8 @@ __all__ = [
 log = Logger()
 
 MAGIC_COOKIE = "z9hG4bK"
+MAX_COMPLETED = 20000
+"""Default cap on completed server transactions kept for retransmissions (Timer J)."""
 LARGE_REQUEST = 1300
 """Requests above this size go over TCP where the target has it (RFC 3261 18.1.1)."""
 
@@ -266,6 +268,8 @@ class TransactionLayer:
     :param t1: RFC 3261 T1, the round-trip estimate (seconds).
     :param t2: the cap on the retransmission interval.
     :param t4: how long the network may hold a message.
+    :param max_completed: how many completed server transactions are kept
+        at most to answer retransmissions (the oldest are forgotten first).
     """
 
     def __init__(
@@ -276,6 +280,7 @@ class TransactionLayer:
         t1: float = 0.5,
         t2: float = 4.0,
         t4: float = 5.0,
+        max_completed: int = MAX_COMPLETED,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -289,6 +294,7 @@ class TransactionLayer:
         self.t1 = t1
         self.t2 = t2
         self.t4 = t4
+        self.max_completed = max_completed
         self.stats = TransactionStats()
         self.clients: dict[tuple[str, str], ClientTransaction] = {}
         self.servers: dict[tuple[object, ...], ServerTransaction] = {}
@@ -492,9 +498,18 @@ class TransactionLayer:
         return address
 
     def _retain_server(self, key: tuple[object, ...], data: bytes, address: Address) -> None:
-        """Timer J: answer retransmissions with ``data`` for 64*T1."""
-        self.completed_servers[key] = (data, address)
-        self._server_expiry.append((self.clock.seconds() + 64 * self.t1, key))
+        """
+        Timer J: answer retransmissions with ``data`` for 64*T1.  Past
+        ``max_completed`` answers kept, the oldest go first: under a flood,
+        memory stays bounded and only very late retransmissions are handled
+        as new requests.
+        """
+        completed = self.completed_servers
+        completed[key] = (data, address)
+        expiry = self._server_expiry
+        expiry.append((self.clock.seconds() + 64 * self.t1, key))
+        while len(completed) > self.max_completed and expiry:
+            completed.pop(expiry.popleft()[1], None)
         self._schedule_sweep()
 
     def _retain_client(self, key: tuple[str, str]) -> None:
