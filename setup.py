@@ -26,6 +26,7 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.80",
             "mypy>=1.5",
+            "mypy-zope>=1.0",
             "twisted[conch]>=23.10",
         ],
     },

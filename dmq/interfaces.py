@@ -7,7 +7,20 @@ implementation and every fake in :mod:`dmq.testing` with ``verifyObject``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Optional, Union
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from dmq.node import Node
+    from dmq.peer import DMQMessage, HandlerResult, Peer
+    from dmq.service import DMQService
+    from dmq.sip.address import Address
+    from dmq.sip.message import Request, Response
+    from dmq.sip.transaction import Source
+    from dmq.sip.uri import SIPURI
 
 __all__ = ["ISIPTransport", "IMessageHandler", "IPeer", "IMessageSender"]
 
@@ -20,7 +33,7 @@ class ISIPTransport(Interface):
     def supports(transport_name: str) -> bool:
         """Whether this node can send over ``udp``, ``tcp`` or ``tls``."""
 
-    def send(data: bytes, address: object, connection: object = None) -> object:
+    def send(data: bytes, address: Address, connection: Any = None) -> Deferred[None]:
         """
         Send bytes to an :class:`~dmq.sip.address.Address` (over ``connection``
         when it is given and open).  Returns a Deferred that fails with
@@ -31,7 +44,7 @@ class ISIPTransport(Interface):
 class IMessageHandler(Interface):
     """The controller transports hand parsed messages to."""
 
-    def message_received(message: object, source: object) -> None:
+    def message_received(message: Union[Request, Response], source: Source) -> None:
         """Handle one parsed message from a :class:`~dmq.sip.transaction.Source`."""
 
 
@@ -44,14 +57,14 @@ class IPeer(Interface):
     channel = Attribute("The channel name (the Request-URI user part of its KDMQ messages).")
     service = Attribute("The DMQService the peer is registered with (set on registration).")
 
-    def handle_message(message: object) -> object:
+    def handle_message(message: DMQMessage) -> HandlerResult:
         """
         Handle an inbound :class:`~dmq.peer.DMQMessage`; return a
         :class:`~dmq.peer.PeerResponse` (or a Deferred of one), or None for
         a 200 with no body.  An exception answers 500.
         """
 
-    def init(service: object) -> object:
+    def init(service: DMQService) -> Optional[Deferred[Any]]:
         """
         Run once, after the node received its first node list (sync on
         join); may return a Deferred.
@@ -61,8 +74,15 @@ class IPeer(Interface):
 class IMessageSender(Interface):
     """Sending on the bus: what a peer uses to reach other nodes."""
 
-    def send_message(peer: object, body: bytes, node: object, content_type: str = "text/plain") -> object:
+    def send_message(
+        peer: Union[Peer, str], body: bytes, node: Union[Node, SIPURI, str], content_type: str = "text/plain"
+    ) -> Deferred[Response]:
         """Send to one node; a Deferred firing with the final response (408 on timeout)."""
 
-    def bcast_message(peer: object, body: bytes, content_type: str = "text/plain", except_node: object = None) -> object:
+    def bcast_message(
+        peer: Union[Peer, str],
+        body: bytes,
+        content_type: str = "text/plain",
+        except_node: Optional[Union[Node, SIPURI, str]] = None,
+    ) -> Deferred[list[tuple[Node, Response]]]:
         """Send to every active node but this one; a Deferred firing with every node's result."""

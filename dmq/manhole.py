@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 if TYPE_CHECKING:
-    from twisted.internet.protocol import ServerFactory
+    from twisted.internet.protocol import Factory
 
     from dmq.service import DMQService
 
@@ -77,7 +77,7 @@ class PasswordChecker:
         self.user = user.encode("utf-8")
         self.password = password.encode("utf-8")
 
-    def requestAvatarId(self, credentials: Any) -> "defer.Deferred[bytes]":  # noqa: N802
+    def requestAvatarId(self, credentials: Any) -> "defer.Deferred[bytes | tuple[()]]":  # noqa: N802
         """The user name when both match, else an :class:`UnauthorizedLogin` failure."""
         username = credentials.username
         password = credentials.password
@@ -149,7 +149,7 @@ def make_manhole_factory(
     user: str = "admin",
     password: Optional[str] = None,
     keys_dir: Optional[str] = None,
-) -> "ServerFactory":
+) -> "Factory":
     """
     A protocol factory serving a manhole console over ``protocol`` (``ssh``
     or ``telnet``).
@@ -180,7 +180,7 @@ def make_manhole_factory(
 
         telnet_portal = portal.Portal(TelnetRealm(), [PasswordChecker(user, password)])
         factory = _ServerFactory()
-        factory.protocol = lambda: telnet.TelnetTransport(telnet.AuthenticatingTelnetProtocol, telnet_portal)  # type: ignore[assignment,misc]
+        factory.protocol = lambda: telnet.TelnetTransport(telnet.AuthenticatingTelnetProtocol, telnet_portal)
         return factory
 
     if protocol != "ssh":
@@ -207,9 +207,10 @@ def make_manhole_factory(
 
     realm = manhole_ssh.TerminalRealm()
     realm.chainedProtocolFactory = console  # type: ignore[assignment]
-    ssh_factory = manhole_ssh.ConchFactory(portal.Portal(realm, checkers))
+    # TerminalRealm has IRealm's requestAvatar but Twisted does not declare it with @implementer.
+    ssh_factory = manhole_ssh.ConchFactory(portal.Portal(realm, checkers))  # type: ignore[arg-type]
     host_key = load_host_key(keys_dir)
     # Instance attributes: ConchFactory's class-level dicts are shared by every instance.
     ssh_factory.publicKeys = {host_key.sshType(): host_key.public()}
     ssh_factory.privateKeys = {host_key.sshType(): host_key}
-    return ssh_factory  # type: ignore[return-value]
+    return ssh_factory

@@ -163,7 +163,7 @@ def make_registry(service: "DMQService", process: bool = True) -> CollectorRegis
     the process, platform and garbage-collector metrics.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DMQCollector(service))  # type: ignore[arg-type]
+    registry.register(DMQCollector(service))
     if process:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)

@@ -101,8 +101,8 @@ class NotificationPeer(Peer):
             svc.clock.callLater(0, self.join)
         self._pinger = LoopingCall(self._tick)
         self._pinger.clock = svc.clock
-        d = self._pinger.start(self.ping_interval, now=False)
-        d.addErrback(lambda f: log.failure("the ping loop stopped", f))
+        loop = self._pinger.start(self.ping_interval, now=False)
+        loop.addErrback(lambda f: log.failure("the ping loop stopped", f))
 
     def stopService(self) -> "Deferred[Any]":  # noqa: N802
         """Stop pinging and tell the active nodes this node leaves."""
@@ -143,11 +143,10 @@ class NotificationPeer(Peer):
                 "multi_notify: {name} gave {count} seed(s)", name=uri.host, count=min(len(addresses), MAX_SEEDS)
             )
 
-        d.addCallbacks(
+        return d.addCallbacks(
             found,
             lambda f: log.warn("multi_notify: cannot resolve {name}: {reason}", name=uri.host, reason=f.getErrorMessage()),
         )
-        return d
 
     # -- join -------------------------------------------------------------------
 
@@ -183,8 +182,7 @@ class NotificationPeer(Peer):
                     self._retry = svc.clock.callLater(self.join_retry, self.join)
             return joined
 
-        d.addCallback(done)
-        return d
+        return d.addCallback(done)
 
     # -- exchanges ----------------------------------------------------------------
 
@@ -219,8 +217,7 @@ class NotificationPeer(Peer):
                 )
             return False
 
-        d.addCallback(answered)
-        return d
+        return d.addCallback(answered)
 
     def _merge(self, body: bytes, sender: Optional[Node], now: float, from_request: bool) -> Any:
         svc = self.svc

@@ -111,7 +111,8 @@ class Peer(Service):
             self.channel = channel
         if not self.channel:
             raise ValueError("a peer needs a channel name")
-        self.name = self.channel
+        # Twisted's Service has ``name = None`` unannotated, so mypy takes its type to be None.
+        self.name = self.channel  # type: ignore[assignment]
         self.service: Optional["DMQService"] = None
 
     def handle_message(self, message: DMQMessage) -> HandlerResult:

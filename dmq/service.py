@@ -480,11 +480,10 @@ class DMQService(MultiService):
         """
         skip = self._target(except_node).key if except_node is not None else None
         targets = [n for n in self.nodes.active() if n.key != skip]
-        ds = []
+        ds: list[Deferred[tuple[Node, Response]]] = []
         for node in targets:
             d = self.send_message(peer, body, node, content_type, max_forwards)
-            d.addCallback(lambda response, node=node: (node, response))
-            ds.append(d)
+            ds.append(d.addCallback(_from_node, node))
         return defer.gatherResults(ds)
 
     def replicate(self, request: Request, skip_loop_test: bool = False) -> "Deferred[list[tuple[Node, Response]]]":
@@ -500,7 +499,7 @@ class DMQService(MultiService):
             if top is not None and self.is_from_node(top.params.get("received") or top.host):
                 return defer.succeed([])
         local = self.nodes.local
-        ds = []
+        ds: list[Deferred[tuple[Node, Response]]] = []
         for node in self.nodes.active():
             address = Address.from_uri(node.uri)
             copy = Request(request.method, node.uri, None, request.body)
@@ -514,8 +513,7 @@ class DMQService(MultiService):
             copy.headers.add("Content-Length", str(len(request.body)))
             d = self.transactions.request(copy, address)
             d.addErrback(self._local_failure, copy)
-            d.addCallback(lambda response, node=node: (node, response))
-            ds.append(d)
+            ds.append(d.addCallback(_from_node, node))
         return defer.gatherResults(ds)
 
     def is_from_node(self, address: Union[str, Source, Request, Address]) -> bool:
@@ -557,8 +555,7 @@ class DMQService(MultiService):
             return defer.succeed(PeerResponse(404, "Not Found Peer ID"))
         message = DMQMessage(channel, body, content_type, node=node, from_uri=node.uri if node else None)
         d = defer.maybeDeferred(peer.handle_message, message)
-        d.addCallbacks(_as_peer_response, _failure_as_peer_response)
-        return d
+        return d.addCallbacks(_as_peer_response, _failure_as_peer_response)
 
     # -- inbound -------------------------------------------------------------------------
 
@@ -636,6 +633,10 @@ class DMQService(MultiService):
         except Exception:
             answer = _failure_as_peer_response(Failure(), channel)
         return respond(answer)
+
+
+def _from_node(response: Response, node: Node) -> tuple[Node, Response]:
+    return (node, response)
 
 
 def _as_peer_response(result: Any) -> PeerResponse:

@@ -1121,3 +1121,13 @@ def test_build_request_refuses_what_would_not_parse(kwargs):
         build_request("KDMQ", uri, **arguments)
     with pytest.raises(SIPParseError):
         build_request("KD MQ", uri, from_uri=uri, via_transport="udp", via_sent_by="10.0.0.1")
+
+
+@pytest.mark.parametrize("header", ["Content-Length", "Max-Forwards"])
+def test_numbers_with_thousands_of_digits(header: str) -> None:
+    """A number header of 5,000 digits is a SIPParseError, not Python's int() digit-limit error."""
+    data = KDMQ.replace(f"{header}: ".encode(), f"{header}: {'9' * 5000}".encode(), 1)
+    with pytest.raises(SIPParseError):
+        message = parse_message(data)
+        message.content_length
+        message.max_forwards

@@ -115,6 +115,13 @@ class TestStreamFraming:
         protocol.dataReceived(b"x" * 100000)
         assert protocol._body == [] and protocol._buffer == b""
 
+    def test_content_length_of_thousands_of_digits(self) -> None:
+        """A Content-Length of 5,000 digits gets 413 and a close, not an exception."""
+        protocol, transport, collector, _ = stream()
+        protocol.dataReceived(request_bytes(1).replace(b"Content-Length: 0", b"Content-Length: " + b"9" * 5000))
+        assert transport.value().startswith(b"SIP/2.0 413 ")
+        assert transport.disconnecting
+
     def test_long_line(self) -> None:
         """A header line over the cap closes the connection with 413."""
         protocol, transport, collector, owner = stream()

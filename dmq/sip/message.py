@@ -180,6 +180,20 @@ def _check_field(name: str, value: str) -> None:
         raise SIPParseError(f"line break in the value of header {name!r}")
 
 
+def _decimal(text: str, max_digits: int) -> Optional[int]:
+    """
+    ``text`` as a non-negative decimal of at most ``max_digits`` significant
+    digits (leading zeros allowed), else ``None``.  Bounding the digits first
+    keeps ``int()`` from its own limit on very long strings.
+    """
+    if not (text.isdigit() and text.isascii()):
+        return None
+    significant = text.lstrip("0")
+    if len(significant) > max_digits:
+        return None
+    return int(significant or "0")
+
+
 class Headers:
     """
     An ordered, multi-valued, case-insensitive collection of header fields.
@@ -388,9 +402,10 @@ class Message:
             if text is None:
                 cache["max-forwards"] = None
             else:
-                if not (text.isdigit() and text.isascii()) or int(text) > 255:
-                    raise SIPParseError(f"Max-Forwards must be 0-255, not {text!r}")
-                cache["max-forwards"] = int(text)
+                hops = _decimal(text, 3)
+                if hops is None or hops > 255:
+                    raise SIPParseError(f"Max-Forwards must be 0-255, not {text[:80]!r}")
+                cache["max-forwards"] = hops
         return cache["max-forwards"]  # type: ignore[return-value]
 
     @property
@@ -429,9 +444,10 @@ class Message:
         text = self.headers.get("content-length")
         if text is None:
             return len(self.body)
-        if not (text.isdigit() and text.isascii()):
-            raise SIPParseError(f"malformed Content-Length header: {text!r}")
-        return int(text)
+        length = _decimal(text, 10)
+        if length is None:
+            raise SIPParseError(f"malformed Content-Length header: {text[:80]!r}")
+        return length
 
     @property
     def content_type(self) -> Optional[str]:
@@ -719,9 +735,9 @@ def _check(message: Message, index: dict[str, list[str]], method: Optional[str],
         text = values[0]
         hops = _MAX_FORWARDS.get(text)
         if hops is None:
-            if not (text.isdigit() and text.isascii()) or int(text) > 255:
+            hops = _decimal(text, 3)
+            if hops is None or hops > 255:
                 raise SIPParseError(f"Max-Forwards must be 0-255, not {text[:80]!r}")
-            hops = int(text)
         cache["max-forwards"] = hops
 
 
@@ -873,9 +889,9 @@ def parse_message(
         message._body = rest
     else:
         text = values[0]
-        if not (text.isdigit() and text.isascii()):
+        length = _decimal(text, 10)
+        if length is None:
             raise SIPParseError(f"malformed Content-Length header: {text[:80]!r}")
-        length = int(text)
         if length > len(rest):
             raise SIPParseError(f"body has {len(rest)} bytes, Content-Length says {text}")
         message._body = rest[:length]

@@ -285,10 +285,10 @@ class TransactionLayer:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
-            reactor = _reactor  # type: ignore[assignment]
+            reactor = _reactor
         if not (0 < t1 <= t2) or t4 <= 0:
             raise ValueError(f"timers need 0 < T1 <= T2 and T4 > 0 (got {t1}, {t2}, {t4})")
-        self.clock: IReactorTime = reactor  # type: ignore[assignment]
+        self.clock: IReactorTime = reactor
         self.transport = transport
         self.request_handler = request_handler
         self.t1 = t1
@@ -449,7 +449,7 @@ class TransactionLayer:
                 source=transaction.source.address,
                 reason=str(error),
             )
-            transaction.respond(make_response(transaction.request, error.code, _reason_from(error)))  # type: ignore[union-attr]
+            transaction.respond(make_response(transaction.request, error.code, _reason_from(error)))
             return
         log.failure(
             "handler failed on {method} from {source}",

@@ -24,9 +24,10 @@ controller (the :class:`~dmq.sip.transaction.TransactionLayer`) through
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Protocol, Union, cast
 
-from twisted.internet import defer, error as net_error
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     SSL4ServerEndpoint,
@@ -37,8 +38,8 @@ from twisted.internet.endpoints import (
     connectProtocol,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IHandshakeListener, IListeningPort
-from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IListeningPort
+from twisted.internet.protocol import DatagramProtocol, Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -178,6 +179,23 @@ class SIPDatagramProtocol(DatagramProtocol):
                 log.debug("cannot answer {source}: {error}", source=source.address, error=write_error)
 
 
+class _StreamTransport(Protocol):
+    """
+    What :class:`SIPStreamProtocol` uses of its transport: TCP's and TLS's
+    (``ITCPTransport``, which does not declare ``disconnecting``) have it all.
+    """
+
+    disconnecting: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...  # noqa: N802
+
+    def abortConnection(self) -> None: ...  # noqa: N802
+
+    def getPeer(self) -> Union[IPv4Address, IPv6Address]: ...  # noqa: N802
+
+
 @implementer(IHandshakeListener)
 class SIPStreamProtocol(LineReceiver, TimeoutMixin):
     """
@@ -205,18 +223,26 @@ class SIPStreamProtocol(LineReceiver, TimeoutMixin):
         self._got = 0
         self._blank = 0
         self._closing = False
-        self.callLater = owner.clock.callLater  # TimeoutMixin's clock
         self.handshake: Deferred[SIPStreamProtocol] = Deferred()
+
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:  # noqa: N802
+        """TimeoutMixin's clock: the owner's."""
+        return self.owner.clock.callLater(period, func)
+
+    @property
+    def _stream(self) -> _StreamTransport:
+        # makeConnection sets the transport before anything here runs.
+        return cast(_StreamTransport, self.transport)
 
     # -- connection ---------------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802
         """Register with the owner, start the idle timer."""
-        peer = self.transport.getPeer()
+        peer = self._stream.getPeer()
         self.peer = Address(self.transport_name, peer.host, peer.port)
         if not self.owner._connection_made(self):
             self._closing = True
-            self.transport.abortConnection()
+            self._stream.abortConnection()
             return
         self.connected_ok = True
         self.setTimeout(self.owner.idle_timeout)
@@ -226,7 +252,7 @@ class SIPStreamProtocol(LineReceiver, TimeoutMixin):
         if not self.handshake.called:
             self.handshake.callback(self)
 
-    def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:  # type: ignore[assignment]  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         """Forget the connection."""
         if self.outbound and self.transport_name == "tls" and not self.handshake.called:
             self.handshake.errback(
@@ -239,17 +265,17 @@ class SIPStreamProtocol(LineReceiver, TimeoutMixin):
     def timeoutConnection(self) -> None:  # noqa: N802
         """Close an idle connection."""
         log.debug("closing idle connection with {peer}", peer=self.peer)
-        self.transport.loseConnection()
+        self._stream.loseConnection()
 
     def send(self, data: bytes) -> None:
         """Write one message."""
         self.resetTimeout()
-        self.transport.write(data)
+        self._stream.write(data)
 
     @property
     def usable(self) -> bool:
         """Whether the connection is open and not closing."""
-        return self.connected_ok and not self._closing and not self.transport.disconnecting
+        return self.connected_ok and not self._closing and not self._stream.disconnecting
 
     # -- framing ------------------------------------------------------------
 
@@ -270,7 +296,7 @@ class SIPStreamProtocol(LineReceiver, TimeoutMixin):
                 self._blank += 1
                 if self._blank == 2:
                     self._blank = 0
-                    self.transport.write(b"\r\n")
+                    self._stream.write(b"\r\n")
                 return
             self._blank = 0
         if line:
@@ -289,6 +315,10 @@ class SIPStreamProtocol(LineReceiver, TimeoutMixin):
                 value = value.strip()
                 if not value.isdigit() or length is not None:
                     self._fail(400, "Bad Request (bad or repeated Content-Length)")
+                    return
+                value = value.lstrip(b"0") or b"0"
+                if len(value) > 10:
+                    self._fail(413, f"Request Entity Too Large (body over {self.owner.max_body} bytes)")
                     return
                 length = int(value)
         if length is None:
@@ -327,7 +357,8 @@ class SIPStreamProtocol(LineReceiver, TimeoutMixin):
         self._lines = []
         self._header_bytes = 0
         frame = b"\r\n".join(lines) + b"\r\n\r\n" + body
-        source = Source(self.peer, self)  # type: ignore[arg-type]
+        assert self.peer is not None  # set by connectionMade
+        source = Source(self.peer, self)
         try:
             message = parse_message(frame, max_size=self.owner.max_body + self.owner.max_header_bytes + 4)
             self.owner.controller.message_received(message, source)
@@ -340,7 +371,7 @@ class SIPStreamProtocol(LineReceiver, TimeoutMixin):
                 reason=str(e),
             )
             if answer is not None:
-                self.transport.write(answer)
+                self._stream.write(answer)
         except Exception:
             log.failure("controller failed on a message from {source}", source=self.peer)
 
@@ -356,7 +387,7 @@ class SIPStreamProtocol(LineReceiver, TimeoutMixin):
         self._lines = []
         self._body = []
         if answer is not None:
-            self.transport.write(answer)
+            self._stream.write(answer)
         self._linger()
 
     def _linger(self) -> None:
@@ -369,14 +400,14 @@ class SIPStreamProtocol(LineReceiver, TimeoutMixin):
         self.setTimeout(None)
         half_close = getattr(self.transport, "loseWriteConnection", None)
         if half_close is None or self.transport_name != "tcp":
-            self.transport.loseConnection()
+            self._stream.loseConnection()
             return
         half_close()
         self.owner.clock.callLater(LINGER, self._abort)
 
     def _abort(self) -> None:
         if self.connected_ok:
-            self.transport.abortConnection()
+            self._stream.abortConnection()
 
 
 @dataclass(frozen=True)
@@ -547,7 +578,7 @@ class SIPTransport:
             yield self.stop()
             raise
         if self.udp and self.port == 0:
-            self.port = self._ports[0].getHost().port
+            self.port = cast(Union[IPv4Address, IPv6Address], self._ports[0].getHost()).port
 
     def listening_ports(self) -> list[Any]:
         """The bound addresses of the listeners (``getHost()`` of each)."""
@@ -560,7 +591,7 @@ class SIPTransport:
         for port in ports:
             yield port.stopListening()
         for connection in list(self._all):
-            connection.transport.loseConnection()
+            connection._stream.loseConnection()
         self._datagram = None
 
     # -- sending --------------------------------------------------------------
