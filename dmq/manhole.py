@@ -161,13 +161,14 @@ def make_manhole_factory(
     :param keys_dir: for SSH: where the host key and ``authorized_keys`` are.
     :raises ValueError: when no login would be possible.
     """
+    from twisted.conch import manhole
+    from twisted.conch.insults import insults
     from twisted.cred import portal
 
     if protocol == "telnet":
         if not password:
             raise ValueError("a telnet manhole needs a password")
-        from twisted.conch import manhole, telnet
-        from twisted.conch.insults import insults
+        from twisted.conch import telnet
         from twisted.internet.protocol import ServerFactory as _ServerFactory
 
         @implementer(portal.IRealm)
@@ -187,8 +188,7 @@ def make_manhole_factory(
         raise ValueError(f"unknown manhole protocol {protocol!r} (ssh or telnet)")
     if keys_dir is None:
         raise ValueError("an SSH manhole needs a keys folder")
-    from twisted.conch import checkers as conch_checkers, manhole, manhole_ssh
-    from twisted.conch.insults import insults
+    from twisted.conch import checkers as conch_checkers, manhole_ssh
 
     checkers: list[Any] = []
     authorized = read_authorized_keys(keys_dir)

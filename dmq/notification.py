@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from dmq.node import Event, Node, NodeListError, NodeStatus, TimeoutPolicy
+from dmq.node import Node, NodeListError, NodeStatus, TimeoutPolicy
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
 from dmq.sip.message import Response
 from dmq.sip.uri import SIPURI
@@ -107,13 +107,17 @@ class NotificationPeer(Peer):
     def stopService(self) -> "Deferred[Any]":  # noqa: N802
         """Stop pinging and tell the active nodes this node leaves."""
         super().stopService()
+        self.stop_pinging()
+        return self.leave()
+
+    def stop_pinging(self) -> None:
+        """Stop the ping loop and any pending join attempt."""
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
         self._pinger = None
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
-        return self.leave()
 
     def _add_seed(self, uri: SIPURI) -> Optional[Node]:
         svc = self.svc

@@ -32,7 +32,6 @@ from dmq.node import Event, Node, NodeList, NodeListError, NodeStatus, TimeoutPo
 from dmq.notification import DEFAULT_CHANNEL, NotificationPeer
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
 from dmq.sip.address import Address
-from dmq.sip.headers import NameAddr
 from dmq.sip.message import Request, Response, build_request, make_response, new_branch
 from dmq.sip.transaction import Source, TransactionLayer
 from dmq.sip.transport import SIPTransport, TLSSettings

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import pytest
 import pytest_twisted
@@ -26,8 +26,7 @@ from dmq.control import (
     make_site,
 )
 from dmq.errors import RPCError
-from dmq.sip.address import Address
-from dmq.testing import FakeNetwork, FakeSIPTransport
+from dmq.testing import FakeCluster, FakeSIPTransport
 
 # Twisted's own Agent response transport lacks abortConnection; nothing to fix here.
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody with a transport:DeprecationWarning")
@@ -35,39 +34,27 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using readBody with a transport:
 KAMAILIO_KEYS = {"host", "port", "proto", "resolved_ip", "status", "last_notification", "local"}
 
 
-class Pair:
+class Pair(FakeCluster):
     """Nodes on 127.0.0.1 over one fake network and one clock; by default 5060 and 5061 (seeded with 5060)."""
 
     def __init__(self, ports: tuple[int, ...] = (5060, 5061), **kw: Any) -> None:
-        self.clock = Clock()
-        self.network = FakeNetwork(clock=self.clock)
-        self.nodes: dict[int, DMQService] = {}
+        super().__init__()
         self.events: list[Any] = []
         first = ports[0]
         for port in ports:
             self.add(port, () if port == first else (first,), **kw)
 
-    def add(self, port: int, seeds: tuple[int, ...] = (), **kw: Any) -> DMQService:
+    def add(self, port: int, seeds: Iterable[int] = (), start: bool = True, **kw: Any) -> DMQService:
         """Start a node on ``port`` seeded with ``seeds``."""
-        transport = FakeSIPTransport(self.clock, ("udp",))
-        kw.setdefault("ping_interval", 5)
-        svc = DMQService(
-            f"sip:127.0.0.1:{port}",
-            [f"sip:127.0.0.1:{s}" for s in seeds],
-            reactor=self.clock,
-            transport=transport,
-            **kw,
-        )
-        self.network.attach(transport, Address("udp", "127.0.0.1", port))
+        svc = super().add(port, seeds, start=False, **kw)
         svc.add_event_listener(self.events.append)
-        self.nodes[port] = svc
-        svc.startService()
+        if start:
+            svc.startService()
         return svc
 
     def run(self, seconds: float, step: float = 0.01) -> None:
         """Advance the clock in small steps so messages and timers interleave."""
-        for _ in range(int(round(seconds / step))):
-            self.clock.advance(step)
+        super().run(seconds, step)
 
 
 def rpc(api: ControlAPI, method: str, *params: Any, named: Optional[dict[str, Any]] = None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from dmq.peers import Cell, Change, HTablePeer, HTableSpec, NoSuchTable
 from dmq.peers.htable import MAX_SYNC_BODY, HTable, compile_posix_regex
 from dmq.sip.address import Address
 from dmq.sip.message import Request, Response, parse_message
-from dmq.testing import FakeNetwork, FakeSIPTransport
+from dmq.testing import FakeCluster, FakeSIPTransport
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 EPOCH = 1_700_000_000.0
@@ -49,17 +49,17 @@ def bodies(svc: DMQService, port: Optional[int] = None) -> list[bytes]:
     return [m.body for m in htable_requests(svc, port)]
 
 
-class Cluster:
+class Cluster(FakeCluster):
     """Python nodes on 127.0.0.1, each with an HTablePeer, on one fake network and one clock at epoch time."""
 
     def __init__(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(EPOCH)
-        self.network = FakeNetwork(clock=self.clock)
-        self.svcs: dict[int, DMQService] = {}
+        clock = Clock()
+        clock.advance(EPOCH)
+        super().__init__(clock)
+        self.svcs = self.nodes
         self.peers: dict[int, HTablePeer] = {}
 
-    def add(
+    def add(  # type: ignore[override]
         self,
         port: int,
         seeds: Iterable[int] = (),
@@ -69,17 +69,7 @@ class Cluster:
         svc_kw: Optional[dict[str, Any]] = None,
         **peer_kw: Any,
     ) -> HTablePeer:
-        transport = FakeSIPTransport(self.clock, ("udp",))
-        kw = {"ping_interval": 5, **(svc_kw or {})}
-        svc = DMQService(
-            f"sip:127.0.0.1:{port}",
-            [f"sip:127.0.0.1:{s}" for s in seeds],
-            reactor=self.clock,
-            transport=transport,
-            **kw,
-        )
-        self.network.attach(transport, Address("udp", "127.0.0.1", port))
-        self.svcs[port] = svc
+        svc = super().add(port, seeds, start=False, **(svc_kw or {}))
         p = HTablePeer(tables=list(tables), **peer_kw)
         if peer:
             svc.register_peer(p)
@@ -90,8 +80,7 @@ class Cluster:
 
     def run(self, seconds: float, step: float = 0.005) -> None:
         """Advance the clock in small steps so messages and timers interleave."""
-        for _ in range(int(round(seconds / step))):
-            self.clock.advance(step)
+        super().run(seconds, step)
 
     def stop(self, port: int) -> None:
         """Stop a node's service (a graceful stop: it says it leaves)."""

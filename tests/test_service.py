@@ -2,64 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from dmq import CallbackPeer, DMQService, EventKind, NodeStatus, Peer, PeerError, PeerResponse
+from dmq import CallbackPeer, DMQService, EventKind, PeerError, PeerResponse
 from dmq.interfaces import IMessageSender, IPeer
 from dmq.peer import DMQMessage
 from dmq.sip import SIPURI, build_request, parse_message
 from dmq.sip.address import Address
 from dmq.sip.message import Request, Response
-from dmq.testing import FakeNetwork, FakeSIPTransport
+from dmq.testing import FakeCluster, FakeSIPTransport
 
 
-class Cluster:
-    """Nodes on 127.0.0.1 with DMQ services over one fake network and one clock."""
+class Cluster(FakeCluster):
+    """A FakeCluster that records each node's events and shows its view."""
 
     def __init__(self) -> None:
-        self.clock = Clock()
-        self.network = FakeNetwork(clock=self.clock)
-        self.nodes: dict[int, DMQService] = {}
+        super().__init__()
         self.events: dict[int, list[Any]] = {}
 
     def add(self, port: int, seeds: tuple[int, ...] = (), start: bool = True, **kw: Any) -> DMQService:
-        transport = FakeSIPTransport(self.clock, ("udp",))
-        kw.setdefault("ping_interval", 5)
-        svc = DMQService(
-            f"sip:127.0.0.1:{port}",
-            [f"sip:127.0.0.1:{s}" for s in seeds],
-            reactor=self.clock,
-            transport=transport,
-            **kw,
-        )
-        self.network.attach(transport, Address("udp", "127.0.0.1", port))
-        self.nodes[port] = svc
+        svc = super().add(port, seeds, start=False, **kw)
         self.events[port] = []
         svc.add_event_listener(self.events[port].append)
         if start:
             svc.startService()
         return svc
 
-    def run(self, seconds: float, step: float = 0.001) -> None:
-        """Advance the clock in small steps so messages and timers interleave."""
-        for _ in range(int(round(seconds / step))):
-            self.clock.advance(step)
-
     def view(self, port: int) -> dict[int, str]:
         """Port -> status of every node ``port`` knows, itself included."""
         return {n.port: n.status.value for n in self.nodes[port].nodes}  # type: ignore[misc]
-
-    def kill(self, port: int) -> None:
-        """The node at ``port`` vanishes without a word."""
-        svc = self.nodes[port]
-        self.network.detach(Address("udp", "127.0.0.1", port))
-        svc.notification._pinger.stop()  # type: ignore[union-attr]
-        svc.transactions.stop()
 
 
 class MembershipTests(SynchronousTestCase):

@@ -13,7 +13,7 @@ from dmq.interfaces import IMessageHandler, ISIPTransport
 from dmq.sip import SIPURI, build_request, make_response, parse_message
 from dmq.sip.address import Address
 from dmq.sip.message import Request, Response
-from dmq.sip.transaction import LARGE_REQUEST, Source, State, TransactionLayer
+from dmq.sip.transaction import LARGE_REQUEST, Source, TransactionLayer
 from dmq.testing import FakeSIPTransport
 
 PEER = Address("udp", "127.0.0.1", 5071)

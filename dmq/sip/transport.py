@@ -53,8 +53,6 @@ from dmq.sip.message import (
     MAX_HEADERS,
     MAX_LINE_LENGTH,
     REASONS,
-    Request,
-    Response,
     parse_message,
 )
 from dmq.sip.transaction import Source

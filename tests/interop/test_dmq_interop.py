@@ -144,7 +144,7 @@ def test_python_death_seen_by_kamailio(kamailio: Any, python_node: Any, reactor:
     svc = python_node([k1.uri])
     yield eventually(lambda: status_on(k1, svc) == "active", timeout=2, reactor=reactor)
     # die without a word: close the sockets, send nothing
-    svc.notification._pinger.stop()
+    svc.notification.stop_pinging()
     svc.transactions.stop()
     yield svc.transport.stop()
     yield eventually(lambda: status_on(k1, svc) in ("disabled", None), timeout=PING + 4, reactor=reactor)

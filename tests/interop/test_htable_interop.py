@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, task
+from twisted.internet import task
 
 from dmq import DMQService
 from dmq.peers import HTablePeer
