@@ -271,8 +271,10 @@ def main() -> dict[str, Any]:
     port = free_port()
     server = start_dmq_server(port)
     try:
+        idle = pss_kb_tree(server.pid)
         results["dmq_server"] = lean_client(port, args.seconds, args.window)
         results["dmq_server"]["pss_kb"] = pss_kb_tree(server.pid)
+        results["dmq_server"]["idle_pss_kb"] = idle
     finally:
         server.kill()
         server.wait()
@@ -282,8 +284,10 @@ def main() -> dict[str, Any]:
         if node is not None:
             try:
                 wait_answering(port)
+                idle = pss_kb_tree(node.pid)
                 results["kamailio_server"] = lean_client(port, args.seconds, args.window)
                 results["kamailio_server"]["pss_kb"] = pss_kb_tree(node.pid)
+                results["kamailio_server"]["idle_pss_kb"] = idle
             finally:
                 node.stop()
             results["server_ratio_dmq_to_kamailio"] = (
