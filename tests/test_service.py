@@ -11,7 +11,7 @@ from zope.interface.verify import verifyObject
 from dmq import CallbackPeer, DMQService, EventKind, PeerError, PeerResponse
 from dmq.interfaces import IMessageSender, IPeer
 from dmq.peer import DMQMessage
-from dmq.sip import SIPURI, build_request, parse_message
+from dmq.sip import SIPURI, build_request, make_response, parse_message
 from dmq.sip.address import Address
 from dmq.sip.message import Request, Response
 from dmq.testing import FakeCluster, FakeSIPTransport
@@ -35,6 +35,29 @@ class Cluster(FakeCluster):
     def view(self, port: int) -> dict[int, str]:
         """Port -> status of every node ``port`` knows, itself included."""
         return {n.port: n.status.value for n in self.nodes[port].nodes}  # type: ignore[misc]
+
+
+def request_to(port: int, method: str = "KDMQ", user: str = "notification_peer", body: bytes = b"", host: str = "127.0.0.1") -> Request:
+    """A request for the node on ``port``, as sent from ``host``:5999."""
+    target = f"sip:{user}@127.0.0.1:{port}" if user else f"sip:127.0.0.1:{port}"
+    return build_request(
+        method,
+        SIPURI.parse(target),
+        from_uri=SIPURI.parse(f"sip:{user or 'alice'}@{host}:5999"),
+        via_transport="UDP",
+        via_sent_by=f"{host}:5999",
+        body=body,
+        content_type="text/plain" if body else None,
+    )
+
+
+def answer(svc: DMQService, request: Request, host: str = "127.0.0.1") -> Response:
+    """Deliver ``request`` to ``svc`` from ``host``:5999; the response it sent back."""
+    transport: FakeSIPTransport = svc.transport
+    transport.receive(request.to_bytes(), Address("udp", host, 5999))
+    response = transport.sent[-1].message
+    assert isinstance(response, Response)
+    return response
 
 
 class MembershipTests(SynchronousTestCase):
@@ -178,17 +201,7 @@ class MembershipTests(SynchronousTestCase):
         """A node-list request with an empty body changes nothing and gets the list back."""
         cluster = Cluster()
         a = cluster.add(5060)
-        transport: FakeSIPTransport = a.transport
-        request = build_request(
-            "KDMQ",
-            SIPURI.parse("sip:notification_peer@127.0.0.1:5060"),
-            from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5999"),
-            via_transport="UDP",
-            via_sent_by="127.0.0.1:5999",
-        )
-        transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5999))
-        response = transport.sent[-1].message
-        assert isinstance(response, Response)
+        response = answer(a, request_to(5060))
         self.assertEqual(response.code, 200)
         self.assertEqual(response.body, b"sip:127.0.0.1:5060;status=active\r\n")
         self.assertEqual(len(list(a.nodes)), 1)
@@ -198,19 +211,8 @@ class MembershipTests(SynchronousTestCase):
         """A node list with one bad line is answered 400 naming it, and the list is unchanged."""
         cluster = Cluster()
         a = cluster.add(5060)
-        transport: FakeSIPTransport = a.transport
-        request = build_request(
-            "KDMQ",
-            SIPURI.parse("sip:notification_peer@127.0.0.1:5060"),
-            from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5999"),
-            via_transport="UDP",
-            via_sent_by="127.0.0.1:5999",
-            body=b"sip:127.0.0.1:5999;status=active\r\nsip:127.0.0.1:5998;status=bogus\r\n",
-            content_type="text/plain",
-        )
-        transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5999))
-        response = transport.sent[-1].message
-        assert isinstance(response, Response)
+        body = b"sip:127.0.0.1:5999;status=active\r\nsip:127.0.0.1:5998;status=bogus\r\n"
+        response = answer(a, request_to(5060, body=body))
         self.assertEqual(response.code, 400)
         self.assertIn("node list", response.reason)
         self.assertEqual(len(list(a.nodes)), 1)
@@ -298,40 +300,16 @@ class ChannelTests(SynchronousTestCase):
 
     def test_non_kdmq_405_or_hook(self) -> None:
         """A non-KDMQ request gets 405 with Allow, or what the application hook answers."""
-        request = build_request(
-            "REGISTER",
-            SIPURI.parse("sip:127.0.0.1:5060"),
-            from_uri=SIPURI.parse("sip:alice@127.0.0.1:5999"),
-            via_transport="UDP",
-            via_sent_by="127.0.0.1:5999",
-        )
-        transport: FakeSIPTransport = self.a.transport
-        transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5999))
-        response = transport.sent[-1].message
-        self.assertEqual((response.code, response.headers.get("Allow")), (405, "KDMQ"))  # type: ignore[union-attr]
-        from dmq.sip import make_response
-
+        response = answer(self.a, request_to(5060, "REGISTER", user=""))
+        self.assertEqual((response.code, response.headers.get("Allow")), (405, "KDMQ"))
         self.a.request_hook = lambda req, source: make_response(req, 200)
-        request.headers.set("Via", "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKother")
-        transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5999))
-        self.assertEqual(transport.sent[-1].message.code, 200)  # type: ignore[union-attr]
+        self.assertEqual(answer(self.a, request_to(5060, "REGISTER", user="")).code, 200)
 
     def test_allow_list(self) -> None:
         """With an allow list, a request from another address gets 403."""
         svc = self.cluster.add(5070, allow=["127.0.0.2/32"])
-        request = build_request(
-            "KDMQ",
-            SIPURI.parse("sip:notification_peer@127.0.0.1:5070"),
-            from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5999"),
-            via_transport="UDP",
-            via_sent_by="127.0.0.1:5999",
-        )
-        transport: FakeSIPTransport = svc.transport
-        transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5999))
-        self.assertEqual(transport.sent[-1].message.code, 403)  # type: ignore[union-attr]
-        request.headers.set("Via", "SIP/2.0/UDP 127.0.0.2:5999;branch=z9hG4bKok")
-        transport.receive(request.to_bytes(), Address("udp", "127.0.0.2", 5999))
-        self.assertEqual(transport.sent[-1].message.code, 200)  # type: ignore[union-attr]
+        self.assertEqual(answer(svc, request_to(5070)).code, 403)
+        self.assertEqual(answer(svc, request_to(5070, host="127.0.0.2"), host="127.0.0.2").code, 200)
 
     def test_process_message_locally(self) -> None:
         """process_message hands a message to a local peer without the network."""
