@@ -499,3 +499,17 @@ def test_tls_wrong_server_name(reactor: Any, pki: dict[str, Any]) -> Any:
     finally:
         yield a.stop()
         yield b.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_udp_needs_ip_addresses(reactor: Any) -> Any:
+    """UDP sends go to IP addresses of the socket's family; a host name or an IPv6 address is a transport error."""
+    a = Node(reactor)
+    yield a.transport.listen()
+    try:
+        for host in ("localhost", "::1"):
+            with pytest.raises(TransportError):
+                yield a.transport.send(b"x", Address("udp", host, 5060))
+        yield a.transport.send(b"x", Address("udp", "127.0.0.1", free_port()))
+    finally:
+        yield a.stop()

@@ -23,6 +23,8 @@ controller (the :class:`~dmq.sip.transaction.TransactionLayer`) through
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Union, cast
 
@@ -537,6 +539,7 @@ class SIPTransport:
         self._all: set[SIPStreamProtocol] = set()
         self._connecting: dict[Address, list[tuple[bytes, Deferred[None]]]] = {}
         self._datagram: Optional[SIPDatagramProtocol] = None
+        self._ip_ok: dict[str, bool] = {}
         self._ports: list[IListeningPort] = []
 
     # -- listening ------------------------------------------------------------
@@ -629,11 +632,40 @@ class SIPTransport:
         datagram = self._datagram
         if datagram is None or datagram.transport is None:
             return defer.fail(TransportError("UDP is not listening"))
-        try:
-            datagram.transport.write(data, (address.host, address.port))
-        except Exception as e:
-            return defer.fail(TransportError(f"cannot send to {address}: {e}"))
-        return defer.succeed(None)
+        port = datagram.transport
+        sock = getattr(port, "socket", None)
+        host = address.host
+        if sock is None or not self._sendable(host, sock.family):
+            # Anything unusual (a host name, a family mismatch) gets Twisted's checks and errors.
+            try:
+                port.write(data, (host, address.port))
+            except Exception as e:
+                return defer.fail(TransportError(f"cannot send to {address}: {e}"))
+            return defer.succeed(None)
+        # The usual case, without re-validating the address on every datagram.
+        while True:
+            try:
+                sock.sendto(data, (host, address.port))
+            except InterruptedError:
+                continue
+            except ConnectionRefusedError:
+                pass  # an ICMP error for an earlier datagram: meaningless on unconnected UDP
+            except OSError as e:
+                return defer.fail(TransportError(f"cannot send to {address}: {e}"))
+            return defer.succeed(None)
+
+    def _sendable(self, host: str, family: int) -> bool:
+        """Whether ``host`` is an IP address of the socket's family (remembered per host)."""
+        known = self._ip_ok.get(host)
+        if known is None:
+            try:
+                known = ipaddress.ip_address(host).version == (6 if family == socket.AF_INET6 else 4)
+            except ValueError:
+                known = False
+            if len(self._ip_ok) >= 4096:
+                self._ip_ok.clear()
+            self._ip_ok[host] = known
+        return known
 
     def _connect(self, address: Address) -> None:
         """Open a connection to ``address``; then send what waits for it."""
