@@ -133,7 +133,6 @@ _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE | re.ASCII)
 # start only where a run of blanks starts, and the possessive quantifiers
 # never give blanks back: the naive [ \t]*\n[ \t]+ takes quadratic time on
 # a long run of blanks that no line break follows.
-_FOLD_RE = re.compile(r"(?<![ \t])[ \t]*+(?:\n[ \t]++)++")
 _BLANK_LINE_RE = re.compile(rb"\n\r?\n")
 _TAG_PREFIX = os.urandom(16).hex() + "."
 
@@ -765,11 +764,36 @@ def _slow_lines(data: bytes, max_headers: int, max_line: int) -> tuple[list[str]
     if first >= 0 and text[first + 1 : first + 2] in (" ", "\t"):
         raise SIPParseError("continuation line after the start line")
     if "\n " in text or "\n\t" in text:
-        text = _FOLD_RE.sub(" ", text)
-    lines = text.split("\n")
+        lines = _unfold(text.split("\n"))
+    else:
+        lines = text.split("\n")
     if len(text) > max_line and max(map(len, lines)) > max_line:
         raise SIPParseError(f"header line longer than {max_line} characters", code=413)
     return lines, m.end()
+
+
+def _unfold(raw: list[str]) -> list[str]:
+    """
+    Join continuation lines to the line before: the whitespace around each
+    line break of a folded header becomes one space (RFC 3261 7.3.1).  Work
+    per line, not per character, and one join per header, so a huge folded
+    header stays cheap.
+    """
+    lines: list[str] = []
+    parts: Optional[list[str]] = None
+    for line in raw:
+        if parts is not None and line[:1] in (" ", "\t"):
+            parts[-1] = parts[-1].rstrip(" \t")
+            piece = line.lstrip(" \t")
+            if piece:
+                parts.append(piece)
+            continue
+        if parts is not None:
+            lines.append(" ".join(parts))
+        parts = [line]
+    if parts is not None:
+        lines.append(" ".join(parts))
+    return lines
 
 
 def _index_headers(lines: list[str]) -> Optional[dict[str, list[str]]]:
