@@ -205,28 +205,9 @@ def kamailio_server(port: int, directory: str) -> Any:
     return node
 
 
-def rss_kb(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def pss_kb_tree(pgid_or_pid: int) -> int:
-    """Proportional set size of a process and its children, in KiB (shared pages split)."""
+def pss_kb(pids: list[int]) -> int:
+    """Proportional set size of the given processes together, in KiB (shared pages split)."""
     total = 0
-    pids = [pgid_or_pid]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pgid_or_pid and int(entry) != pgid_or_pid:
-                    pids.append(int(entry))
-            except OSError:
-                continue
     for pid in pids:
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -271,22 +252,24 @@ def main() -> dict[str, Any]:
     port = free_port()
     server = start_dmq_server(port)
     try:
-        idle = pss_kb_tree(server.pid)
+        idle = pss_kb([server.pid])
         results["dmq_server"] = lean_client(port, args.seconds, args.window)
-        results["dmq_server"]["pss_kb"] = pss_kb_tree(server.pid)
+        results["dmq_server"]["pss_kb"] = pss_kb([server.pid])
         results["dmq_server"]["idle_pss_kb"] = idle
     finally:
         server.kill()
         server.wait()
+    from tests.interop.kamailio import group_processes
+
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         node = kamailio_server(port, tmp)
         if node is not None:
             try:
                 wait_answering(port)
-                idle = pss_kb_tree(node.pid)
+                idle = pss_kb(group_processes(node.pid))
                 results["kamailio_server"] = lean_client(port, args.seconds, args.window)
-                results["kamailio_server"]["pss_kb"] = pss_kb_tree(node.pid)
+                results["kamailio_server"]["pss_kb"] = pss_kb(group_processes(node.pid))
                 results["kamailio_server"]["idle_pss_kb"] = idle
             finally:
                 node.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from dmq.control import ControlAPI
-from tests.interop.kamailio import wait_until
+from tests.interop.kamailio import stop_process as stop, wait_until
 from tests.test_control import Pair, rpc
 from tests.test_tap import free_port
 
@@ -57,18 +56,6 @@ class NoticeBoardTests(SynchronousTestCase):
         self.pair.run(0.1)
         self.assertEqual(self.successResultOf(d).code, 400)
         self.assertEqual(list(self.boards[5061].notices), [])
-
-
-def stop(process: "subprocess.Popen[bytes]") -> bytes:
-    """SIGTERM a process we started, SIGKILL it if it lingers; its output."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        out, _ = process.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, _ = process.communicate()
-    return out
 
 
 def test_embed_joins_a_tac_node(tmp_path: Path) -> None:

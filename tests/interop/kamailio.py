@@ -175,6 +175,18 @@ def _port_free(port: int, kind: int) -> bool:
     return True
 
 
+def stop_process(process: "subprocess.Popen[bytes]", timeout: float = 15.0) -> bytes:
+    """SIGTERM a process a test started, SIGKILL it if it lingers; its output."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    return out or b""
+
+
 def group_processes(pgid: int, include_zombies: bool = False) -> list[int]:
     """Return the pids of processes in process group ``pgid``, read from /proc.
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from dmq.control import ControlAPI
 from dmq.testing import FakeSIPTransport
 
 from .kamailio import KamailioNode, KamailioRPCError, free_port, liveness_probe, wait_until
+from .kamailio import stop_process as stop
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 DMQCTL = str(Path(sys.executable).with_name("dmqctl"))
@@ -40,18 +40,6 @@ def assert_alive(*nodes: KamailioNode) -> None:
     for k in nodes:
         assert k.running, f"{k} died"
         assert liveness_probe("127.0.0.1", k.port, timeout=1.0), f"{k} stopped answering node lists"
-
-
-def stop(process: "subprocess.Popen[bytes]") -> bytes:
-    """SIGTERM the process we started, SIGKILL it if it lingers; its output."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        out, _ = process.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, _ = process.communicate()
-    return out
 
 
 def test_twistd_node_joins_kamailio_cluster(kamailio: Any, tmp_path: Path) -> None:
