@@ -311,6 +311,22 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(answer(svc, request_to(5070)).code, 403)
         self.assertEqual(answer(svc, request_to(5070, host="127.0.0.2"), host="127.0.0.2").code, 200)
 
+    def test_unregister_peer(self) -> None:
+        """After unregister_peer its channel answers 404, and a removed event listener hears nothing more."""
+        peer = self.c.get_peer("custom1")
+        assert peer is not None
+        self.successResultOf(self.c.unregister_peer(peer))
+        d = self.b.send_message("custom1", b"x", self.c.nodes.local.uri)
+        self.cluster.run(0.1)
+        self.assertEqual(self.successResultOf(d).code, 404)
+        heard: list[Any] = []
+        self.a.add_event_listener(heard.append)
+        self.a.remove_event_listener(heard.append)
+        self.cluster.kill(5062)
+        self.cluster.run(40, step=0.05)
+        self.assertEqual(heard, [])
+        self.assertEqual(self.cluster.view(5060).get(5062), "disabled")
+
     def test_process_message_locally(self) -> None:
         """process_message hands a message to a local peer without the network."""
         d = self.b.process_message("custom1", b"local")

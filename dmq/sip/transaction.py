@@ -459,13 +459,6 @@ class TransactionLayer:
         )
         transaction.respond(make_response(transaction.request, 500))
 
-    def respond_stateless(self, request: Request, source: Source, response: Response) -> None:
-        """Send a response outside any transaction (e.g. to a malformed request)."""
-        self.stats.responses_sent += 1
-        d = self.transport.send(response.to_bytes(), self.response_address(request, source), source.connection)
-        if d is not None:
-            d.addErrback(lambda f: None)
-
     def response_address(self, request: Request, source: Source) -> Address:
         """
         Where responses to ``request`` go: back to the source address over

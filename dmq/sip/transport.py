@@ -581,10 +581,6 @@ class SIPTransport:
         if self.udp and self.port == 0:
             self.port = cast(Union[IPv4Address, IPv6Address], self._ports[0].getHost()).port
 
-    def listening_ports(self) -> list[Any]:
-        """The bound addresses of the listeners (``getHost()`` of each)."""
-        return [p.getHost() for p in self._ports]
-
     @defer.inlineCallbacks
     def stop(self) -> Any:
         """Stop listening and close every connection."""
