@@ -15,6 +15,7 @@ __all__ = [
     "SIPParseError",
     "TransactionTimeout",
     "TransportError",
+    "MessageTooLarge",
     "ConfigurationError",
     "RPCError",
 ]
@@ -40,6 +41,16 @@ class TransportError(DMQError):
     """A request could not be sent: connection refused or lost, no route (503)."""
 
     code = 503
+
+
+class MessageTooLarge(TransportError):
+    """
+    A message is larger than a datagram may be, and no stream transport
+    reaches its destination (513, RFC 3261's Message Too Large): it is
+    refused here rather than sent to be dropped on the way.
+    """
+
+    code = 513
 
 
 class ConfigurationError(DMQError, ValueError):

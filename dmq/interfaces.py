@@ -29,6 +29,9 @@ class ISIPTransport(Interface):
     """What the transaction layer needs from the transports."""
 
     controller = Attribute("The object whose message_received(message, source) gets every parsed message.")
+    udp_max_size = Attribute(
+        "The largest datagram sent (bytes); a larger one fails with MessageTooLarge."
+    )
 
     def supports(transport_name: str) -> bool:
         """Whether this node can send over ``udp``, ``tcp`` or ``tls``."""

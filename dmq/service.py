@@ -26,23 +26,26 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dmq.errors import ConfigurationError, DMQError
+from dmq.errors import ConfigurationError, DMQError, MessageTooLarge
 from dmq.interfaces import IMessageSender, IPeer
 from dmq.node import Event, Node, NodeList, NodeListError, NodeStatus, TimeoutPolicy
 from dmq.notification import DEFAULT_CHANNEL, NotificationPeer
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
-from dmq.sip.address import Address
+from dmq.sip.address import UDP_HARD_LIMIT, UDP_MAX_SIZE, Address
 from dmq.sip.message import Request, Response, build_request, make_response, new_branch
 from dmq.sip.transaction import Source, TransactionLayer
 from dmq.sip.transport import SIPTransport, TLSSettings
 from dmq.sip.uri import SIPURI, SIPParseError, unescape
 
-__all__ = ["DMQService", "ChannelStats", "SERVER_NAME"]
+__all__ = ["DMQService", "ChannelStats", "SERVER_NAME", "HEADER_ROOM"]
 
 log = Logger()
 
 SERVER_NAME = "dmq"
 """The ``Server`` / ``User-Agent`` value."""
+
+HEADER_ROOM = 1024
+"""Bytes kept for the start line and headers of a KDMQ when sizing a body to fit a datagram."""
 
 RequestHook = Callable[[Request, Source], Union[Response, "Deferred[Response]", None]]
 EventListener = Callable[[Event], Any]
@@ -92,6 +95,10 @@ class DMQService(MultiService):
     :param tcp: listen on TCP on the same port.
     :param tls: TLS settings, to listen on ``tls_port`` and speak TLS.
     :param t1: SIP timer T1 (seconds); the timeout of a request is 64*T1.
+    :param udp_max_size: the largest datagram this node sends (bytes).  A
+        larger message goes over TCP when this node has TCP, else it is
+        refused here (513); Kamailio 5.8 and later drop datagrams of
+        32,767 bytes or more.
     :param allow: when given, only requests from these networks (CIDR
         strings or addresses) are served; others get 403.
     :param request_hook: handles requests other than KDMQ (e.g. REGISTER);
@@ -121,6 +128,7 @@ class DMQService(MultiService):
         t4: float = 5.0,
         idle_timeout: float = 300.0,
         max_connections: int = 1024,
+        udp_max_size: int = UDP_MAX_SIZE,
         allow: Optional[Iterable[str]] = None,
         request_hook: Optional[RequestHook] = None,
         resolver: Any = None,
@@ -145,6 +153,8 @@ class DMQService(MultiService):
             raise ConfigurationError(f"server_address: {e}") from None
         if ping_interval <= 0:
             raise ConfigurationError("ping_interval must be positive")
+        if not HEADER_ROOM * 2 <= udp_max_size <= UDP_HARD_LIMIT:
+            raise ConfigurationError(f"udp_max_size must be between {HEADER_ROOM * 2} and {UDP_HARD_LIMIT}")
         self.nodes = NodeList(local)
         self.policy = TimeoutPolicy(
             remove_inactive=remove_inactive,
@@ -169,7 +179,10 @@ class DMQService(MultiService):
                 tls_port=tls_port if tls_port is not None else (local.port if local_transport == "tls" else None),
                 idle_timeout=idle_timeout,
                 max_connections=max_connections,
+                udp_max_size=udp_max_size,
             )
+        else:
+            transport.udp_max_size = udp_max_size
         self.transport = transport
         self.transactions = TransactionLayer(transport, self._handle_request, reactor=reactor, t1=t1, t2=t2, t4=t4)
         transport.controller = self.transactions
@@ -373,6 +386,11 @@ class DMQService(MultiService):
 
     # -- sending -----------------------------------------------------------------------
 
+    @property
+    def max_body_size(self) -> int:
+        """The largest body a KDMQ can carry in one datagram (peers cut their messages to it)."""
+        return int(self.transport.udp_max_size) - HEADER_ROOM
+
     def _channel_of(self, peer: Union[Peer, str]) -> str:
         return peer if isinstance(peer, str) else peer.channel
 
@@ -455,12 +473,19 @@ class DMQService(MultiService):
         return d
 
     def _local_failure(self, failure: Any, request: Request) -> Response:
+        """
+        The final response a failed send stands for: 513 for a message too
+        large to send, else 408 (as Kamailio's ``tm`` reports a request that
+        got no answer), the reason saying why.
+        """
         error = failure.value
         if not isinstance(error, DMQError):
             log.failure("sending {method} failed", failure, method=request.method)
+        if isinstance(error, MessageTooLarge):
+            log.warn("not sent: {reason}", reason=str(error))
+            return make_response(request, 513, f"Message Too Large ({error})", server=None)
         reason = "Request Timeout" if getattr(error, "code", 408) == 408 else f"Request Timeout ({error})"
-        response = make_response(request, 408, reason, server=None)
-        return response
+        return make_response(request, 408, reason, server=None)
 
     def bcast_message(
         self,

@@ -117,6 +117,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_ca_list", "path", None, "PEM file of the CAs that other nodes' certificates must chain to."),
     Setting("tls_verify_client", "bool", False, "1: require and verify client certificates (mutual TLS)."),
     Setting("tls_verify_server", "bool", True, "0: do not verify the certificate and name of nodes connected to."),
+    Setting("udp_max_size", "int", 32000,
+            "The largest datagram sent, in bytes (Kamailio 5.8+ drops 32767 and up); a larger message goes "
+            "over TCP when --tcp is on, else it is refused with an error.", minimum=2048),
     Setting("t1", "ms", 500, "SIP timer T1 in milliseconds (a request times out after 64*T1).", minimum=1),
     Setting("t2", "ms", 4000, "SIP timer T2 in milliseconds.", minimum=1),
     Setting("t4", "ms", 5000, "SIP timer T4 in milliseconds.", minimum=1),
@@ -337,6 +340,7 @@ class NodeConfig:
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
+    udp_max_size: int = 32000
     allow: list[str] = field(default_factory=list)
     control: Optional[str] = None
     control_token: Optional[str] = None
@@ -372,6 +376,7 @@ class NodeConfig:
             "t1": self.t1,
             "t2": self.t2,
             "t4": self.t4,
+            "udp_max_size": self.udp_max_size,
             "allow": list(self.allow) or None,
         }
 
@@ -545,11 +550,14 @@ def resolve(options: Options) -> NodeConfig:
         "init_with_single",
         "udp",
         "tcp",
+        "udp_max_size",
     ):
         setattr(config, key, v[key])
 
     # timers
     config.t1, config.t2, config.t4 = v["t1"] / 1000, v["t2"] / 1000, v["t4"] / 1000
+    if v["udp_max_size"] > 65507:
+        raise usage.UsageError(f"{where['udp_max_size']}: at most 65507 bytes fit a datagram, got {v['udp_max_size']}")
     if v["t2"] < v["t1"]:
         raise usage.UsageError(f"{where['t2']}: T2 ({v['t2']} ms) must not be below T1 ({v['t1']} ms)")
 

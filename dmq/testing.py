@@ -20,9 +20,9 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from dmq.errors import TransportError
+from dmq.errors import MessageTooLarge, TransportError
 from dmq.interfaces import ISIPTransport
-from dmq.sip.address import Address
+from dmq.sip.address import UDP_MAX_SIZE, Address
 from dmq.sip.message import Request, Response, parse_message
 from dmq.sip.transaction import Source
 from dmq.sip.uri import SIPParseError
@@ -55,6 +55,8 @@ class FakeSIPTransport:
     :ivar sent: every :class:`Sent`, oldest first.
     :ivar fail: when set, a callable ``(address) -> bool``; sends for which it
         returns true fail with :class:`TransportError`.
+    :ivar udp_max_size: datagrams above this fail with
+        :class:`~dmq.errors.MessageTooLarge`, as on a real transport.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class FakeSIPTransport:
         self.sent: list[Sent] = []
         self.fail: Optional[Callable[[Address], bool]] = None
         self.network: Optional["FakeNetwork"] = None
+        self.udp_max_size = UDP_MAX_SIZE
 
     def supports(self, transport_name: str) -> bool:
         """Whether ``transport_name`` is one of :attr:`transports`."""
@@ -92,6 +95,8 @@ class FakeSIPTransport:
         self.sent.append(Sent(data, address, connection, now))
         if self.fail is not None and self.fail(address):
             return defer.fail(TransportError(f"cannot send to {address} (fake failure)"))
+        if address.transport == "udp" and len(data) > self.udp_max_size:
+            return defer.fail(MessageTooLarge(f"{len(data)} bytes for {address}: over the datagram limit"))
         if self.network is not None:
             self.network.deliver(self, data, address)
         return defer.succeed(None)

@@ -19,7 +19,7 @@ from dmq.errors import ConfigurationError, RPCError
 from dmq.interfaces import IPeer
 from dmq.peer import PeerResponse
 from dmq.peers import Cell, Change, HTablePeer, HTableSpec, NoSuchTable
-from dmq.peers.htable import MAX_SYNC_BODY, HTable, compile_posix_regex
+from dmq.peers.htable import HTable, compile_posix_regex
 from dmq.sip.address import Address
 from dmq.sip.message import Request, Response, parse_message
 from dmq.testing import FakeCluster, FakeSIPTransport
@@ -585,9 +585,11 @@ class SyncTests(SynchronousTestCase):
             self.assertLessEqual(abs(got[key] - expected[key]), 1, key)
         # the answer: several chunks, each below the limit, to 5062 only
         sizes = list(a.sync_chunk_sizes)[answered_before:]
+        limit = cluster.svcs[5060].max_body_size
+        self.assertLess(limit, 32000 - 1000)
         self.assertGreater(len(sizes), 1)
-        self.assertTrue(all(size < MAX_SYNC_BODY for size in sizes), max(sizes))
-        self.assertTrue(all(size > MAX_SYNC_BODY - 200 for size in sizes[:-1]), sizes)
+        self.assertTrue(all(size < limit for size in sizes), max(sizes))
+        self.assertTrue(all(size > limit - 200 for size in sizes[:-1]), sizes)
         cells_to_b = [b for b in bodies(cluster.svcs[5060], 5061) if b.startswith(b'{"cells"')]
         self.assertEqual(cells_to_b, [])
         self.assertEqual(b.stats["sync_requests"], b_requests)

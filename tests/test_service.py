@@ -292,6 +292,18 @@ class ChannelTests(SynchronousTestCase):
         self.cluster.run(33, step=0.5)
         self.assertEqual(self.successResultOf(d).code, 408)
 
+    def test_too_large_for_a_datagram_is_513(self) -> None:
+        """Without TCP, a message over udp_max_size fires at once with a local 513 naming the limit; nothing is sent."""
+        big = self.cluster.add(5063, udp_max_size=4096)
+        sent_before = len(big.transport.sent)
+        d = big.send_message("custom1", b"x" * 4000, self.b.nodes.local.uri)
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 513)
+        self.assertIn("4096-byte datagram limit", response.reason)
+        self.assertEqual(len(big.transport.sent), sent_before)
+        self.assertEqual(big.channel_stats["custom1"].results, {513: 1})
+        self.assertEqual(big.max_body_size, 4096 - 1024)
+
     def test_except_node(self) -> None:
         """bcast_message skips except_node."""
         d = self.a.bcast_message("custom1", b"y", except_node=self.b.nodes.local)

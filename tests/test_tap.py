@@ -112,6 +112,7 @@ def test_every_dmq_option() -> None:
         "--udp", "off",
         "--tcp", "true",
         "--t1", "250", "--t2", "2000", "--t4", "3000",
+        "--udp-max-size", "16000",
         "--allow", "127.0.0.0/8", "--allow", "::1",
     )
     assert config.service_kwargs() == {
@@ -133,6 +134,7 @@ def test_every_dmq_option() -> None:
         "t1": 0.25,
         "t2": 2.0,
         "t4": 3.0,
+        "udp_max_size": 16000,
         "allow": ["127.0.0.0/8", "::1"],
     }
     assert [p.protocol for p in config.probes] == ["tcp", "tcp"]
@@ -179,6 +181,8 @@ def test_server_socket_and_ipv6() -> None:
     [
         (("--server-address", "nonsense"), ("--server-address nonsense", "not a SIP URI")),
         (("--server-address", "sips:127.0.0.1:5061"), ("--server-address", "use sip:")),
+        (("--udp-max-size", "70000"), ("--udp-max-size", "at most 65507")),
+        (("--udp-max-size", "100"), ("--udp-max-size", "at least 2048")),
         (("--server-address", "sip:127.0.0.1"), ("--server-address", "a port is needed")),
         (("--server-address", "sip:127.0.0.1:5060;transport=sctp"), ("--server-address", "sctp is not supported")),
         (("--server-socket", "udp:127.0.0.1:x"), ("--server-socket", "[udp:|tcp:|tls:]HOST[:PORT]")),
@@ -455,7 +459,7 @@ def test_twistd_help_lists_every_option(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Usage: twistd [options] dmq [options]" in result.stdout
     options = ["--config"] + [f"--{s.option}" for s in SETTINGS if s.cli]
-    assert len(options) == 34
+    assert len(options) == 35
     for option in options:
         assert f"{option}=" in result.stdout, option
 

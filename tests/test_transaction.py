@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from dmq.errors import TransactionTimeout, TransportError
+from dmq.errors import MessageTooLarge, TransactionTimeout, TransportError
 from dmq.interfaces import IMessageHandler, ISIPTransport
 from dmq.sip import SIPURI, build_request, make_response, parse_message
 from dmq.sip.address import Address
@@ -197,6 +197,38 @@ class ClientTransactionTests(SynchronousTestCase):
         layer.request(kdmq(body=b"z" * 2000), PEER)
         self.assertEqual(transport.sent[0].address, PEER)
 
+    def test_request_over_the_datagram_limit_without_tcp_is_refused(self) -> None:
+        """Without TCP, a request above the datagram limit is not sent: it fails at once with 513."""
+        clock, transport, layer = make_layer(("udp",))
+        transport.udp_max_size = 4000
+        d = layer.request(kdmq(body=b"z" * 4000), PEER)
+        failure = self.failureResultOf(d, MessageTooLarge)
+        self.assertEqual(failure.value.code, 513)
+        self.assertIn("4000-byte datagram limit", str(failure.value))
+        self.assertEqual(transport.sent, [])
+        self.assertEqual(layer.stats.too_large, 1)
+        self.assertEqual(layer.clients, {})
+
+    def test_request_over_the_datagram_limit_never_falls_back_to_udp(self) -> None:
+        """A request above the datagram limit goes over TCP only: when TCP fails it fails, no datagram is sent."""
+        clock, transport, layer = make_layer(("udp", "tcp"))
+        transport.udp_max_size = 4000
+        transport.fail = lambda address: address.transport == "tcp"
+        d = layer.request(kdmq(body=b"z" * 4000), PEER)
+        self.failureResultOf(d, TransportError)
+        self.assertEqual([s.address for s in transport.sent], [PEER_TCP])
+        clock.advance(40)
+        self.assertEqual(len(transport.sent), 1)
+
+    def test_request_at_the_datagram_limit_goes_over_udp(self) -> None:
+        """Without TCP, a request of exactly the limit is sent, and retransmitted, as it is."""
+        clock, transport, layer = make_layer(("udp",))
+        size = len(kdmq(body=b"z" * 3000).to_bytes())
+        transport.udp_max_size = size
+        layer.request(kdmq(body=b"z" * 3000), PEER)
+        clock.advance(0.5)
+        self.assertEqual([len(s.data) for s in transport.sent], [size, size])
+
     def test_duplicate_branch_refused(self) -> None:
         """Sending two requests with the same branch is a programming error."""
         clock, transport, layer = make_layer()
@@ -293,6 +325,19 @@ class ServerTransactionTests(SynchronousTestCase):
         self.assertEqual(len(calls), 5)
         transport.receive(requests[0], PEER)  # forgotten: handled as new
         self.assertEqual(len(calls), 6)
+
+    def test_answer_over_the_datagram_limit_becomes_513(self) -> None:
+        """An answer too large for a datagram is replaced by 513 Message Too Large, also for retransmissions."""
+        handler = lambda r, s: make_response(r, 200, body=b"n" * 5000, content_type="text/plain")  # noqa: E731
+        clock, transport, layer = make_layer(handler=handler)
+        transport.udp_max_size = 4000
+        data = kdmq().to_bytes()
+        transport.receive(data, PEER)
+        transport.receive(data, PEER)
+        answers = [s.message for s in transport.sent]
+        self.assertEqual([a.code for a in answers], [513, 513])  # type: ignore[union-attr]
+        self.assertEqual(answers[0].reason, "Message Too Large")  # type: ignore[union-attr]
+        self.assertEqual(layer.stats.too_large, 1)
 
     def test_reliable_state_freed(self) -> None:
         """Over TCP the server transaction is freed as soon as the final response is sent."""

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
-from dmq.errors import TransactionTimeout, TransportError
+from dmq.errors import MessageTooLarge, TransactionTimeout, TransportError
 from dmq.interfaces import ISIPTransport
 from dmq.sip import SIPURI, build_request, make_response, parse_message
 from dmq.sip.address import Address
@@ -512,4 +512,24 @@ def test_udp_needs_ip_addresses(reactor: Any) -> Any:
                 yield a.transport.send(b"x", Address("udp", host, 5060))
         yield a.transport.send(b"x", Address("udp", "127.0.0.1", free_port()))
     finally:
+        yield a.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_udp_refuses_datagrams_over_the_limit(reactor: Any) -> Any:
+    """A datagram above udp_max_size is refused with MessageTooLarge (513); one at the limit leaves."""
+    a = Node(reactor, udp_max_size=2048)
+    collector = Dropper(0)
+    port = reactor.listenUDP(0, collector, interface="127.0.0.1", maxPacketSize=65535)
+    yield a.transport.listen()
+    try:
+        target = Address("udp", "127.0.0.1", port.getHost().port)
+        with pytest.raises(MessageTooLarge) as info:
+            yield a.transport.send(b"x" * 2049, target)
+        assert info.value.code == 513
+        response = yield a.request(port.getHost().port, body=b"y" * 1500)
+        assert response.code == 200
+        assert collector.seen == 1
+    finally:
+        yield port.stopListening()
         yield a.stop()

@@ -54,7 +54,6 @@ __all__ = [
     "NoSuchTable",
     "Outcome",
     "CHANNEL",
-    "MAX_SYNC_BODY",
     "INIT_SYNC_MODES",
     "set_body",
     "expire_body",
@@ -73,8 +72,7 @@ CHANNEL = "htable"
 
 CONTENT_TYPE = "application/json"
 
-MAX_SYNC_BODY = 60_000
-"""A sync answer (``{"cells":[...]}``) is cut so each body stays below this many bytes."""
+MAX_SYNC_BODY = 60_000  # TODO remove once tests/interop stops importing it
 
 EMPTY_CELLS = b'{"cells":[]}'
 
@@ -777,7 +775,7 @@ class HTablePeer(Peer):
     every active node; changes from other nodes are applied as they come.
     When the node becomes ready it asks for a full sync (see
     ``init_sync``); it answers a sync request with its cells in messages
-    below :data:`MAX_SYNC_BODY` bytes, to the requester only.
+    that each fit a datagram, to the requester only.
 
     :param tables: the tables, each an :class:`HTableSpec` or its text
         (``"name"`` or ``"name:expire=SECS"``).
@@ -796,7 +794,9 @@ class HTablePeer(Peer):
     :param max_in_flight: most replication messages waiting for answers
         (besides, a node never has two changes of one item in flight).
     :param sync_window: most sync-answer messages waiting for answers.
-    :param sync_chunk_size: the size a sync-answer body stays below.
+    :param sync_chunk_size: the size a sync-answer body stays below
+        (default: what fits the service's datagram limit,
+        :attr:`~dmq.service.DMQService.max_body_size`).
     :param persist_interval: seconds between snapshot checks.
     :param purge_interval: seconds between sweeps of expired cells.
     :param tombstone_ttl: seconds a delete is remembered for last-write-wins.
@@ -814,7 +814,7 @@ class HTablePeer(Peer):
         init_sync: str = "single",
         max_in_flight: int = 64,
         sync_window: int = 2,
-        sync_chunk_size: int = MAX_SYNC_BODY,
+        sync_chunk_size: Optional[int] = None,
         persist_interval: float = 1.0,
         purge_interval: float = 10.0,
         tombstone_ttl: float = 300.0,
@@ -825,7 +825,7 @@ class HTablePeer(Peer):
             raise ConfigurationError(f"init_sync must be one of {', '.join(INIT_SYNC_MODES)}, not {init_sync!r}")
         if max_in_flight < 1 or sync_window < 1:
             raise ConfigurationError("max_in_flight and sync_window must be at least 1")
-        if sync_chunk_size <= len(EMPTY_CELLS):
+        if sync_chunk_size is not None and sync_chunk_size <= len(EMPTY_CELLS):
             raise ConfigurationError(f"sync_chunk_size must be above {len(EMPTY_CELLS)}")
         self.tables: dict[str, HTable] = {}
         for spec in tables:
@@ -1193,7 +1193,7 @@ class HTablePeer(Peer):
         now = self._now()
         parts: list[bytes] = []
         size = len(EMPTY_CELLS)
-        limit = self.sync_chunk_size
+        limit = self.sync_chunk_size or self.svc.max_body_size
         while session.items:
             name, key = session.items[0]
             table = self.tables.get(name)

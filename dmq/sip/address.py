@@ -11,7 +11,7 @@ from typing import Optional
 
 from dmq.sip.uri import SIPURI
 
-__all__ = ["Address", "TRANSPORTS", "RELIABLE"]
+__all__ = ["Address", "TRANSPORTS", "RELIABLE", "UDP_MAX_SIZE", "UDP_HARD_LIMIT"]
 
 TRANSPORTS = ("udp", "tcp", "tls")
 """The transports dmq speaks."""
@@ -20,6 +20,16 @@ RELIABLE = frozenset(["tcp", "tls"])
 """Transports that retransmit by themselves (no SIP-level retransmissions)."""
 
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+
+UDP_MAX_SIZE = 32000
+"""
+The default cap on a datagram this node sends.  Kamailio 5.8 and later drop
+a datagram of 32,767 bytes or more (``msg_recv_max_size``), so anything
+larger goes over TCP or is refused before it leaves.
+"""
+
+UDP_HARD_LIMIT = 65507
+"""The largest UDP payload IPv4 can carry."""
 
 
 @dataclass(frozen=True)

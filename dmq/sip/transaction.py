@@ -25,13 +25,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dmq.errors import TransactionTimeout, TransportError
+from dmq.errors import MessageTooLarge, TransactionTimeout, TransportError
 from dmq.interfaces import IMessageHandler
 from dmq.sip.address import Address
 from dmq.sip.message import REASONS, Request, Response, make_response
@@ -93,6 +93,7 @@ class TransactionStats:
     responses_sent: int = 0
     handler_errors: int = 0
     sent_over_tcp_for_size: int = 0
+    too_large: int = 0
     by_code: dict[int, int] = field(default_factory=dict)
 
 
@@ -238,6 +239,18 @@ class ServerTransaction:
             log.debug("late response {code} ignored", code=response.code)
             return
         data = response.to_bytes()
+        limit = self.layer.transport.udp_max_size
+        if len(data) > limit and not self.source.address.reliable:
+            self.layer.stats.too_large += 1
+            log.warn(
+                "a {code} answer of {size} bytes to {source} is over the {limit}-byte datagram limit; answering 513",
+                code=response.code,
+                size=len(data),
+                source=self.source.address,
+                limit=limit,
+            )
+            response = make_response(self.request, 513, "Message Too Large")
+            data = response.to_bytes()
         self._last = data
         stats = self.layer.stats
         stats.responses_sent += 1
@@ -313,25 +326,36 @@ class TransactionLayer:
         Send ``request`` to ``address`` in a new client transaction.
 
         A request above 1300 bytes for a UDP address goes over TCP when this
-        node has TCP (falling back to UDP if the connection fails).
+        node has TCP, falling back to UDP if the connection fails and the
+        request fits the transport's datagram limit.  Without TCP, a request
+        over that limit is not sent at all.
 
         :returns: a Deferred firing with the final response, or failing with
-            :class:`TransactionTimeout` (408) or :class:`TransportError`.
+            :class:`TransactionTimeout` (408), :class:`MessageTooLarge` (513)
+            or :class:`TransportError`.
         """
         key = self._client_key(request)
         if key in self.clients:
             raise ValueError(f"a transaction with branch {key[0]!r} is already running")
         data = request.to_bytes()
         fallback = None
-        if (
-            address.transport == "udp"
-            and len(data) > LARGE_REQUEST
-            and self.transport.supports("tcp")
-        ):
-            fallback = (data, address)
-            data = _via_over(request, "TCP").to_bytes()
-            address = Address("tcp", address.host, address.port)
-            self.stats.sent_over_tcp_for_size += 1
+        if address.transport == "udp":
+            size = len(data)
+            limit = self.transport.udp_max_size
+            if size > LARGE_REQUEST and self.transport.supports("tcp"):
+                if size <= limit:
+                    fallback = (data, address)
+                data = _via_over(request, "TCP").to_bytes()
+                address = Address("tcp", address.host, address.port)
+                self.stats.sent_over_tcp_for_size += 1
+            elif size > limit:
+                self.stats.too_large += 1
+                return fail(
+                    MessageTooLarge(
+                        f"{request.method} of {size} bytes to {address} is over the {limit}-byte datagram "
+                        "limit, and TCP is not enabled on this node"
+                    )
+                )
         transaction = ClientTransaction(self, key, request, data, address, fallback)
         self.clients[key] = transaction
         self.stats.requests_sent += 1

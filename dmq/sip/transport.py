@@ -48,9 +48,9 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dmq.errors import TransportError
+from dmq.errors import MessageTooLarge, TransportError
 from dmq.interfaces import ISIPTransport
-from dmq.sip.address import Address
+from dmq.sip.address import UDP_MAX_SIZE, Address
 from dmq.sip.message import (
     MAX_HEADERS,
     MAX_LINE_LENGTH,
@@ -494,6 +494,9 @@ class SIPTransport:
     :param max_connections: cap on open stream connections.
     :param max_body: cap on a body declared over a stream.
     :param connect_timeout: seconds to wait for an outbound connection.
+    :param udp_max_size: the largest datagram sent; a larger one fails with
+        :class:`~dmq.errors.MessageTooLarge` (the transaction layer sends
+        such messages over TCP where it can).
     """
 
     def __init__(
@@ -513,6 +516,7 @@ class SIPTransport:
         max_line: int = MAX_LINE_LENGTH,
         max_headers: int = MAX_HEADERS,
         connect_timeout: float = 5.0,
+        udp_max_size: int = UDP_MAX_SIZE,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -534,6 +538,7 @@ class SIPTransport:
         self.max_headers = max_headers
         self.max_header_bytes = max_line * 4
         self.connect_timeout = connect_timeout
+        self.udp_max_size = udp_max_size
         self.stats = {"rejected": 0, "connections_opened": 0, "connections_refused": 0}
         self.connections: dict[Address, SIPStreamProtocol] = {}
         self._all: set[SIPStreamProtocol] = set()
@@ -625,6 +630,10 @@ class SIPTransport:
         return result
 
     def _send_udp(self, data: bytes, address: Address) -> "Deferred[None]":
+        if len(data) > self.udp_max_size:
+            return defer.fail(
+                MessageTooLarge(f"{len(data)} bytes for {address}: over the {self.udp_max_size}-byte datagram limit")
+            )
         datagram = self._datagram
         if datagram is None or datagram.transport is None:
             return defer.fail(TransportError("UDP is not listening"))
