@@ -1,10 +1,14 @@
 """Packaging for txdmq, the ``dmq`` package and its ``twistd dmq`` plugin."""
 
+import re
+
 from setuptools import setup
+
+VERSION = re.search(r'^__version__ = "([^"]+)"', open("dmq/__init__.py", encoding="utf-8").read(), re.M).group(1)
 
 setup(
     name="txdmq",
-    version="0.1.0",
+    version=VERSION,
     description="Kamailio-compatible DMQ (distributed message queue) nodes for Twisted",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

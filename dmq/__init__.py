@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from dmq.peer import CallbackPeer, DMQMessage, Peer, PeerError, PeerResponse
     from dmq.service import DMQService
 
+__version__ = "0.1.0"
+
 _EXPORTS = {
     "CallbackPeer": "dmq.peer",
     "DMQMessage": "dmq.peer",
@@ -33,7 +35,7 @@ _EXPORTS = {
     "PeerResponse": "dmq.peer",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:

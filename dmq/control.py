@@ -92,7 +92,8 @@ def node_entry(node: Node) -> dict[str, Any]:
     transport name, ``resolved_ip`` without brackets (empty while unknown),
     ``status``, ``last_notification`` in whole seconds of the clock (0 when
     nothing came from the node yet; Kamailio always prints 0), ``local`` 0 or
-    1, and Kamailio 6.1's ``fail_count``.
+    1, and Kamailio 6.1's ``fail_count``; then this node's own ``agent``: the
+    node's ``User-Agent`` / ``Server`` text (empty while unknown).
     """
     return {
         "host": node.host,
@@ -103,6 +104,7 @@ def node_entry(node: Node) -> dict[str, Any]:
         "last_notification": int(node.last_seen) if node.last_seen is not None else 0,
         "local": 1 if node.local else 0,
         "fail_count": node.fail_count,
+        "agent": node.agent or "",
     }
 
 

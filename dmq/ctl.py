@@ -156,7 +156,7 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def format_nodes(nodes: list[dict[str, Any]]) -> str:
-    """``dmq.list_nodes`` as a table: URI, status, local, IP, when last heard from, fail count."""
+    """``dmq.list_nodes`` as a table: URI, status, local, IP, when last heard from, fail count, software."""
     rows = []
     for node in nodes:
         host, port, proto = node.get("host", "?"), node.get("port", ""), node.get("proto", "*")
@@ -171,9 +171,10 @@ def format_nodes(nodes: list[dict[str, Any]]) -> str:
                 str(node.get("resolved_ip", "")),
                 _seen(node.get("last_notification", 0)),
                 str(node.get("fail_count", "")),
+                str(node.get("agent", "")),
             ]
         )
-    return _table(rows, ["NODE", "STATUS", "LOCAL", "IP", "LAST_SEEN", "FAILS"])
+    return _table(rows, ["NODE", "STATUS", "LOCAL", "IP", "LAST_SEEN", "FAILS", "AGENT"])
 
 
 def _seen(seconds: Any) -> str:

@@ -36,6 +36,7 @@ sip_connections                            gauge    open TCP/TLS connections
 nodes                                      gauge    status
 node_ping_rtt_seconds                      gauge    node: last node-list round trip
 node_fail_count                            gauge    node
+node_info                                  gauge    node, agent: 1 per remote node (its software)
 =========================================  =======  ======================================
 """
 
@@ -141,6 +142,14 @@ class DMQCollector:
         for node in svc.nodes.others():
             fail_counts.add_metric([str(node.uri)], node.fail_count)
         yield fail_counts
+        info = GaugeMetricFamily(
+            self._name("node_info"),
+            "Each remote node with the User-Agent / Server text it sends (empty while unknown); always 1.",
+            labels=["node", "agent"],
+        )
+        for node in svc.nodes.others():
+            info.add_metric([str(node.uri), node.agent or ""], 1)
+        yield info
         rtt = GaugeMetricFamily(
             self._name("node_ping_rtt_seconds"), "Round-trip time of the last answered node-list request per node.", labels=["node"]
         )

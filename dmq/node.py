@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Union
 
@@ -52,6 +53,7 @@ __all__ = [
     "TimeoutOutcome",
     "TimeoutPolicy",
     "parse_body",
+    "kamailio_version",
 ]
 
 MAX_BODY_LINES = 10_000
@@ -158,6 +160,8 @@ class Node:
     :ivar resolved_ip: its IP address: the host itself when it is an IP
         literal (IPv6 without brackets), else ``None`` until something
         resolves it.
+    :ivar agent: the ``User-Agent`` / ``Server`` text the node last sent
+        (``kamailio (6.1.4 (x86_64/linux))``, ``dmq/0.1.0``), or ``None``.
     """
 
     __slots__ = (
@@ -171,6 +175,7 @@ class Node:
         "fail_count",
         "last_seen",
         "resolved_ip",
+        "agent",
     )
 
     def __init__(
@@ -217,6 +222,7 @@ class Node:
         self.fail_count = 0
         self.last_seen: Optional[float] = None
         self.resolved_ip: Optional[str] = _ip_of(host)
+        self.agent: Optional[str] = None
 
     @classmethod
     def from_uri(
@@ -302,6 +308,24 @@ class Node:
             f", {name}" for name, on in (("local", self.local), ("seed", self.seed)) if on
         )
         return f"<Node {self._uri} {self.status.value}{flags}>"
+
+
+_KAMAILIO_AGENT = re.compile(r"^kamailio \((\d+)\.(\d+)\.(\d+)")
+
+
+def kamailio_version(agent: Optional[str]) -> Optional[tuple[int, int, int]]:
+    """
+    The release of a Kamailio node from its ``Server`` / ``User-Agent`` text
+    (Kamailio writes ``kamailio (5.6.3 (x86_64/linux))``), or ``None`` when
+    the text is not Kamailio's.
+    """
+    if not agent:
+        return None
+    match = _KAMAILIO_AGENT.match(agent)
+    if match is None:
+        return None
+    major, minor, patch = (int(part) for part in match.groups())
+    return (major, minor, patch)
 
 
 @dataclass(frozen=True)

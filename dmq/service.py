@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dmq import __version__
 from dmq.errors import ConfigurationError, DMQError, MessageTooLarge
 from dmq.interfaces import IMessageSender, IPeer
 from dmq.node import Event, Node, NodeList, NodeListError, NodeStatus, TimeoutPolicy
@@ -41,7 +42,7 @@ __all__ = ["DMQService", "ChannelStats", "SERVER_NAME", "HEADER_ROOM"]
 
 log = Logger()
 
-SERVER_NAME = "dmq"
+SERVER_NAME = f"dmq/{__version__}"
 """The ``Server`` / ``User-Agent`` value."""
 
 HEADER_ROOM = 1024
@@ -155,6 +156,7 @@ class DMQService(MultiService):
             raise ConfigurationError("ping_interval must be positive")
         if not HEADER_ROOM * 2 <= udp_max_size <= UDP_HARD_LIMIT:
             raise ConfigurationError(f"udp_max_size must be between {HEADER_ROOM * 2} and {UDP_HARD_LIMIT}")
+        local.agent = SERVER_NAME
         self.nodes = NodeList(local)
         self.policy = TimeoutPolicy(
             remove_inactive=remove_inactive,
@@ -465,6 +467,7 @@ class DMQService(MultiService):
 
         def counted(response: Response) -> Response:
             stats.results[response.code] = stats.results.get(response.code, 0) + 1
+            _note_agent(target, response.headers.get("Server"))
             if response.code == 408 and channel != self.notification.channel:
                 self._emit(self.nodes.mark_message_timeout(target, self.clock.seconds(), self.policy).events)
             return response
@@ -618,6 +621,8 @@ class DMQService(MultiService):
         node = None
         if isinstance(from_uri, SIPURI):
             node = self.nodes.get(from_uri)
+            if node is not None:
+                _note_agent(node, request.headers.get("User-Agent"))
         message = DMQMessage(
             channel,
             request.body,
@@ -657,6 +662,16 @@ class DMQService(MultiService):
         except Exception:
             answer = _failure_as_peer_response(Failure(), channel)
         return respond(answer)
+
+
+def _note_agent(node: Node, agent: Optional[str]) -> None:
+    """Remember what software a node runs, from its ``User-Agent`` or ``Server``."""
+    if agent:
+        node.agent = agent[:MAX_AGENT]
+
+
+MAX_AGENT = 120
+"""The most characters of a node's ``User-Agent`` / ``Server`` text kept."""
 
 
 def _from_node(response: Response, node: Node) -> tuple[Node, Response]:

@@ -27,6 +27,7 @@ from dmq.control import (
 )
 from dmq.errors import RPCError
 from dmq.testing import FakeCluster, FakeSIPTransport
+from dmq.service import SERVER_NAME
 
 # Twisted's own Agent response transport lacks abortConnection; nothing to fix here.
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody with a transport:DeprecationWarning")
@@ -84,12 +85,12 @@ class ListNodesTests(SynchronousTestCase):
         self.api = ControlAPI(self.pair.nodes[5061])
 
     def test_keys_and_types_are_kamailios(self) -> None:
-        """Each entry has Kamailio's keys plus 6.1's fail_count, with Kamailio's value types."""
+        """Each entry has Kamailio's keys plus 6.1's fail_count and our agent, with Kamailio's value types."""
         result = rpc(self.api, "dmq.list_nodes")["result"]
         self.assertEqual(len(result), 2)
         for entry in result:
-            self.assertEqual(set(entry), KAMAILIO_KEYS | {"fail_count"})
-            for key in ("host", "port", "proto", "resolved_ip", "status"):
+            self.assertEqual(set(entry), KAMAILIO_KEYS | {"fail_count", "agent"})
+            for key in ("host", "port", "proto", "resolved_ip", "status", "agent"):
                 self.assertIsInstance(entry[key], str)
             for key in ("last_notification", "local", "fail_count"):
                 self.assertIs(type(entry[key]), int)
@@ -108,9 +109,10 @@ class ListNodesTests(SynchronousTestCase):
                 "last_notification": 1 if first["last_notification"] else 0,
                 "local": 0,
                 "fail_count": 0,
+                "agent": SERVER_NAME,
             },
         )
-        self.assertEqual((last["port"], last["local"], last["status"]), ("5061", 1, "active"))
+        self.assertEqual((last["port"], last["local"], last["status"], last["agent"]), ("5061", 1, "active", SERVER_NAME))
         self.assertEqual(last["last_notification"], 0)
 
     def test_last_notification_is_whole_seconds_of_last_contact(self) -> None:

@@ -22,7 +22,7 @@ from dmq.control import ControlAPI, make_site
 from dmq.ctl import build_parser, format_nodes, main, parse_param, _call_of
 from dmq.errors import RPCError
 from tests.interop.kamailio import eventually, wait_until
-from tests.test_tap import free_port
+from tests.helpers import free_port
 
 DMQCTL = str(Path(sys.executable).with_name("dmqctl"))
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -77,7 +77,7 @@ def test_usage_errors_exit_2() -> None:
 
 def test_unreachable_node_exits_3() -> None:
     """Nothing listening: exit 3 and a message naming the URL."""
-    port = free_port(udp=False)
+    port = free_port("tcp")
     err = io.StringIO()
     assert main(["--url", f"http://127.0.0.1:{port}/RPC", "list-nodes"], io.StringIO(), err) == 3
     assert err.getvalue() == f"dmqctl: cannot reach http://127.0.0.1:{port}/RPC: Connection refused\n"
@@ -87,15 +87,16 @@ def test_node_table() -> None:
     """list-nodes prints one row per node with URI, status and whether it is local."""
     text = format_nodes([
         {"host": "127.0.0.1", "port": "5061", "proto": "tcp", "resolved_ip": "127.0.0.1", "status": "active",
-         "last_notification": 17, "local": 0, "fail_count": 2},
+         "last_notification": 17, "local": 0, "fail_count": 2, "agent": "kamailio (6.1.4 (x86_64/linux))"},
         {"host": "127.0.0.1", "port": "5060", "proto": "*", "resolved_ip": "127.0.0.1", "status": "active",
-         "last_notification": 0, "local": 1, "fail_count": 0},
+         "last_notification": 0, "local": 1, "fail_count": 0, "agent": "dmq/0.1.0"},
     ])
     lines = text.splitlines()
-    assert lines[0].split() == ["NODE", "STATUS", "LOCAL", "IP", "LAST_SEEN", "FAILS"]
+    assert lines[0].split() == ["NODE", "STATUS", "LOCAL", "IP", "LAST_SEEN", "FAILS", "AGENT"]
     seen = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(17))
-    assert lines[1].split() == ["sip:127.0.0.1:5061;transport=tcp", "active", "127.0.0.1", seen, "2"]
-    assert lines[2].split() == ["sip:127.0.0.1:5060", "active", "yes", "127.0.0.1", "-", "0"]
+    assert lines[1].split() == ["sip:127.0.0.1:5061;transport=tcp", "active", "127.0.0.1", seen, "2",
+                                "kamailio", "(6.1.4", "(x86_64/linux))"]
+    assert lines[2].split() == ["sip:127.0.0.1:5060", "active", "yes", "127.0.0.1", "-", "0", "dmq/0.1.0"]
 
 
 # -- against running nodes ---------------------------------------------------------------------
@@ -125,8 +126,8 @@ class RecordingHTable(Peer):
 @pytest.fixture
 def cluster(reactor: Any) -> Iterator[dict[str, Any]]:
     """Two real nodes on loopback UDP, B seeded with A, B with a custom1 peer; A's control API on a free port."""
-    a = DMQService(f"sip:127.0.0.1:{free_port()}", reactor=reactor, ping_interval=1)
-    b = DMQService(f"sip:127.0.0.1:{free_port()}", [str(a.nodes.local.uri)], reactor=reactor, ping_interval=1)
+    a = DMQService(f"sip:127.0.0.1:{free_port('udp+tcp')}", reactor=reactor, ping_interval=1)
+    b = DMQService(f"sip:127.0.0.1:{free_port('udp+tcp')}", [str(a.nodes.local.uri)], reactor=reactor, ping_interval=1)
     received: list[bytes] = []
     b.register_peer(CallbackPeer("custom1", lambda m: received.append(m.body)))
     htable = a.register_peer(RecordingHTable())
@@ -237,7 +238,7 @@ def test_console_script(cluster: dict[str, Any]) -> Any:
 
 def test_twistd_node_lists_itself(tmp_path: Path) -> None:
     """`twistd -n dmq` (what make run starts) serves the control API; dmqctl list-nodes shows the node as local."""
-    sip, control = free_port(), free_port(udp=False)
+    sip, control = free_port("udp+tcp"), free_port("tcp")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     process = subprocess.Popen(
         [TWISTD, "-n", "--pidfile=", "dmq", "--server-address", f"sip:127.0.0.1:{sip}", "--control", f"tcp:{control}"],

@@ -303,6 +303,32 @@ class OutboundTests(SynchronousTestCase):
         self.assertEqual(stamped[0]["last_modified"], now_ms)
         self.assertGreater(stamped[1]["last_modified"], stamped[0]["last_modified"])
 
+    def test_warns_once_per_kamailio_node_that_refuses_last_modified(self) -> None:
+        """With last_modified on, a node whose Server names a Kamailio release up to 6.1 draws one warning, however many sets."""
+        import dmq.service
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        warnings: list[str] = []
+
+        def observer(event: dict[str, Any]) -> None:
+            text = formatEvent(event)
+            if "last_modified" in text:
+                warnings.append(text)
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.a.last_modified = True
+        self.a.set("t", "k", "v")
+        self.cluster.run(0.1)
+        self.assertEqual(warnings, [])  # a dmq node
+        self.patch(dmq.service, "SERVER_NAME", "kamailio (6.1.4 (x86_64/linux))")
+        for i in range(3):
+            self.a.set("t", f"k{i}", i)
+        self.cluster.run(0.1)
+        self.assertEqual(self.svc.nodes.get("sip:127.0.0.1:5061").agent, "kamailio (6.1.4 (x86_64/linux))")  # type: ignore[union-attr]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("sip:127.0.0.1:5061 runs kamailio (6.1.4 (x86_64/linux))", warnings[0])
+
     def test_only_active_nodes(self) -> None:
         """A node that is not active gets no replication; with no active node nothing is sent and the Deferred fires empty."""
         other = self.svc.nodes.get("sip:127.0.0.1:5061")

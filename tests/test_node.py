@@ -24,6 +24,7 @@ from dmq.node import (
     NodeStatus,
     TimeoutOutcome,
     TimeoutPolicy,
+    kamailio_version,
     parse_body,
 )
 from dmq.sip import SIPURI
@@ -1174,3 +1175,20 @@ def test_event_guard_skips_local_node() -> None:
     events: list[Event] = []
     nodes._emit(nodes.local, UP, events)
     assert events == []
+
+
+@pytest.mark.parametrize(
+    "agent, version",
+    [
+        ("kamailio (5.6.3 (x86_64/linux))", (5, 6, 3)),
+        ("kamailio (6.1.4 (x86_64/linux))", (6, 1, 4)),
+        ("kamailio (6.2.0-dev0 (x86_64/linux))", (6, 2, 0)),
+        ("dmq/0.1.0", None),
+        ("", None),
+        (None, None),
+        ("kamailio", None),
+    ],
+)
+def test_kamailio_version(agent: Optional[str], version: Optional[tuple[int, int, int]]) -> None:
+    """The release is read from Kamailio's Server / User-Agent text; anything else gives None."""
+    assert kamailio_version(agent) == version

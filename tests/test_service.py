@@ -84,6 +84,30 @@ class MembershipTests(SynchronousTestCase):
         self.assertTrue(cluster.nodes[5061].ready)
         self.assertTrue(cluster.nodes[5062].ready)
 
+    def test_agents_are_recorded(self) -> None:
+        """Each node records the User-Agent / Server of the nodes it hears from; its own is SERVER_NAME."""
+        from dmq.service import SERVER_NAME
+
+        cluster = Cluster()
+        a = cluster.add(5060)
+        cluster.add(5061, seeds=(5060,))
+        cluster.run(0.1)
+        self.assertTrue(SERVER_NAME.startswith("dmq/"))
+        self.assertEqual([n.agent for n in a.nodes], [SERVER_NAME, SERVER_NAME])
+        b_in_a = a.nodes.get("sip:127.0.0.1:5061")
+        assert b_in_a is not None
+        b_in_a.agent = None
+        request = build_request(
+            "KDMQ",
+            SIPURI.parse("sip:notification_peer@127.0.0.1:5060"),
+            from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5061"),
+            via_transport="UDP",
+            via_sent_by="127.0.0.1:5061",
+            user_agent="kamailio (6.1.4 (x86_64/linux))",
+        )
+        self.assertEqual(answer(a, request).code, 200)
+        self.assertEqual(b_in_a.agent, "kamailio (6.1.4 (x86_64/linux))")
+
     def test_peer_up_events(self) -> None:
         """Each node reports peer-up once for each other node, never for itself."""
         cluster = Cluster()

@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dmq.errors import ConfigurationError, RPCError
-from dmq.node import Node, NodeListError, NodeStatus
+from dmq.node import Node, NodeListError, NodeStatus, kamailio_version
 from dmq.peer import DMQMessage, Peer, PeerError
 
 if TYPE_CHECKING:
@@ -75,6 +75,9 @@ CONTENT_TYPE = "application/json"
 MAX_SYNC_BODY = 60_000  # TODO remove once tests/interop stops importing it
 
 EMPTY_CELLS = b'{"cells":[]}'
+
+LAST_MODIFIED_SINCE = (6, 2, 0)
+"""The first Kamailio release that may accept ``last_modified`` (it is on Kamailio's development branch only)."""
 
 TYPE_INT = 0
 TYPE_STR = 2
@@ -1098,6 +1101,8 @@ class HTablePeer(Peer):
 
         def answered(response: Any) -> int:
             code = int(response.code)
+            if self.last_modified:
+                self._check_last_modified(node)
             if code not in (200, 408) and (node.key, code) not in self._warned:
                 # Once per node and code: the node refuses what we send.
                 self._warned.add((node.key, code))
@@ -1114,6 +1119,19 @@ class HTablePeer(Peer):
             return 503
 
         return d.addCallbacks(answered, failed)
+
+    def _check_last_modified(self, node: Node) -> None:
+        """Warn once per node when it runs a Kamailio release that refuses ``last_modified``."""
+        version = kamailio_version(node.agent)
+        if version is None or version >= LAST_MODIFIED_SINCE or (node.key, 0) in self._warned:
+            return
+        self._warned.add((node.key, 0))
+        log.warn(
+            "node {uri} runs {agent}, which answers 400 to every htable change carrying last_modified "
+            "(no Kamailio release up to 6.1 knows it): turn last_modified off in this cluster",
+            uri=str(node.uri),
+            agent=node.agent,
+        )
 
     @property
     def in_flight(self) -> int:
