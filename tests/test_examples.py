@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dmq.control import ControlAPI
 from tests.interop.kamailio import stop_process as stop, wait_until
 from tests.test_control import Pair, rpc
-from tests.test_tap import free_port
+from tests.helpers import free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -60,7 +60,7 @@ class NoticeBoardTests(SynchronousTestCase):
 
 def test_embed_joins_a_tac_node(tmp_path: Path) -> None:
     """embed.py joins a node run by `twistd -ny dmq.tac`, broadcasts, gets 200, and the tac node keeps the notice."""
-    tac_port, embed_port, control = free_port(), free_port(), free_port(udp=False)
+    tac_port, embed_port, control = free_port("udp+tcp"), free_port("udp+tcp"), free_port("tcp")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(DMQ_SERVER_ADDRESS=f"sip:127.0.0.1:{tac_port}", DMQ_CONTROL=f"tcp:{control}:interface=127.0.0.1", DMQ_PING_INTERVAL="5")
     url = f"http://127.0.0.1:{control}/RPC"

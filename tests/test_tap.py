@@ -20,6 +20,7 @@ from dmq.control import _QuietSite
 from dmq.tap import SETTINGS, NodeConfig, NodeService, Options, PortProbe, build_node, check_ports, makeService
 from dmq.testing import FakeSIPTransport
 from tests.certs import CertificateAuthority
+from tests.helpers import free_port
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
@@ -37,22 +38,6 @@ def usage_error(*args: str) -> str:
     with pytest.raises(UsageError) as info:
         parse(*args)
     return str(info.value)
-
-
-def free_port(udp: bool = True, tcp: bool = True) -> int:
-    """A 127.0.0.1 port free for UDP and/or TCP right now."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            if udp and tcp:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as second:
-                    try:
-                        second.bind(("127.0.0.1", port))
-                    except OSError:
-                        continue
-            return port
-    raise RuntimeError("no free port")
 
 
 @pytest.fixture
@@ -369,7 +354,7 @@ def test_toml_errors(tmp_path: Path, text: str, fragments: tuple[str, ...]) -> N
 
 def test_build_node_tree(tmp_path: Path) -> None:
     """The tree: the DMQService (named dmq) configured as asked, the control API and metrics on one shared listener."""
-    port = free_port()
+    port = free_port("udp+tcp")
     config = parse("--server-address", f"sip:127.0.0.1:{port}", "--notification-address", "sip:127.0.0.1:5999",
                    "--ping-interval", "9", "--fail-count-enabled", "1", "--control", "tcp:0", "--metrics", "tcp:0")
     node = build_node(config, reactor=Clock())
@@ -390,7 +375,7 @@ def test_build_node_separate_metrics_and_manhole(tmp_path: Path) -> None:
     """Metrics on their own endpoint get their own site; a manhole gets a listener of its protocol."""
     password = tmp_path / "pw"
     password.write_text("pw")
-    config = parse("--server-address", f"sip:127.0.0.1:{free_port()}", "--control", "none", "--metrics", "tcp:0",
+    config = parse("--server-address", f"sip:127.0.0.1:{free_port('udp+tcp')}", "--control", "none", "--metrics", "tcp:0",
                    "--manhole", "tcp:0", "--manhole-protocol", "telnet", "--manhole-password-file", str(password))
     node = build_node(config, reactor=Clock())
     listeners = [s for s in node if s is not node.dmq]
@@ -406,7 +391,7 @@ def test_check_ports_finds_ports_in_use(busy_udp: int, busy_tcp: int) -> None:
     with pytest.raises(UsageError) as info:
         check_ports([PortProbe("--control tcp:x", "tcp", "127.0.0.1", busy_tcp)])
     assert f"--control tcp:x: cannot listen on TCP 127.0.0.1 port {busy_tcp}: in use" == str(info.value)
-    check_ports([PortProbe("x", "udp", "127.0.0.1", free_port()), PortProbe("y", "tcp", "127.0.0.1", free_port())])
+    check_ports([PortProbe("x", "udp", "127.0.0.1", free_port("udp+tcp")), PortProbe("y", "tcp", "127.0.0.1", free_port("udp+tcp"))])
 
 
 def test_make_service_exits_with_a_message_when_a_port_is_in_use(busy_udp: int) -> None:
