@@ -204,6 +204,8 @@ class NotificationPeer(Peer):
                 self._merge(response.body, node, now, from_request=False)
                 return True
             if response.code == 408:
+                if not self.running:
+                    return False  # stopping: the transactions were cut short, nobody timed out
                 listed = svc.nodes.get(node.key)
                 if listed is not None and listed.last_seen is not None and listed.last_seen >= sent_at:
                     # The node answered something sent later: this timeout is stale.
@@ -274,7 +276,8 @@ class NotificationPeer(Peer):
         """
         Tell every active node that this node leaves (own line
         ``status=disabled``, Max-Forwards 1), so they drop it at once.
-        Fires when all answered or timed out (at most one transaction time).
+        Fires when all answered or timed out; a stopping service waits for
+        that at most its ``stop_timeout``.
         """
         return self.broadcast(1, leaving=True)
 

@@ -45,6 +45,9 @@ log = Logger()
 SERVER_NAME = f"dmq/{__version__}"
 """The ``Server`` / ``User-Agent`` value."""
 
+STOP_TIMEOUT = 1.0
+"""Default seconds a stopping node waits for answers to its leave announcement."""
+
 HEADER_ROOM = 1024
 """Bytes kept for the start line and headers of a KDMQ when sizing a body to fit a datagram."""
 
@@ -95,6 +98,9 @@ class DMQService(MultiService):
     :param udp: listen on UDP.
     :param tcp: listen on TCP on the same port.
     :param tls: TLS settings, to listen on ``tls_port`` and speak TLS.
+    :param stop_timeout: seconds :meth:`stopService` waits for the peers
+        (the leave announcement's answers) before it stops the transactions
+        and the transports anyway.
     :param t1: SIP timer T1 (seconds); the timeout of a request is 64*T1.
     :param udp_max_size: the largest datagram this node sends (bytes).  A
         larger message goes over TCP when this node has TCP, else it is
@@ -127,6 +133,7 @@ class DMQService(MultiService):
         t1: float = 0.5,
         t2: float = 4.0,
         t4: float = 5.0,
+        stop_timeout: float = STOP_TIMEOUT,
         idle_timeout: float = 300.0,
         max_connections: int = 1024,
         udp_max_size: int = UDP_MAX_SIZE,
@@ -165,6 +172,7 @@ class DMQService(MultiService):
             fail_count_threshold_disabled=fail_count_threshold_disabled,
         )
         self.init_with_single = init_with_single
+        self.stop_timeout = stop_timeout
         self.request_hook = request_hook
         self.allow = [ipaddress.ip_network(a, strict=False) for a in allow] if allow else None
         host = listen or local.host.strip("[]")
@@ -226,8 +234,13 @@ class DMQService(MultiService):
         self._listening.addCallbacks(listening, failed)
 
     def stopService(self) -> "Deferred[Any]":  # noqa: N802
-        """Stop the peers (the node says it leaves), then the transports."""
-        d = defer.maybeDeferred(MultiService.stopService, self) if self.running else defer.succeed(None)
+        """
+        Stop the peers (the node says it leaves), then the transactions and
+        the transports.  Fires within ``stop_timeout`` seconds and the time
+        the listeners take to close, whether or not the other nodes answer.
+        """
+        peers = defer.maybeDeferred(MultiService.stopService, self) if self.running else defer.succeed(None)
+        d = _by_deadline(peers, self.stop_timeout, self.clock)
         d.addBoth(lambda _: self.transactions.stop())
         d.addBoth(lambda _: self.transport.stop())
         return d
@@ -662,6 +675,30 @@ class DMQService(MultiService):
         except Exception:
             answer = _failure_as_peer_response(Failure(), channel)
         return respond(answer)
+
+
+def _by_deadline(d: "Deferred[Any]", seconds: float, clock: Any) -> "Deferred[None]":
+    """
+    A new Deferred that fires (with ``None``) when ``d`` does or after
+    ``seconds``, whichever comes first; a failure of ``d`` is logged.
+    """
+    done: Deferred[None] = Deferred()
+
+    def fire() -> None:
+        if not done.called:
+            done.callback(None)
+
+    timer = clock.callLater(seconds, fire)
+
+    def finished(result: Any) -> None:
+        if isinstance(result, Failure):
+            log.failure("stopping a peer failed", result)
+        if timer.active():
+            timer.cancel()
+        fire()
+
+    d.addBoth(finished)
+    return done
 
 
 def _note_agent(node: Node, agent: Optional[str]) -> None:

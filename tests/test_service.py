@@ -221,6 +221,24 @@ class MembershipTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(cluster.view(5060), {5060: "active", 5061: "disabled"})
 
+    def test_stop_with_a_dead_member_is_bounded(self) -> None:
+        """With a dead member, stopping fires after stop_timeout (1 s), the live node sees the leave, no timeout is applied."""
+        cluster = Cluster()
+        a = cluster.add(5060)
+        b = cluster.add(5061, seeds=(5060,))
+        cluster.add(5062, seeds=(5060,))
+        cluster.run(5.1)
+        cluster.kill(5062)
+        d = b.stopService()
+        cluster.run(0.9)
+        self.assertNoResult(d)
+        self.assertEqual(cluster.view(5060)[5061], "disabled")
+        cluster.run(0.11)
+        self.successResultOf(d)
+        self.assertEqual(b.transactions.clients, {})
+        self.assertEqual(cluster.view(5061)[5062], "active")  # cut short, not timed out
+        self.assertEqual(a.nodes.get("sip:127.0.0.1:5061").status.value, "disabled")  # type: ignore[union-attr]
+
     def test_empty_body_is_read_only(self) -> None:
         """A node-list request with an empty body changes nothing and gets the list back."""
         cluster = Cluster()
