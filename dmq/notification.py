@@ -11,6 +11,7 @@ node stops answering.  The membership state and its rules live in
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from twisted.internet import defer
@@ -131,7 +132,36 @@ class NotificationPeer(Peer):
             return None
         listed = svc.nodes.add(node)
         listed.seed = True
+        self._check_own_ip(listed)
         return listed
+
+    def _check_own_ip(self, seed: Node) -> None:
+        """
+        Warn when ``seed`` is on this node's IP address (another port):
+        Kamailio 5.8 and later find an unknown node of a node list by IP
+        alone, so a Kamailio seed there would never list this node.  A host
+        name is looked up in the reactor's resolver thread.
+        """
+        local = self.svc.nodes.local
+
+        def ip_of(host: str) -> "Deferred[Optional[str]]":
+            ip = _ip(host.strip("[]"))
+            if ip is not None:
+                return defer.succeed(ip)
+            d: Deferred[Any] = defer.maybeDeferred(self.svc.reactor.resolve, host)
+            return d.addCallbacks(_ip, lambda _: None)
+
+        def compare(ips: list[Optional[str]]) -> None:
+            seed_ip, own_ip = ips
+            if seed_ip is not None and seed_ip == own_ip:
+                log.warn(
+                    "seed {seed} is on this node's own IP address {ip}: Kamailio 5.8 and later tell nodes apart "
+                    "by IP and would never list this node; give each node its own IP address",
+                    seed=str(seed.uri),
+                    ip=own_ip,
+                )
+
+        defer.gatherResults([ip_of(seed.host), ip_of(local.host)]).addCallback(compare)
 
     def _resolve_seeds(self, uri: SIPURI) -> "Deferred[None]":
         from dmq.resolve import resolve_all
@@ -303,6 +333,14 @@ class NotificationPeer(Peer):
             if result is not None and result.changed_anything and forwards > 0:
                 self.broadcast(forwards)
         return PeerResponse(200, body=svc.nodes.format_body(), content_type="text/plain")
+
+
+def _ip(text: str) -> Optional[str]:
+    """``text`` as a normalised IP address, or ``None`` when it is none."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def _one_line(text: str) -> str:

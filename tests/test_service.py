@@ -239,6 +239,27 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(cluster.view(5061)[5062], "active")  # cut short, not timed out
         self.assertEqual(a.nodes.get("sip:127.0.0.1:5061").status.value, "disabled")  # type: ignore[union-attr]
 
+    def test_seed_on_own_ip_is_warned_about(self) -> None:
+        """A seed on this node's own IP (another port) draws a start-up warning; one on another IP does not."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        warnings: list[str] = []
+
+        def observer(event: dict[str, Any]) -> None:
+            if "own IP" in formatEvent(event):
+                warnings.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        clock_cluster = Cluster()
+        DMQService("sip:127.0.0.2:5060", ["sip:127.0.0.3:5060"], reactor=clock_cluster.clock,
+                   transport=FakeSIPTransport(clock_cluster.clock)).startService()
+        self.assertEqual(warnings, [])
+        DMQService("sip:127.0.0.2:5060", ["sip:127.0.0.2:5061"], reactor=clock_cluster.clock,
+                   transport=FakeSIPTransport(clock_cluster.clock)).startService()
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("seed sip:127.0.0.2:5061 is on this node's own IP address 127.0.0.2", warnings[0])
+
     def test_empty_body_is_read_only(self) -> None:
         """A node-list request with an empty body changes nothing and gets the list back."""
         cluster = Cluster()
