@@ -15,8 +15,9 @@ answer back.  The methods:
 A method takes the JSON-RPC params positionally (a JSON array) or by name (a
 JSON object), returns a JSON-able value or a Deferred of one, and raises
 :class:`dmq.errors.RPCError` for an error answer.  Protocol faults have the
-JSON-RPC codes: parse error -32700, invalid request -32600, unknown method
--32601, bad params -32602, internal error -32603.
+JSON-RPC codes: parse error -32700, invalid request -32600, bad params
+-32602, internal error -32603; an unknown method is answered as Kamailio's
+``jsonrpcs`` does, ``500 Method Not Found``.
 
 :class:`ControlAPI` does the JSON-RPC part without HTTP (so it is testable on
 its own); :class:`RPCResource` serves it with ``twisted.web``, optionally
@@ -62,7 +63,8 @@ log = Logger()
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
+METHOD_NOT_FOUND = 500
+"""Kamailio's code for an unknown method (JSON-RPC's own is -32601), with the message ``Method Not Found``."""
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
@@ -240,7 +242,7 @@ class ControlAPI:
         table = self.methods()
         function = table.get(method)
         if function is None:
-            return defer.fail(RPCError(METHOD_NOT_FOUND, f"Method not found: {method}"))
+            return defer.fail(RPCError(METHOD_NOT_FOUND, "Method Not Found"))
         args: tuple[Any, ...] = ()
         kwargs: dict[str, Any] = {}
         if isinstance(params, list):
@@ -446,7 +448,7 @@ class ControlAPI:
         """The first line of a method's documentation."""
         method = self.methods().get(_text(name, "name"))
         if method is None:
-            raise RPCError(METHOD_NOT_FOUND, f"Method not found: {name}")
+            raise RPCError(METHOD_NOT_FOUND, "Method Not Found")
         doc = inspect.getdoc(method) or ""
         return " ".join(doc.split("\n\n", 1)[0].split())
 

@@ -45,7 +45,7 @@ class TapTests(SynchronousTestCase):
         self.assertIsNone(node.dmq.get_peer("htable"))
 
     def test_control_api_reaches_the_peer(self) -> None:
-        """The control API lists the htable.* methods and calls them on the peer (sets then get; a missing key is 404)."""
+        """The control API lists the htable.* methods and calls them on the peer (sets then get; a missing key is 500, as in Kamailio)."""
         node = node_with("--htable", "t")
         api = ControlAPI(node.dmq)
         names = self.successResultOf(api.call("system.listMethods"))
@@ -55,4 +55,4 @@ class TapTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(api.call("htable.sets", ["t", "k", "v"])), "Ok. Key set to new value.")
         self.assertEqual(self.successResultOf(api.call("htable.get", ["t", "k"]))["item"]["value"], "v")
         failure = self.failureResultOf(api.call("htable.get", ["t", "missing"]), RPCError)
-        self.assertEqual(failure.value.code, 404)
+        self.assertEqual(failure.value.code, 500)
