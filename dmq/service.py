@@ -592,7 +592,7 @@ class DMQService(MultiService):
         """
         peer = self.peers.get(channel)
         if peer is None:
-            return defer.succeed(PeerResponse(404, "Not Found Peer ID"))
+            return defer.succeed(PeerResponse(404, "User Not Found"))
         message = DMQMessage(channel, body, content_type, node=node, from_uri=node.uri if node else None)
         d = defer.maybeDeferred(peer.handle_message, message)
         return d.addCallbacks(_as_peer_response, _failure_as_peer_response)
@@ -622,14 +622,14 @@ class DMQService(MultiService):
             return make_response(request, 405, headers=[("Allow", "KDMQ")], server=SERVER_NAME)
         uri = request.uri
         if not isinstance(uri, SIPURI) or not uri.user:
-            return make_response(request, 404, "Not Found Peer ID", server=SERVER_NAME)
+            return make_response(request, 404, "User Not Found", server=SERVER_NAME)
         channel = unescape(uri.user)
         stats = self._stats(channel)
         stats.received += 1
         peer = self.peers.get(channel)
         if peer is None:
             stats.answered[404] = stats.answered.get(404, 0) + 1
-            return make_response(request, 404, "Not Found Peer ID", server=SERVER_NAME)
+            return make_response(request, 404, "User Not Found", server=SERVER_NAME)
         from_uri = request.from_.uri
         node = None
         if isinstance(from_uri, SIPURI):

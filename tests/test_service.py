@@ -307,11 +307,11 @@ class ChannelTests(SynchronousTestCase):
             self.assertEqual(response.body, b"")
 
     def test_unknown_channel_404(self) -> None:
-        """A message on a channel nobody serves is answered 404 Not Found Peer ID."""
+        """A message on a channel nobody serves is answered 404 User Not Found, as every Kamailio release answers it."""
         d = self.b.send_message("nosuch", b"x", self.a.nodes.local.uri)
         self.cluster.run(0.1)
         response = self.successResultOf(d)
-        self.assertEqual((response.code, response.reason), (404, "Not Found Peer ID"))
+        self.assertEqual((response.code, response.reason), (404, "User Not Found"))
 
     def test_peer_bodies_are_dropped(self) -> None:
         """A non-node-list peer's answer body never goes on the wire (Kamailio would read it as a node list)."""
