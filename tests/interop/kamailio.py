@@ -1,9 +1,11 @@
-"""Run real Kamailio 5.6 DMQ nodes from tests.
+"""Run real Kamailio DMQ nodes (Debian's 5.6 and a 6.1 build) from tests.
 
-The helpers here start throw-away Kamailio processes on loopback, each with its own
-config, ports, control sockets and log file, and talk to them the way a test needs:
+The helpers here start throw-away Kamailio processes on loopback, each on a loopback
+address of its own (127.x.y.z, from :func:`tests.helpers.free_address`) with its own
+config, port, control sockets and log file, and talk to them the way a test needs:
 JSON-RPC over the ``jsonrpcs`` datagram socket (or its FIFO for large answers), raw
-SIP over UDP, and a KDMQ liveness probe.
+SIP over UDP, and a KDMQ liveness probe. :func:`find_builds` says which Kamailio builds
+the tests run against.
 
 Nothing here depends on the ``dmq`` package under test: the SIP messages are built
 by hand, so the harness stays an independent witness of what goes over the wire.
@@ -15,6 +17,7 @@ import ctypes
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -24,6 +27,7 @@ import tempfile
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar, cast
 
@@ -31,16 +35,22 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
+from ..helpers import free_address, free_port, probe_host
+
 __all__ = [
     "DEFAULT_TABLES",
+    "KamailioBuild",
     "KamailioError",
     "KamailioNode",
     "KamailioRPCError",
+    "NodeFactory",
     "RawMember",
-    "assert_alive",
     "build_sip_message",
+    "default_build",
     "eventually",
+    "find_builds",
     "find_kamailio",
+    "free_address",
     "free_port",
     "group_processes",
     "kdmq_request",
@@ -66,6 +76,15 @@ MODULE_DIRS: tuple[str, ...] = (
     "/usr/local/lib/kamailio/modules",
 )
 
+#: Where Debian's package puts the binary (then ``PATH`` is searched).
+SYSTEM_BINARIES: tuple[str, ...] = ("/usr/sbin/kamailio", "/usr/local/sbin/kamailio")
+
+#: The project's root folder (this file is ``tests/interop/kamailio.py``).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+#: The Kamailio 6.1 build used when ``$KAMAILIO6_DIR`` is not set, relative to the project root.
+DEFAULT_KAMAILIO6_DIR = Path("..", "shared", "kamailio-6.1.4")
+
 #: Modules every node loads, in load order.
 BASE_MODULES: tuple[str, ...] = (
     "kex",
@@ -86,9 +105,9 @@ _PR_SET_CHILD_SUBREAPER = 36
 # Unix socket paths are limited to 108 bytes; keep ours well below.
 _MAX_SOCKET_DIR_LEN = 80
 
-_handed_out_ports: set[int] = set()
-_ports_lock = threading.Lock()
 _rpc_ids = itertools.count(1)
+
+_VERSION_LINE = re.compile(r"version:\s*kamailio\s+(\d+(?:\.\d+)+)", re.IGNORECASE)
 
 
 class KamailioError(RuntimeError):
@@ -106,73 +125,120 @@ class KamailioRPCError(KamailioError):
         self.message = message
 
 
+@dataclass(frozen=True)
+class KamailioBuild:
+    """One Kamailio build the tests run against: binary, module folder, kamcmd and version.
+
+    A build that cannot be used carries the reason in ``missing`` (its binary, module
+    folder or version may then be unknown). ``label`` is the version text (``"6.1.4"``)
+    when known, else a short name of what was looked for.
+    """
+
+    name: str
+    label: str
+    binary: str = ""
+    module_dir: str = ""
+    kamcmd: str = ""
+    version: tuple[int, ...] = ()
+    missing: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The build in test ids: ``kamailio-5.6.3``."""
+        return f"kamailio-{self.label}"
+
+    def __str__(self) -> str:
+        """Name, version and where it is."""
+        if self.missing:
+            return f"{self.name}: {self.missing}"
+        return f"Kamailio {self.label} ({self.binary}, modules in {self.module_dir})"
+
+
+def read_version(binary: str) -> tuple[int, ...]:
+    """The version ``binary -v`` prints on its first line (``version: kamailio 6.1.4 (x86_64/linux)``).
+
+    Raises KamailioError when it cannot be run or says something else.
+    """
+    try:
+        done = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KamailioError(f"cannot run {binary} -v: {exc}") from exc
+    first = (done.stdout or done.stderr).strip().splitlines()[:1]
+    found = _VERSION_LINE.match(first[0].strip()) if first else None
+    if found is None:
+        raise KamailioError(f"{binary} -v printed no version line: {first!r}")
+    return tuple(int(part) for part in found.group(1).split("."))
+
+
+def probe_build(name: str, label: str, binary: str | None, module_dir: str | None,
+                missing_binary: str | None = None) -> KamailioBuild:
+    """Describe the build of ``binary`` with modules in ``module_dir``, or why it cannot be used."""
+    if not binary or not os.access(binary, os.X_OK):
+        reason = missing_binary or f"{binary or 'kamailio'} is not an executable file"
+        return KamailioBuild(name, label, binary or "", module_dir or "", missing=reason)
+    if not module_dir or not os.path.exists(os.path.join(module_dir, "dmq.so")):
+        reason = f"no dmq.so in the module folder {module_dir}" if module_dir else "no Kamailio module folder with dmq.so"
+        return KamailioBuild(name, label, binary, module_dir or "", missing=reason)
+    try:
+        version = read_version(binary)
+    except KamailioError as exc:
+        return KamailioBuild(name, label, binary, module_dir, missing=str(exc))
+    beside = Path(binary).with_name("kamcmd")
+    kamcmd = str(beside) if os.access(beside, os.X_OK) else (shutil.which("kamcmd") or "kamcmd")
+    return KamailioBuild(name, ".".join(map(str, version)), binary, module_dir, kamcmd, version)
+
+
+def _system_module_dir() -> str | None:
+    """The first of :data:`MODULE_DIRS` that holds ``dmq.so``, or None."""
+    return next((d for d in MODULE_DIRS if os.path.exists(os.path.join(d, "dmq.so"))), None)
+
+
+def _system_kamailio() -> str | None:
+    """Debian's ``kamailio`` binary (``/usr/sbin``, then ``PATH``), or None."""
+    return next((p for p in SYSTEM_BINARIES if os.access(p, os.X_OK)), None) or shutil.which("kamailio")
+
+
+def find_builds(environ: Mapping[str, str] = os.environ, root: Path = PROJECT_ROOT) -> list[KamailioBuild]:
+    """The Kamailio builds to test against, found ones and missing ones alike.
+
+    With ``$KAMAILIO`` set, only that binary, with its modules in ``$KAMAILIO_MPATH``, else in
+    a ``modules`` folder beside its ``sbin`` folder, else in Debian's folder. Otherwise
+    Debian's system ``kamailio`` and the 6.1 build in ``$KAMAILIO6_DIR`` (default
+    ``../shared/kamailio-6.1.4`` from the project root: ``sbin/kamailio`` and ``modules``).
+    """
+    configured = environ.get("KAMAILIO")
+    if configured:
+        beside = Path(configured).resolve().parent.parent / "modules"
+        module_dir = environ.get("KAMAILIO_MPATH") or (str(beside) if beside.is_dir() else _system_module_dir())
+        return [probe_build("$KAMAILIO", "configured", configured, module_dir)]
+    builds = [probe_build("Debian's kamailio", "debian", _system_kamailio(), _system_module_dir(),
+                          "kamailio binary not found (apt-get install kamailio)")]
+    folder = Path(environ.get("KAMAILIO6_DIR") or root / DEFAULT_KAMAILIO6_DIR).resolve()
+    label = folder.name.removeprefix("kamailio-")
+    if folder.is_dir():
+        builds.append(probe_build("the Kamailio 6.1 build", label, str(folder / "sbin" / "kamailio"),
+                                  str(folder / "modules")))
+    else:
+        builds.append(KamailioBuild("the Kamailio 6.1 build", label,
+                                    missing=f"no Kamailio 6.1 build folder {folder} (set KAMAILIO6_DIR)"))
+    return builds
+
+
+def default_build() -> KamailioBuild:
+    """The first usable build :func:`find_builds` finds (``$KAMAILIO``'s, else Debian's); KamailioError if none."""
+    builds = find_builds()
+    for build in builds:
+        if not build.missing:
+            return build
+    raise KamailioError("no usable Kamailio: " + "; ".join(str(b) for b in builds))
+
+
 def find_kamailio() -> str | None:
-    """Return the path of the ``kamailio`` binary (``$KAMAILIO`` or ``PATH``), or None."""
+    """Return the path of the ``kamailio`` binary (``$KAMAILIO`` or Debian's), or None."""
     configured = os.environ.get("KAMAILIO")
     if configured:
         return configured if os.access(configured, os.X_OK) else None
-    return shutil.which("kamailio") or next(
-        (p for p in ("/usr/sbin/kamailio", "/usr/local/sbin/kamailio") if os.access(p, os.X_OK)),
-        None,
-    )
-
-
-def find_module_dir() -> str:
-    """Return the Kamailio module folder (``$KAMAILIO_MPATH`` or the first that has ``dmq.so``)."""
-    configured = os.environ.get("KAMAILIO_MPATH")
-    if configured:
-        return configured
-    for folder in MODULE_DIRS:
-        if os.path.exists(os.path.join(folder, "dmq.so")):
-            return folder
-    raise KamailioError(f"no Kamailio module folder with dmq.so among {MODULE_DIRS}")
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    """Return the kernel's ephemeral port range (``ip_local_port_range``)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
-            low, high = (int(field) for field in ports.read().split())
-        return low, high
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_port(proto: str = "udp") -> int:
-    """Pick a free 127.0.0.1 port.
-
-    ``proto`` is ``"udp"``, ``"tcp"``, or ``"udp+tcp"`` (also ``"both"``) for a port that is
-    free for both at once. Ports are drawn at random below the kernel's ephemeral range
-    (from 20000 up), so the ephemeral sockets that tests open meanwhile cannot take a port
-    before its node binds it; a port is never handed out twice by one process.
-    """
-    protos = {"udp": ("udp",), "tcp": ("tcp",), "udp+tcp": ("udp", "tcp"), "both": ("udp", "tcp")}
-    if proto not in protos:
-        raise ValueError(f"unknown proto {proto!r}")
-    kinds = [socket.SOCK_DGRAM if name == "udp" else socket.SOCK_STREAM for name in protos[proto]]
-    low = _ephemeral_range()[0]
-    first, last = (20000, low - 1) if low > 21000 else (low, 65535)
-    for _ in range(500):
-        port = first + secrets.randbelow(last - first + 1)
-        with _ports_lock:
-            if port in _handed_out_ports:
-                continue
-            if all(_port_free(port, kind) for kind in kinds):
-                _handed_out_ports.add(port)
-                return port
-    raise KamailioError(f"no free {proto} port found")
-
-
-def _port_free(port: int, kind: int) -> bool:
-    """Tell whether 127.0.0.1:``port`` can be bound with socket type ``kind``."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        if kind == socket.SOCK_STREAM:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return _system_kamailio()
 
 
 def stop_process(process: "subprocess.Popen[bytes]", timeout: float = 15.0) -> bytes:
@@ -344,10 +410,15 @@ def sip_response(request: bytes, code: int = 200, reason: str = "OK", body: byte
 
 
 def _loopback_socket(host: str, port: int) -> socket.socket:
-    """Return a UDP socket on an ephemeral port, connected to (``host``, ``port``)."""
+    """Return a UDP socket on an ephemeral port, connected to (``host``, ``port``).
+
+    For a loopback target the socket is bound to this process's probe host
+    (:func:`tests.helpers.probe_host`, a 127.x.y.z that no node has), so answers come back
+    to it whichever 127.x address the target listens on.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sock.bind(("127.0.0.1" if host.startswith("127.") else "0.0.0.0", 0))
+        sock.bind((probe_host() if host.startswith("127.") else "0.0.0.0", 0))
         sock.connect((host, port))
     except OSError:
         sock.close()
@@ -389,9 +460,9 @@ def liveness_probe(host: str, port: int, timeout: float = 1.0, channel: str = "n
     """Tell whether a DMQ node answers a fresh node-list query with ``SIP/2.0 200`` within ``timeout``.
 
     The probe is a hand-built KDMQ on the node-list channel with an empty body (a read-only
-    query: Kamailio 5.6.3 neither adds the probe's address nor changes any status), Max-Forwards
-    1, From ``sip:<channel>@<probe socket address>``, new Call-ID and branch. It exercises the
-    node-list lock that a bad node-list line leaves held in Kamailio 5.6.3.
+    query: neither Kamailio 5.6.3 nor 6.1.4 adds the probe's address or changes any status),
+    Max-Forwards 1, From ``sip:<channel>@<probe socket address>``, new Call-ID and branch. It
+    exercises the node-list lock that a bad node-list line leaves held in Kamailio 5.6.3.
 
     Side effect: any node-list request, this one too, marks Kamailio's "first node list
     received" flag and so runs its init callbacks (htable's sync-on-join) if they have not run
@@ -425,12 +496,6 @@ def liveness_probe(host: str, port: int, timeout: float = 1.0, channel: str = "n
             if headers.get("call-id") != call_id or first.startswith("SIP/2.0 1"):
                 continue
             return first.startswith("SIP/2.0 200")
-
-
-def assert_alive(node: "KamailioNode | tuple[str, int]", timeout: float = 1.0) -> None:
-    """Assert that ``node`` (a KamailioNode or a (host, port) pair) passes :func:`liveness_probe`."""
-    host, port = (node.host, node.port) if isinstance(node, KamailioNode) else node
-    assert liveness_probe(host, port, timeout), f"DMQ node {host}:{port} did not answer a node-list query"
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.05) -> T:
@@ -505,18 +570,16 @@ def _modparam_value(value: str | int) -> str:
 
 
 class KamailioNode:
-    """One Kamailio 5.6 process with the dmq and htable modules, listening on 127.0.0.1.
+    """One Kamailio process with the dmq and htable modules, listening on ``host`` (loopback).
 
-    The node's config, runtime folder, control sockets and log live in ``directory``
-    (control sockets go to a short folder under the system temp dir when ``directory``'s
-    path is too long for a unix socket). Its script answers KDMQ with
-    ``dmq_handle_message()``; a SIP MESSAGE to user ``bcast`` broadcasts the body on script
-    channel ``custom1``; a MESSAGE to user ``send`` sends the body on ``custom1`` to the node
-    named by its ``X-Node`` header (a URI as listed by ``dmq.list_nodes``); anything else
-    gets ``404 Not here``.
+    ``build`` (default: :func:`default_build`) says which Kamailio runs. The node's config,
+    runtime folder, control sockets and log live in ``directory`` (control sockets go to a
+    short folder under the system temp dir when ``directory``'s path is too long for a unix
+    socket). Its script answers KDMQ with ``dmq_handle_message()``; a SIP MESSAGE to user
+    ``bcast`` broadcasts the body on script channel ``custom1``; a MESSAGE to user ``send``
+    sends the body on ``custom1`` to the node named by its ``X-Node`` header (a URI as listed
+    by ``dmq.list_nodes``); anything else gets ``404 Not here``.
     """
-
-    host = "127.0.0.1"
 
     def __init__(
         self,
@@ -524,6 +587,8 @@ class KamailioNode:
         port: int,
         seeds: Sequence["str | KamailioNode"] = (),
         *,
+        host: str = "127.0.0.1",
+        build: KamailioBuild | None = None,
         ping_interval: int = 5,
         fr_timer_ms: int = 3000,
         tables: Sequence[str] = DEFAULT_TABLES,
@@ -535,11 +600,12 @@ class KamailioNode:
         debug: int = 2,
         children: int = 2,
         startup_timeout: float = 10.0,
-        binary: str | None = None,
     ) -> None:
-        """Describe a node; nothing runs until :meth:`start`.
+        """Describe a node on ``host``:``port``; nothing runs until :meth:`start`.
 
-        ``seeds`` are ``sip:127.0.0.1:PORT`` URIs (or nodes) written as ``notification_address``;
+        Give every node of a cluster its own ``host`` (:func:`tests.helpers.free_address`):
+        from 5.8 on, Kamailio tells nodes of a received node list apart by IP alone.
+        ``seeds`` are ``sip:HOST:PORT`` URIs (or nodes) written as ``notification_address``;
         ``tables`` are htable definitions (``name=>size=8;dmqreplicate=1;``); ``transports``
         is any of ``"udp"`` and ``"tcp"``, both on ``port``; ``extra_modparams`` are
         ``(module, param, value)`` triples appended after the others.
@@ -549,7 +615,11 @@ class KamailioNode:
             raise ValueError(f"transports must be udp and/or tcp, not {tuple(transports)!r}")
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.host = host
         self.port = port
+        self.build = build or default_build()
+        if self.build.missing:
+            raise KamailioError(str(self.build))
         self.seeds = [seed.uri if isinstance(seed, KamailioNode) else seed for seed in seeds]
         self.ping_interval = ping_interval
         self.fr_timer_ms = fr_timer_ms
@@ -562,7 +632,7 @@ class KamailioNode:
         self.debug = debug
         self.children = children
         self.startup_timeout = startup_timeout
-        self.binary = binary or find_kamailio() or "kamailio"
+        self.binary = self.build.binary
         self.config_path = self.directory / "node.cfg"
         self.log_path = self.directory / "kamailio.log"
         self.run_dir = self.directory / "run"
@@ -586,8 +656,13 @@ class KamailioNode:
     # ----------------------------------------------------------------- identity
 
     @property
+    def version(self) -> tuple[int, ...]:
+        """The Kamailio version the node runs, as in ``(6, 1, 4)``."""
+        return self.build.version
+
+    @property
     def uri(self) -> str:
-        """The node's DMQ address, ``sip:127.0.0.1:PORT`` (its ``server_address``)."""
+        """The node's DMQ address, ``sip:HOST:PORT`` (its ``server_address``)."""
         return f"sip:{self.host}:{self.port}"
 
     @property
@@ -613,7 +688,7 @@ class KamailioNode:
 
     def config_text(self) -> str:
         """Return the Kamailio config this node runs with."""
-        mpath = find_module_dir()
+        mpath = self.build.module_dir.rstrip("/")
         lines = [
             "#!KAMAILIO",
             f"debug={self.debug}",
@@ -870,16 +945,27 @@ request_route {
             return []
         return result if isinstance(result, list) else [result]
 
-    def node_status(self, uri_or_port: "str | int | KamailioNode") -> str | None:
-        """Return the status this node lists for another node (by URI, port or node), or None."""
-        if isinstance(uri_or_port, KamailioNode):
-            port = str(uri_or_port.port)
-        elif isinstance(uri_or_port, int):
-            port = str(uri_or_port)
+    def node_status(self, other: "str | int | tuple[str, int] | KamailioNode | RawMember") -> str | None:
+        """Return the status this node lists for another node, or None if it does not list it.
+
+        ``other`` is a node (anything with ``host`` and ``port``), a ``sip:HOST:PORT`` URI, a
+        (host, port) pair, or a bare port (matched on any host).
+        """
+        host: str | None
+        if isinstance(other, int):
+            host, port = None, other
+        elif isinstance(other, tuple):
+            host, port = other
+        elif isinstance(other, str):
+            hostport = other.split(":", 1)[1].split(";", 1)[0]
+            host, _, port_text = hostport.rpartition(":")
+            port = int(port_text)
         else:
-            port = uri_or_port.rsplit(":", 1)[1].split(";", 1)[0]
+            host, port = other.host, other.port
         for entry in self.list_nodes():
-            if str(entry.get("port")) == port and not entry.get("local"):
+            if entry.get("local") or str(entry.get("port")) != str(port):
+                continue
+            if host is None or entry.get("host") == host:
                 return str(entry.get("status"))
         return None
 
@@ -934,6 +1020,38 @@ request_route {
         return "\n".join(self.log_text().splitlines()[-lines:])
 
 
+class NodeFactory:
+    """``factory(seeds=[...], **kw) -> KamailioNode``: a started node of one build, on an address of its own.
+
+    ``build`` and ``version`` (a tuple such as ``(6, 1, 4)``) say which Kamailio the nodes
+    run; ``nodes`` are all the nodes made, for stopping them. ``make_dir`` returns a new
+    empty folder for each node.
+    """
+
+    def __init__(self, build: KamailioBuild, make_dir: Callable[[], Path]) -> None:
+        """Make nodes of ``build``, each in a folder from ``make_dir``."""
+        self.build = build
+        self.version = build.version
+        self.nodes: list[KamailioNode] = []
+        self._make_dir = make_dir
+
+    def __call__(self, seeds: Sequence["str | KamailioNode"] = (), *, address: tuple[str, int] | None = None,
+                 start: bool = True, **options: Any) -> KamailioNode:
+        """Create (and by default start) one node on ``address`` (default: a new one from :func:`free_address`).
+
+        Keyword arguments go to :class:`KamailioNode`; ``start=False`` returns the node unstarted.
+        """
+        transports = options.get("transports", ("udp",))
+        if address is None:
+            address = free_address("udp+tcp" if "tcp" in transports else "udp")
+        host, port = address
+        node = KamailioNode(self._make_dir(), port, seeds, host=host, build=self.build, **options)
+        self.nodes.append(node)
+        if start:
+            node.start()
+        return node
+
+
 class RawMember:
     """A bare UDP socket that Kamailio treats as a DMQ cluster member, for capturing its KDMQ traffic.
 
@@ -943,11 +1061,18 @@ class RawMember:
     messages as node lists) and returns the first request on the wanted channel.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        """Bind a UDP socket on an ephemeral port of ``host``."""
+    def __init__(self, host: str | None = None) -> None:
+        """Bind a UDP socket on an ephemeral port of ``host``, or by default on an address of its own.
+
+        The default address comes from :func:`tests.helpers.free_address`, like a node's.
+        """
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
-        self.host: str = host
+        try:
+            self.sock.bind(free_address("udp") if host is None else (host, 0))
+        except OSError:
+            self.sock.close()
+            raise
+        self.host: str = self.sock.getsockname()[0]
         self.port: int = self.sock.getsockname()[1]
         self.received: list[bytes] = []
 

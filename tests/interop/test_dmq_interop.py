@@ -1,4 +1,4 @@
-"""A Python DMQ node in clusters of real Kamailio 5.6 nodes (membership and script channels)."""
+"""A Python DMQ node in clusters of real Kamailio nodes, each build in turn (membership and script channels)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,22 @@ from twisted.internet import task
 from dmq import CallbackPeer, DMQService, EventKind, Node
 from dmq.peer import DMQMessage
 
-from .kamailio import KamailioNode, eventually, free_port, liveness_probe
+from ..helpers import assert_alive, free_address
+from .kamailio import KamailioNode, eventually
 
 PING = 5  # seconds, Kamailio's minimum
 
 
 @pytest.fixture
 def python_node(reactor: Any) -> Iterator[Callable[..., DMQService]]:
-    """Factory: a started DMQService on a free loopback port; stopped at teardown."""
+    """Factory: a started DMQService on a loopback address of its own (or ``address``); stopped at teardown."""
     services: list[DMQService] = []
 
-    def make(seeds: list[str] = (), port: int | None = None, **kw: Any) -> DMQService:  # type: ignore[assignment]
-        port = port or free_port("udp")
+    def make(seeds: list[str] = (), address: tuple[str, int] | None = None, **kw: Any) -> DMQService:  # type: ignore[assignment]
+        host, port = address or free_address("udp")
         kw.setdefault("ping_interval", PING)
         kw.setdefault("t1", 0.25)  # a request times out after 16 s, well within Kamailio's ping rhythm
-        svc = DMQService(f"sip:127.0.0.1:{port}", list(seeds), reactor=reactor, **kw)
+        svc = DMQService(f"sip:{host}:{port}", list(seeds), reactor=reactor, **kw)
         services.append(svc)
         svc.startService()
         return svc
@@ -36,22 +37,22 @@ def python_node(reactor: Any) -> Iterator[Callable[..., DMQService]]:
             pytest_twisted.blockon(svc.stopService())
 
 
+def address_of(svc: DMQService) -> tuple[str, int]:
+    """The Python node's (host, port)."""
+    local = svc.nodes.local
+    assert local.port is not None
+    return (local.host, local.port)
+
+
 def status_on(k: KamailioNode, svc: DMQService) -> str | None:
     """The status Kamailio ``k`` lists the Python node with, or None."""
-    return k.node_status(svc.nodes.local.port)  # type: ignore[arg-type]
+    return k.node_status(address_of(svc))
 
 
 def status_in(svc: DMQService, k: KamailioNode) -> str | None:
     """The status the Python node lists Kamailio ``k`` with, or None."""
     node = svc.nodes.get(k.uri)
     return node.status.value if node is not None else None
-
-
-def assert_alive(*nodes: KamailioNode) -> None:
-    """The liveness probe: every Kamailio still answers a fresh node-list request within 1 s."""
-    for k in nodes:
-        assert k.running, f"{k} died"
-        assert liveness_probe("127.0.0.1", k.port, timeout=1.0), f"{k} stopped answering node lists"
 
 
 def sleep(reactor: Any, seconds: float) -> Any:
@@ -63,7 +64,7 @@ def test_python_joins_kamailio_cluster(kamailio: Any, python_node: Any, reactor:
     """A Python node seeded with a Kamailio joins a 2-node cluster: within 2 s all list each other active."""
     k1 = kamailio(ping_interval=PING)
     k2 = kamailio([k1], ping_interval=PING)
-    yield eventually(lambda: k1.node_status(k2.port) == "active", timeout=5, reactor=reactor)
+    yield eventually(lambda: k1.node_status(k2) == "active", timeout=5, reactor=reactor)
     svc = python_node([k1.uri])
     started = reactor.seconds()
     yield eventually(
@@ -88,15 +89,15 @@ def test_kamailio_joins_through_python(kamailio: Any, python_node: Any, reactor:
     k2 = kamailio([str(svc.nodes.local.uri)], ping_interval=PING)
     yield eventually(
         lambda: status_on(k2, svc) == "active"
-        and k2.node_status(k1.port) == "active"
-        and k1.node_status(k2.port) == "active"
+        and k2.node_status(k1) == "active"
+        and k1.node_status(k2) == "active"
         and status_in(svc, k2) == "active",
         timeout=PING + 1,
         reactor=reactor,
     )
     for k in (k1, k2):
-        uris = [n["port"] for n in k.list_nodes()]
-        assert len(uris) == len(set(uris)) == 3
+        listed = [(n["host"], n["port"]) for n in k.list_nodes()]
+        assert len(listed) == len(set(listed)) == 3
     assert len(list(svc.nodes)) == 3
     assert_alive(k1, k2)
 
@@ -129,11 +130,11 @@ def test_kamailio_death_and_return(kamailio: Any, python_node: Any, reactor: Any
     k2.kill()
     # next ping within 5 s, its timeout 64*T1 = 6.4 s later
     yield eventually(lambda: status_in(svc, k2) in ("disabled", None), timeout=PING + 8, reactor=reactor)
-    kinds = [e.kind for e in events if e.node.port == k2.port]
+    kinds = [e.kind for e in events if (e.node.host, e.node.port) == k2.address]
     assert kinds[-1] is EventKind.PEER_DISABLED
     k2.start()
     yield eventually(lambda: status_in(svc, k2) == "active", timeout=PING + 2, reactor=reactor)
-    assert [e.kind for e in events if e.node.port == k2.port][-1] is EventKind.PEER_UP
+    assert [e.kind for e in events if (e.node.host, e.node.port) == k2.address][-1] is EventKind.PEER_UP
     assert_alive(k1, k2)
 
 
@@ -175,9 +176,9 @@ def test_script_channel_both_ways(kamailio: Any, python_node: Any, reactor: Any)
     assert k1.bcast(b"hello from kamailio") == 200
     yield eventually(lambda: received, timeout=2, reactor=reactor)
     assert received[0].body == b"hello from kamailio"
-    assert received[0].node is not None and received[0].node.port == k1.port
+    assert received[0].node is not None and (received[0].node.host, received[0].node.port) == k1.address
     results = yield svc.bcast_message("no_such_channel", b"anyone?", "text/plain")
-    assert [(n.port, r.code) for n, r in results] == [(k1.port, 404)]
+    assert [((n.host, n.port), r.code) for n, r in results] == [(k1.address, 404)]
     results = yield svc.bcast_message("custom1", b"back at you", "text/plain")
     assert [r.code for _, r in results] == [202]
     # Kamailio keeps the Python node and keeps answering
@@ -193,20 +194,20 @@ def test_three_python_nodes(python_node: Any, reactor: Any) -> Any:
     b = python_node([str(a.nodes.local.uri)], t1=0.1)
     c = python_node([str(b.nodes.local.uri)], t1=0.1)
     nodes = [a, b, c]
-    ports = {svc.nodes.local.port for svc in nodes}
+    addresses = {address_of(svc) for svc in nodes}
 
     def converged(svcs: list[DMQService]) -> bool:
-        want = {s.nodes.local.port for s in svcs}
+        want = {address_of(s) for s in svcs}
         for svc in svcs:
             keys = [n.key for n in svc.nodes]
             assert len(keys) == len(set(keys)), "a node listed twice"
-            if {n.port for n in svc.nodes if n.status.value == "active"} != want:
+            if {(n.host, n.port) for n in svc.nodes if n.status.value == "active"} != want:
                 return False
         return True
 
     yield eventually(lambda: converged(nodes), timeout=PING + 1, reactor=reactor)
-    c_key = Node("127.0.0.1", c.nodes.local.port).key
-    c_port = c.nodes.local.port
+    c_address = address_of(c)
+    c_key = Node(*c_address).key
 
     def seen_leaving() -> bool:
         statuses = [s.nodes.get(c_key) for s in (a, b)]
@@ -220,6 +221,6 @@ def test_three_python_nodes(python_node: Any, reactor: Any) -> Any:
             f"c still listed: {[s.nodes.get(c_key) for s in (a, b)]}; c's view at stop: {list(c.nodes)}; "
             f"c sent {c.channel_stats.get('notification_peer')}"
         ) from None
-    c2 = python_node([str(a.nodes.local.uri)], port=c_port, t1=0.1)
+    c2 = python_node([str(a.nodes.local.uri)], address=c_address, t1=0.1)
     yield eventually(lambda: converged([a, b, c2]), timeout=2 * PING, reactor=reactor)
-    assert {s.nodes.local.port for s in (a, b, c2)} == ports
+    assert {address_of(s) for s in (a, b, c2)} == addresses

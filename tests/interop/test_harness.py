@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+import socket
 
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from ..helpers import assert_alive, free_address, probe_host
 from .kamailio import (
-    KamailioNode,
+    NodeFactory,
     RawMember,
     eventually,
     group_processes,
@@ -18,20 +19,18 @@ from .kamailio import (
     wait_until,
 )
 
-NodeFactory = Callable[..., KamailioNode]
 
-
-def test_two_nodes_list_each_other_active(kamailio: NodeFactory, assert_alive: Callable[..., None]) -> None:
-    """A node seeded with another joins it and both list each other active."""
+def test_two_nodes_list_each_other_active(kamailio: NodeFactory) -> None:
+    """A node seeded with another joins it and both list each other active, each on its own address."""
     first = kamailio()
     second = kamailio(seeds=[first.uri])
     wait_until(lambda: first.node_status(second) == "active" and second.node_status(first) == "active",
                timeout=5.0)
     assert len(first.list_nodes()) == 2
     assert len(second.list_nodes()) == 2
-    assert [n["local"] for n in first.list_nodes() if str(n["port"]) == str(first.port)] == [1]
-    assert_alive(first)
-    assert_alive(second)
+    assert first.host != second.host
+    assert [n["local"] for n in first.list_nodes() if (n["host"], str(n["port"])) == (first.host, str(first.port))] == [1]
+    assert_alive(first, second)
 
 
 def test_empty_body_probe_does_not_join(kamailio: NodeFactory) -> None:
@@ -50,13 +49,13 @@ def test_probe_of_nothing_is_false() -> None:
         assert not liveness_probe(silent.host, silent.port, timeout=0.2)
 
 
-def test_bcast_and_send_reach_a_raw_member(kamailio: NodeFactory, assert_alive: Callable[..., None]) -> None:
+def test_bcast_and_send_reach_a_raw_member(kamailio: NodeFactory) -> None:
     """MESSAGE to bcast/send makes Kamailio send a KDMQ on custom1 to a raw UDP member."""
     node = kamailio()
     with RawMember() as member:
         answer = member.join(node)
         assert f"{member.uri};status=active\r\n".encode() in parse_sip(answer)[2]
-        wait_until(lambda: node.node_status(member.port) == "active")
+        wait_until(lambda: node.node_status(member) == "active")
 
         assert node.bcast(b"hello") == 200
         request = member.receive("custom1")
@@ -92,6 +91,20 @@ def test_stop_and_kill_leave_no_process(kamailio: NodeFactory) -> None:
     node.restart()
     assert node.rpc("core.uptime")["uptime"] >= 0
     assert liveness_probe(node.host, node.port)
+
+
+def test_free_address_hands_out_a_host_per_node() -> None:
+    """free_address gives each call a 127.x host of its own (never 127.0.0.1 nor the probe host), with a bindable port."""
+    addresses = [free_address("udp+tcp") for _ in range(20)]
+    hosts = [host for host, _ in addresses]
+    assert len(set(hosts)) == len(hosts)
+    assert len({port for _, port in addresses}) == len(addresses)
+    assert "127.0.0.1" not in hosts and probe_host() not in hosts
+    for host, port in addresses:
+        assert host.startswith("127.")
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket.socket(socket.AF_INET, kind) as sock:
+                sock.bind((host, port))
 
 
 def test_eventually_fires_with_value_or_times_out() -> None:

@@ -1,4 +1,4 @@
-"""The htable peer in clusters of real Kamailio 5.6 nodes (enable_dmq=1, dmq_init_sync=1, a dmqreplicate=1 table), and three Python nodes over loopback."""
+"""The htable peer in clusters of real Kamailio nodes, each build in turn (enable_dmq=1, dmq_init_sync=1, a dmqreplicate=1 table), and three Python nodes over loopback."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from dmq import DMQService
 from dmq.peers import HTablePeer
 from dmq.peers.htable import MAX_SYNC_BODY
 
-from .kamailio import KamailioNode, eventually, free_port, liveness_probe
+from ..helpers import assert_alive, free_address
+from .kamailio import KamailioNode, eventually
 
 PING = 5
 EXPIRE = 3600
@@ -25,14 +26,14 @@ PYTHON_TABLE = f"t:expire={EXPIRE}"
 
 @pytest.fixture
 def htable_node(reactor: Any) -> Iterator[Callable[..., tuple[DMQService, HTablePeer]]]:
-    """Factory: a started DMQService with an HTablePeer on a free loopback port; stopped at teardown."""
+    """Factory: a started DMQService with an HTablePeer on a loopback address of its own (or ``address``); stopped at teardown."""
     services: list[DMQService] = []
 
-    def make(seeds: list[str] = (), tables: list[str] = (PYTHON_TABLE,), port: int | None = None,  # type: ignore[assignment]
+    def make(seeds: list[str] = (), tables: list[str] = (PYTHON_TABLE,), address: tuple[str, int] | None = None,  # type: ignore[assignment]
              svc_kw: dict[str, Any] | None = None, **peer_kw: Any) -> tuple[DMQService, HTablePeer]:
-        port = port or free_port("udp")
+        host, port = address or free_address("udp")
         kw = {"ping_interval": PING, "t1": 0.25, **(svc_kw or {})}
-        svc = DMQService(f"sip:127.0.0.1:{port}", list(seeds), reactor=reactor, **kw)
+        svc = DMQService(f"sip:{host}:{port}", list(seeds), reactor=reactor, **kw)
         peer = HTablePeer(tables=list(tables), **peer_kw)
         svc.register_peer(peer)
         services.append(svc)
@@ -50,13 +51,6 @@ def kam(kamailio: Any, seeds: list[Any] = ()) -> KamailioNode:  # type: ignore[a
     return kamailio(list(seeds), ping_interval=PING, tables=(KAMAILIO_TABLE,))
 
 
-def assert_alive(*nodes: KamailioNode) -> None:
-    """The liveness probe: every Kamailio still answers a fresh node-list request within 1 s."""
-    for k in nodes:
-        assert k.running, f"{k} died"
-        assert liveness_probe("127.0.0.1", k.port, timeout=1.0), f"{k} stopped answering node lists"
-
-
 def kamailio_expire(k: KamailioNode, key: str) -> float:
     """The expiry ``htable.get`` shows for ``key`` (local time, whole seconds) as epoch seconds; 0 for NEVER."""
     text = k.rpc("htable.get", "t", key)["item"]["expire"]
@@ -66,7 +60,7 @@ def kamailio_expire(k: KamailioNode, key: str) -> float:
 def is_active(svc: DMQService, k: KamailioNode) -> bool:
     """Whether the Python node lists ``k`` as active and ``k`` lists the Python node as active."""
     node = svc.nodes.get(k.uri)
-    return node is not None and node.status.value == "active" and k.node_status(svc.nodes.local.port) == "active"  # type: ignore[arg-type]
+    return node is not None and node.status.value == "active" and k.node_status(str(svc.nodes.local.uri)) == "active"
 
 
 def only_200(svc: DMQService) -> dict[int, int]:
@@ -102,7 +96,7 @@ def test_kamailio_changes_reach_python(kamailio: Any, htable_node: Any, reactor:
         change()
         return eventually(check, timeout=1.0, interval=0.01, reactor=reactor)
 
-    kamcmd = ["kamcmd", "-s", f"unix:{k1.ctl_socket}"]
+    kamcmd = [k1.build.kamcmd, "-s", f"unix:{k1.ctl_socket}"]
     yield timed(lambda: subprocess.run([*kamcmd, "htable.sets", "t", "a", "hello"], check=True, capture_output=True),
                 lambda: peer.get("t", "a") == "hello")
     yield timed(lambda: k2.rpc("htable.seti", "t", "n", 42), lambda: peer.get("t", "n") == 42)
@@ -163,7 +157,7 @@ def test_python_joins_big_kamailio_cluster(kamailio: Any, htable_node: Any, reac
     """A Python node joining a Kamailio cluster holding > 60 KB of cells ends with a table equal to htable.dump, expiries within 1 s."""
     k1 = kam(kamailio)
     k2 = kam(kamailio, [k1])
-    yield eventually(lambda: k1.node_status(k2.port) == "active", timeout=PING + 1, reactor=reactor)
+    yield eventually(lambda: k1.node_status(k2) == "active", timeout=PING + 1, reactor=reactor)
     fill_kamailio(k1, 1500)
     expected = k1.htable_items("t")
     assert len(expected) == 1500
@@ -229,14 +223,14 @@ def test_three_python_nodes_converge_over_loopback(htable_node: Any, reactor: An
 def test_restarted_python_node_keeps_data(kamailio: Any, htable_node: Any, reactor: Any, tmp_path: Any) -> Any:
     """A Python node with persist_dir restarted on the same port has its cells at once, then gets what changed meanwhile from Kamailio."""
     k = kam(kamailio)
-    port = free_port("udp")
-    svc, peer = htable_node([k.uri], port=port, persist_dir=str(tmp_path))
+    address = free_address("udp")
+    svc, peer = htable_node([k.uri], address=address, persist_dir=str(tmp_path))
     yield eventually(lambda: is_active(svc, k), timeout=PING + 2, reactor=reactor)
     peer.set("t", "kept", "yes")
     yield eventually(lambda: k.htable_items("t") == {"kept": "yes"}, timeout=1, reactor=reactor)
     yield svc.stopService()
     k.rpc("htable.sets", "t", "meanwhile", "added")
-    svc2, peer2 = htable_node([k.uri], port=port, persist_dir=str(tmp_path))
+    svc2, peer2 = htable_node([k.uri], address=address, persist_dir=str(tmp_path))
     assert peer2.dump("t") == {"kept": "yes"}  # before any node list, before the sync
     assert not svc2.ready
     yield eventually(lambda: peer2.dump("t") == {"kept": "yes", "meanwhile": "added"}, timeout=PING + 2, reactor=reactor)
