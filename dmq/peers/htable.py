@@ -72,8 +72,6 @@ CHANNEL = "htable"
 
 CONTENT_TYPE = "application/json"
 
-MAX_SYNC_BODY = 60_000  # TODO remove once tests/interop stops importing it
-
 EMPTY_CELLS = b'{"cells":[]}'
 
 KAMAILIO_SLOTS = 256

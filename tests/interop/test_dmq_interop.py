@@ -61,7 +61,7 @@ def sleep(reactor: Any, seconds: float) -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_python_joins_kamailio_cluster(kamailio: Any, python_node: Any, reactor: Any) -> Any:
-    """A Python node seeded with a Kamailio joins a 2-node cluster: within 2 s all list each other active."""
+    """A Python node seeded with a Kamailio joins a 2-node cluster: within 2 s all list each other active, with Kamailio's agent."""
     k1 = kamailio(ping_interval=PING)
     k2 = kamailio([k1], ping_interval=PING)
     yield eventually(lambda: k1.node_status(k2) == "active", timeout=5, reactor=reactor)
@@ -77,6 +77,12 @@ def test_python_joins_kamailio_cluster(kamailio: Any, python_node: Any, reactor:
     )
     assert reactor.seconds() - started < 2
     assert svc.ready
+    # Each Kamailio's Server / User-Agent is known once it said something to the Python node (a ping at the latest).
+    release = ".".join(str(part) for part in kamailio.version)
+    yield eventually(lambda: all(svc.nodes.get(k.uri).agent for k in (k1, k2)), timeout=PING + 1, reactor=reactor)
+    for k in (k1, k2):
+        agent = svc.nodes.get(k.uri).agent
+        assert agent.startswith(f"kamailio ({release} "), agent
     assert_alive(k1, k2)
 
 
