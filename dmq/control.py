@@ -29,7 +29,6 @@ from __future__ import annotations
 import hmac
 import inspect
 import json
-import re
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from twisted.internet import defer
@@ -41,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from dmq.errors import RPCError
 from dmq.node import Node, NodeListError, NodeStatus
+from dmq.peer import is_channel_name
 
 if TYPE_CHECKING:
     from dmq.service import DMQService
@@ -80,7 +80,6 @@ RPCMethod = Callable[..., Any]
 _INVALID_PARAMETERS = "Invalid Parameters"
 _FAILURE = "Failure"
 
-_CHANNEL = re.compile(r"^[A-Za-z0-9_.!~*'()\-]{1,64}$")
 
 
 def node_entry(node: Node) -> dict[str, Any]:
@@ -151,10 +150,10 @@ def service_stats(service: "DMQService") -> dict[str, Any]:
         )
     }
     transactions["responses_sent_by_code"] = {str(c): n for c, n in sorted(t.by_code.items())}
-    transactions["client_open"] = len(getattr(service.transactions, "clients", {}))
-    transactions["server_open"] = len(getattr(service.transactions, "servers", {}))
-    transport = dict(getattr(service.transport, "stats", {}))
-    transport["connections"] = getattr(service.transport, "connection_count", 0)
+    transactions["client_open"] = len(service.transactions.clients)
+    transactions["server_open"] = len(service.transactions.servers)
+    transport = dict(service.transport.stats)
+    transport["connections"] = service.transport.connection_count
     notification = service.notification
     return {
         "node": str(service.nodes.local.uri),
@@ -396,7 +395,7 @@ class ControlAPI:
 
     def _channel(self, value: Any) -> str:
         channel = _text(value, "channel")
-        if not _CHANNEL.match(channel):
+        if not is_channel_name(channel):
             raise RPCError(400, f"Invalid Parameters (bad channel name {channel!r})")
         return channel
 

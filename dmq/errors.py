@@ -18,6 +18,7 @@ __all__ = [
     "MessageTooLarge",
     "ConfigurationError",
     "RPCError",
+    "one_line",
 ]
 
 
@@ -69,3 +70,13 @@ class RPCError(DMQError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def one_line(text: str, limit: int = 120) -> str:
+    """
+    ``text`` made fit for a SIP reason phrase or a log field: white space
+    runs become one space, anything but printable ASCII becomes ``?``, and
+    it is cut to ``limit`` characters (ending in ``...`` when cut).
+    """
+    text = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in " ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -32,6 +32,15 @@ class ISIPTransport(Interface):
     udp_max_size = Attribute(
         "The largest datagram sent (bytes); a larger one fails with MessageTooLarge."
     )
+    stats = Attribute("A dict of counters (rejected input, connections opened and refused), for metrics.")
+    connection_count = Attribute("How many stream (TCP/TLS) connections are open now.")
+    tls_port = Attribute("The port TLS listens on when TLS is on.")
+
+    def listen() -> Deferred[None]:
+        """Start every listener; fires when all listen, fails when one cannot."""
+
+    def stop() -> Deferred[None]:
+        """Stop listening and close every connection."""
 
     def supports(transport_name: str) -> bool:
         """Whether this node can send over ``udp``, ``tcp`` or ``tls``."""

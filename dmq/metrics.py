@@ -123,15 +123,15 @@ class DMQCollector:
         open_transactions = GaugeMetricFamily(
             self._name("sip_transactions"), "Open SIP transactions.", labels=["kind"]
         )
-        open_transactions.add_metric(["client"], len(getattr(svc.transactions, "clients", {})))
-        open_transactions.add_metric(["server"], len(getattr(svc.transactions, "servers", {})))
+        open_transactions.add_metric(["client"], len(svc.transactions.clients))
+        open_transactions.add_metric(["server"], len(svc.transactions.servers))
         yield open_transactions
 
-        transport_stats = getattr(svc.transport, "stats", {})
+        transport_stats = svc.transport.stats
         for key, name, documentation in _TRANSPORT_COUNTERS:
             yield CounterMetricFamily(self._name(name), documentation, value=transport_stats.get(key, 0))
         yield GaugeMetricFamily(
-            self._name("sip_connections"), "Open TCP/TLS connections.", value=getattr(svc.transport, "connection_count", 0)
+            self._name("sip_connections"), "Open TCP/TLS connections.", value=svc.transport.connection_count
         )
 
         nodes = GaugeMetricFamily(self._name("nodes"), "Nodes in the node list by status (this node included).", labels=["status"])

@@ -36,6 +36,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Union
 
+from dmq.errors import ConfigurationError
 from dmq.sip.uri import SIPURI, SIPParseError
 
 __all__ = [
@@ -54,6 +55,8 @@ __all__ = [
     "TimeoutPolicy",
     "parse_body",
     "kamailio_version",
+    "server_address_uri",
+    "SPOKEN_TRANSPORTS",
 ]
 
 MAX_BODY_LINES = 10_000
@@ -71,6 +74,9 @@ Transport parameter values accepted in a node URI.  dmq itself speaks udp, tcp
 and tls; the others are the protocols Kamailio knows, kept as read so that a
 body from a mixed Kamailio cluster is not refused whole for one such node.
 """
+
+SPOKEN_TRANSPORTS = ("udp", "tcp", "tls")
+"""The transports dmq itself speaks (a node's own address and its seeds use one of them)."""
 
 NodeKey = tuple[str, str, str]
 """A node's identity: (host as written, port as text or ``""``, transport)."""
@@ -308,6 +314,33 @@ class Node:
             f", {name}" for name, on in (("local", self.local), ("seed", self.seed)) if on
         )
         return f"<Node {self._uri} {self.status.value}{flags}>"
+
+
+def server_address_uri(value: Union[str, SIPURI]) -> SIPURI:
+    """
+    Check a node's own address (``server_address``): a ``sip:`` URI with an
+    explicit port and a transport dmq speaks, acceptable as a node.
+
+    :raises ConfigurationError: naming the fault (without the setting's name).
+    """
+    if isinstance(value, SIPURI):
+        uri = value
+    else:
+        try:
+            uri = SIPURI.parse(value)
+        except SIPParseError as e:
+            raise ConfigurationError(f"not a SIP URI ({e})") from None
+    if uri.scheme != "sip":
+        raise ConfigurationError("use sip: (with ;transport=tls for TLS)")
+    if uri.port is None:
+        raise ConfigurationError("a port is needed")
+    if uri.transport not in SPOKEN_TRANSPORTS:
+        raise ConfigurationError(f"transport {uri.transport} is not supported ({', '.join(SPOKEN_TRANSPORTS)})")
+    try:
+        Node.from_uri(uri)
+    except NodeListError as e:
+        raise ConfigurationError(str(e)) from None
+    return uri
 
 
 _KAMAILIO_AGENT = re.compile(r"^kamailio \((\d+)\.(\d+)\.(\d+)")

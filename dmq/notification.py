@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from dmq.errors import one_line
 from dmq.node import Node, NodeListError, NodeStatus, TimeoutPolicy
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
 from dmq.sip.message import Response
@@ -266,7 +267,7 @@ class NotificationPeer(Peer):
                 reason=str(e),
             )
             if from_request:
-                raise PeerError(400, f"Bad Request (node list: {_one_line(str(e))})") from None
+                raise PeerError(400, f"Bad Request (node list: {one_line(str(e))})") from None
             return None
         svc._emit(result.events)
         for node in result.added:
@@ -341,7 +342,3 @@ def _ip(text: str) -> Optional[str]:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
-
-
-def _one_line(text: str) -> str:
-    return "".join(ch for ch in " ".join(text.split()) if 32 <= ord(ch) < 127)[:120]

@@ -10,6 +10,7 @@ answers with a :class:`PeerResponse` (or a Deferred of one; ``None`` means
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
@@ -26,7 +27,17 @@ if TYPE_CHECKING:
     from dmq.node import Node
     from dmq.service import DMQService
 
-__all__ = ["DMQMessage", "PeerResponse", "Peer", "CallbackPeer", "PeerError"]
+__all__ = ["DMQMessage", "PeerResponse", "Peer", "CallbackPeer", "PeerError", "is_channel_name"]
+
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.!~*'()\-]{1,64}")
+
+
+def is_channel_name(text: str) -> bool:
+    """
+    Whether ``text`` can name a channel: 1 to 64 characters that may stand
+    unescaped in the user part of a SIP URI (letters, digits, ``_.!~*'()-``).
+    """
+    return _CHANNEL_NAME.fullmatch(text) is not None
 
 
 @dataclass

@@ -29,12 +29,12 @@ from zope.interface import implementer
 from dmq import __version__
 from dmq.errors import ConfigurationError, DMQError, MessageTooLarge
 from dmq.interfaces import IMessageSender, IPeer
-from dmq.node import Event, Node, NodeList, NodeListError, NodeStatus, TimeoutPolicy
+from dmq.node import Event, Node, NodeList, NodeStatus, TimeoutPolicy, server_address_uri
 from dmq.notification import DEFAULT_CHANNEL, NotificationPeer
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
 from dmq.sip.address import UDP_HARD_LIMIT, UDP_MAX_SIZE, Address
 from dmq.sip.message import Request, Response, build_request, make_response, new_branch
-from dmq.sip.transaction import Source, TransactionLayer
+from dmq.sip.transaction import T1, T2, T4, Source, TransactionLayer
 from dmq.sip.transport import SIPTransport, TLSSettings
 from dmq.sip.uri import SIPURI, SIPParseError, unescape
 
@@ -63,15 +63,6 @@ class ChannelStats:
     sent: int = 0
     answered: dict[int, int] = field(default_factory=dict)
     results: dict[int, int] = field(default_factory=dict)
-
-
-def _parse_uri(value: Union[str, SIPURI], what: str) -> SIPURI:
-    if isinstance(value, SIPURI):
-        return value
-    try:
-        return SIPURI.parse(value)
-    except SIPParseError as e:
-        raise ConfigurationError(f"{what}: {e}") from None
 
 
 @implementer(IMessageSender)
@@ -130,9 +121,9 @@ class DMQService(MultiService):
         tcp: bool = False,
         tls: Optional[TLSSettings] = None,
         tls_port: Optional[int] = None,
-        t1: float = 0.5,
-        t2: float = 4.0,
-        t4: float = 5.0,
+        t1: float = T1,
+        t2: float = T2,
+        t4: float = T4,
         stop_timeout: float = STOP_TIMEOUT,
         idle_timeout: float = 300.0,
         max_connections: int = 1024,
@@ -150,15 +141,11 @@ class DMQService(MultiService):
             reactor = _reactor
         self.reactor = reactor
         self.clock = reactor
-        self.server_address = _parse_uri(server_address, "server_address")
-        if self.server_address.scheme != "sip":
-            raise ConfigurationError("server_address: use sip: with ;transport=tls for TLS")
-        if self.server_address.port is None:
-            raise ConfigurationError("server_address: a port is needed")
         try:
-            local = Node.from_uri(self.server_address, status=NodeStatus.ACTIVE, local=True)
-        except NodeListError as e:
+            self.server_address = server_address_uri(server_address)
+        except ConfigurationError as e:
             raise ConfigurationError(f"server_address: {e}") from None
+        local = Node.from_uri(self.server_address, status=NodeStatus.ACTIVE, local=True)
         if ping_interval <= 0:
             raise ConfigurationError("ping_interval must be positive")
         if not HEADER_ROOM * 2 <= udp_max_size <= UDP_HARD_LIMIT:
@@ -441,7 +428,7 @@ class DMQService(MultiService):
             address = Address("tls", address.host, 5061)
         sent_by_port = local.port
         if address.transport == "tls" and self.transport.supports("tls") and local.transport != "tls":
-            sent_by_port = getattr(self.transport, "tls_port", local.port)
+            sent_by_port = self.transport.tls_port or local.port
         request = build_request(
             "KDMQ",
             target,

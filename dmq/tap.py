@@ -33,7 +33,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from dmq.errors import ConfigurationError
-from dmq.node import Node, NodeListError
+from dmq.node import Node, NodeListError, server_address_uri
+from dmq.peer import is_channel_name
+from dmq.sip.transaction import T1, T2, T4
 from dmq.sip.transport import TLSSettings
 from dmq.sip.uri import SIPURI, SIPParseError
 
@@ -120,9 +122,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("udp_max_size", "int", 32000,
             "The largest datagram sent, in bytes (Kamailio 5.8+ drops 32767 and up); a larger message goes "
             "over TCP when --tcp is on, else it is refused with an error.", minimum=2048),
-    Setting("t1", "ms", 500, "SIP timer T1 in milliseconds (a request times out after 64*T1).", minimum=1),
-    Setting("t2", "ms", 4000, "SIP timer T2 in milliseconds.", minimum=1),
-    Setting("t4", "ms", 5000, "SIP timer T4 in milliseconds.", minimum=1),
+    Setting("t1", "ms", int(T1 * 1000), "SIP timer T1 in milliseconds (a request times out after 64*T1).", minimum=1),
+    Setting("t2", "ms", int(T2 * 1000), "SIP timer T2 in milliseconds.", minimum=1),
+    Setting("t4", "ms", int(T4 * 1000), "SIP timer T4 in milliseconds.", minimum=1),
     Setting("allow", "list", [],
             "Serve requests only from this network (CIDR or address); repeatable (default: from anyone)."),
     # operations
@@ -337,9 +339,9 @@ class NodeConfig:
     tcp: bool = False
     tls: Optional[TLSSettings] = None
     tls_port: Optional[int] = None
-    t1: float = 0.5
-    t2: float = 4.0
-    t4: float = 5.0
+    t1: float = T1
+    t2: float = T2
+    t4: float = T4
     udp_max_size: int = 32000
     allow: list[str] = field(default_factory=list)
     control: Optional[str] = None
@@ -466,7 +468,6 @@ def _read_secret(path: str, where: str) -> str:
     return secret
 
 
-_CHANNEL = re.compile(r"^[A-Za-z0-9_.!~*'()\-]+$")
 _HTABLE = re.compile(r"^[A-Za-z0-9_.\-]+(:.*)?$")
 
 
@@ -484,19 +485,9 @@ def resolve(options: Options) -> NodeConfig:
 
     # server_address
     try:
-        uri = SIPURI.parse(v["server_address"])
-    except SIPParseError as e:
-        raise usage.UsageError(f"{where['server_address']} {v['server_address']}: not a SIP URI ({e})") from None
-    if uri.scheme != "sip":
-        raise usage.UsageError(f"{where['server_address']} {uri}: use sip: (with ;transport=tls for TLS)")
-    if uri.port is None:
-        raise usage.UsageError(f"{where['server_address']} {uri}: a port is needed")
-    if uri.transport not in ("udp", "tcp", "tls"):
-        raise usage.UsageError(f"{where['server_address']} {uri}: transport {uri.transport} is not supported (udp, tcp, tls)")
-    try:
-        Node.from_uri(uri)
-    except NodeListError as e:
-        raise usage.UsageError(f"{where['server_address']} {uri}: {e}") from None
+        uri = server_address_uri(v["server_address"])
+    except ConfigurationError as e:
+        raise usage.UsageError(f"{where['server_address']} {v['server_address']}: {e}") from None
     config.server_address = str(uri)
     listen_host = uri.host.strip("[]")
 
@@ -536,7 +527,7 @@ def resolve(options: Options) -> NodeConfig:
             f"{where['multi_notify']}: takes one notification address, not {len(seeds)} "
             "(Kamailio: with several notification addresses multi_notify must be off)"
         )
-    if not _CHANNEL.match(v["notification_channel"]):
+    if not is_channel_name(v["notification_channel"]):
         raise usage.UsageError(f"{where['notification_channel']} {v['notification_channel']!r}: not a channel name")
     config.notification_channel = v["notification_channel"]
 
@@ -599,7 +590,7 @@ def resolve(options: Options) -> NodeConfig:
     config.allow = v["allow"]
 
     # SIP ports to probe
-    port = uri.port
+    port = uri.port or 5060  # server_address_uri made sure there is one
     if config.udp:
         config.probes.append(PortProbe(f"{where['server_address']} {uri}", "udp", listen_host, port))
     if config.tcp or uri.transport == "tcp":

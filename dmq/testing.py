@@ -74,6 +74,9 @@ class FakeSIPTransport:
         self.fail: Optional[Callable[[Address], bool]] = None
         self.network: Optional["FakeNetwork"] = None
         self.udp_max_size = UDP_MAX_SIZE
+        self.stats: dict[str, int] = {"rejected": 0, "connections_opened": 0, "connections_refused": 0}
+        self.connection_count = 0
+        self.tls_port: Optional[int] = None
 
     def supports(self, transport_name: str) -> bool:
         """Whether ``transport_name`` is one of :attr:`transports`."""

@@ -45,11 +45,20 @@ __all__ = [
     "TransactionStats",
     "State",
     "LARGE_REQUEST",
+    "T1",
+    "T2",
+    "T4",
 ]
 
 log = Logger()
 
 MAGIC_COOKIE = "z9hG4bK"
+T1 = 0.5
+"""RFC 3261 timer T1 (seconds): the round-trip estimate; a request times out after 64*T1."""
+T2 = 4.0
+"""RFC 3261 timer T2 (seconds): the cap on the retransmission interval."""
+T4 = 5.0
+"""RFC 3261 timer T4 (seconds): how long the network may hold a message."""
 MAX_COMPLETED = 20000
 """Default cap on completed server transactions kept for retransmissions (Timer J)."""
 LARGE_REQUEST = 1300
@@ -290,9 +299,9 @@ class TransactionLayer:
         transport: Any,
         request_handler: Optional[RequestHandler] = None,
         reactor: Optional[IReactorTime] = None,
-        t1: float = 0.5,
-        t2: float = 4.0,
-        t4: float = 5.0,
+        t1: float = T1,
+        t2: float = T2,
+        t4: float = T4,
         max_completed: int = MAX_COMPLETED,
     ) -> None:
         if reactor is None:
