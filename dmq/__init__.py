@@ -15,7 +15,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dmq.node import Event, EventKind, Node, NodeList, NodeStatus
+    from dmq.node import Node, NodeStatus
+    from dmq.nodelist import Event, EventKind, NodeList
     from dmq.peer import CallbackPeer, DMQMessage, Peer, PeerError, PeerResponse
     from dmq.service import DMQService
 
@@ -25,10 +26,10 @@ _EXPORTS = {
     "CallbackPeer": "dmq.peer",
     "DMQMessage": "dmq.peer",
     "DMQService": "dmq.service",
-    "Event": "dmq.node",
-    "EventKind": "dmq.node",
+    "Event": "dmq.nodelist",
+    "EventKind": "dmq.nodelist",
     "Node": "dmq.node",
-    "NodeList": "dmq.node",
+    "NodeList": "dmq.nodelist",
     "NodeStatus": "dmq.node",
     "Peer": "dmq.peer",
     "PeerError": "dmq.peer",

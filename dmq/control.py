@@ -39,7 +39,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from dmq.errors import RPCError
-from dmq.node import Node, NodeListError, NodeStatus
+from dmq.node import Node, NodeListError, NodeStatus, key_uri
 from dmq.peer import is_channel_name
 
 if TYPE_CHECKING:
@@ -109,20 +109,13 @@ def node_entry(node: Node) -> dict[str, Any]:
     }
 
 
-def _key_uri(key: tuple[str, str, str]) -> str:
-    host, port, transport = key
-    text = f"sip:{host}:{port}" if port else f"sip:{host}"
-    return text if transport == "udp" else f"{text};transport={transport}"
-
-
 def service_stats(service: "DMQService") -> dict[str, Any]:
     """
     The counters of a node, as ``dmq.stats`` answers them (JSON-able: status
     codes are string keys).
     """
     nodes = {"total": len(service.nodes)}
-    for status in NodeStatus:
-        nodes[status.value] = sum(1 for n in service.nodes if n.status is status)
+    nodes.update((status.value, count) for status, count in service.nodes.count_by_status().items())
     channels = {
         channel: {
             "received": stats.received,
@@ -162,7 +155,7 @@ def service_stats(service: "DMQService") -> dict[str, Any]:
         "channels": channels,
         "transactions": transactions,
         "transport": transport,
-        "ping_rtt": {_key_uri(key): seconds for key, seconds in sorted(service.rtt.items())},
+        "ping_rtt": {key_uri(key): seconds for key, seconds in sorted(service.rtt.items())},
         "notification": {"joins": notification.joins, "pings": notification.pings},
     }
 

@@ -2,7 +2,7 @@
 The manhole: a Python console inside a running node, over SSH or telnet.
 
 The console's namespace holds ``service`` (the :class:`~dmq.service.DMQService`),
-``nodes`` (its :class:`~dmq.node.NodeList`) and ``peers`` (channel -> peer).
+``nodes`` (its :class:`~dmq.nodelist.NodeList`) and ``peers`` (channel -> peer).
 
 - SSH: the host key is read from ``KEYS_DIR/ssh_host_ed25519_key`` and
   generated there (mode 0600) on first start; users log in as ``user`` with

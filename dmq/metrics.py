@@ -50,7 +50,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from dmq.node import NodeStatus
+from dmq.node import key_uri
 
 if TYPE_CHECKING:
     from dmq.service import DMQService
@@ -135,8 +135,8 @@ class DMQCollector:
         )
 
         nodes = GaugeMetricFamily(self._name("nodes"), "Nodes in the node list by status (this node included).", labels=["status"])
-        for status in NodeStatus:
-            nodes.add_metric([status.value], sum(1 for n in svc.nodes if n.status is status))
+        for status, count in svc.nodes.count_by_status().items():
+            nodes.add_metric([status.value], count)
         yield nodes
         fail_counts = GaugeMetricFamily(self._name("node_fail_count"), "Timeouts counted per remote node.", labels=["node"])
         for node in svc.nodes.others():
@@ -153,11 +153,8 @@ class DMQCollector:
         rtt = GaugeMetricFamily(
             self._name("node_ping_rtt_seconds"), "Round-trip time of the last answered node-list request per node.", labels=["node"]
         )
-        for (host, port, transport), seconds in sorted(svc.rtt.items()):
-            uri = f"sip:{host}:{port}" if port else f"sip:{host}"
-            if transport != "udp":
-                uri += f";transport={transport}"
-            rtt.add_metric([uri], seconds)
+        for node_key, seconds in sorted(svc.rtt.items()):
+            rtt.add_metric([key_uri(node_key)], seconds)
         yield rtt
 
     def describe(self) -> list[Metric]:

@@ -5,7 +5,7 @@ It joins through the seeds (``notification_address``), answers node-list
 requests with this node's list and re-broadcasts what it learnt, pings every
 known node every ``ping_interval`` seconds, and applies the 408 rules when a
 node stops answering.  The membership state and its rules live in
-:class:`dmq.node.NodeList`; this module drives it from the network and a
+:class:`dmq.nodelist.NodeList`; this module drives it from the network and a
 ``LoopingCall`` on the service's clock.
 """
 
@@ -21,7 +21,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dmq.errors import one_line
-from dmq.node import Node, NodeListError, NodeStatus, TimeoutPolicy
+from dmq.node import Node, NodeListError, NodeStatus
+from dmq.nodelist import TimeoutPolicy
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
 from dmq.sip.message import Response
 from dmq.sip.uri import SIPURI

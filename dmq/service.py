@@ -29,7 +29,8 @@ from zope.interface import implementer
 from dmq import __version__
 from dmq.errors import ConfigurationError, DMQError, MessageTooLarge
 from dmq.interfaces import IMessageSender, IPeer
-from dmq.node import Event, Node, NodeList, NodeStatus, TimeoutPolicy, server_address_uri
+from dmq.node import Node, NodeStatus, server_address_uri
+from dmq.nodelist import Event, NodeList, TimeoutPolicy
 from dmq.notification import DEFAULT_CHANNEL, NotificationPeer
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
 from dmq.sip.address import UDP_HARD_LIMIT, UDP_MAX_SIZE, Address

@@ -1,4 +1,4 @@
-"""Tests for dmq.node: node-list body codec, membership rules and events.
+"""Tests for dmq.node and dmq.nodelist: node-list body codec, membership rules and events.
 
 The wire examples are the bodies of two Kamailio 5.6.3 captures
 (``shared/captures/kamailio-5.6.3/``): node 5172 joining node 5171 with
@@ -12,21 +12,8 @@ from typing import Optional
 
 import pytest
 
-from dmq.node import (
-    MAX_BODY_LINES,
-    MAX_LINE_LENGTH,
-    Event,
-    EventKind,
-    MergeResult,
-    Node,
-    NodeList,
-    NodeListError,
-    NodeStatus,
-    TimeoutOutcome,
-    TimeoutPolicy,
-    kamailio_version,
-    parse_body,
-)
+from dmq.node import MAX_BODY_LINES, MAX_LINE_LENGTH, Node, NodeListError, NodeStatus, kamailio_version, parse_body
+from dmq.nodelist import Event, EventKind, MergeResult, NodeList, TimeoutOutcome, TimeoutPolicy
 from dmq.sip import SIPURI
 
 ACTIVE = NodeStatus.ACTIVE
@@ -1192,3 +1179,14 @@ def test_event_guard_skips_local_node() -> None:
 def test_kamailio_version(agent: Optional[str], version: Optional[tuple[int, int, int]]) -> None:
     """The release is read from Kamailio's Server / User-Agent text; anything else gives None."""
     assert kamailio_version(agent) == version
+
+
+def test_moved_names_still_import_from_dmq_node() -> None:
+    """NodeList and its companions, now in dmq.nodelist, are still importable from dmq.node."""
+    import dmq.node
+    import dmq.nodelist
+
+    for name in ("Event", "EventKind", "MergeResult", "NodeList", "TimeoutOutcome", "TimeoutPolicy"):
+        assert getattr(dmq.node, name) is getattr(dmq.nodelist, name)
+    with pytest.raises(AttributeError):
+        dmq.node.NoSuchName  # noqa: B018

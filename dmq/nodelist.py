@@ -1,0 +1,507 @@
+"""
+The rules that change a DMQ node list (the state half of Kamailio's
+``notification_peer.c``): merging a received body, replies and timeouts,
+operator changes, and the peer events they cause.
+
+Pure code: no Twisted, no I/O, no clock.  Every method that needs the time
+takes it as a ``now: float`` argument; :mod:`dmq.membership` and the
+notification peer drive this module from the network and their timers.
+
+Where Kamailio versions differ, the default here is Kamailio 5.6 (released
+5.8, 6.0 and 6.1 behave the same on these points) and a flag selects the
+newer behaviour:
+
+- :class:`NodeList` ``reactivate_disabled_from_body``: a body line saying
+  ``active`` brings a disabled node back;
+- :class:`TimeoutPolicy` ``keep_disabled``: a timeout of a disabled node keeps
+  it instead of deleting it.
+
+Both, and the peer events, came to Kamailio's development branch after 6.1.4
+(commit 559b07230b, "dmq: add peer up and down event routes"); no release up
+to 6.1.4 has them.  ``remove_inactive`` (6.0) and the ``fail_count_*`` fields
+(6.1) of :class:`TimeoutPolicy` are the modparams of the same names.
+
+Every status change of a remote node may produce an :class:`Event` (that
+branch's ``event_route[dmq:peer-up|peer-down|peer-disabled]``); the methods
+that change a status return the events of that change, already filtered so
+that a node never reports the same event twice in a row.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Union
+
+from dmq.node import Node, NodeKey, NodeListError, NodeStatus, parse_lines
+from dmq.sip.uri import SIPURI
+
+__all__ = [
+    "Event",
+    "EventKind",
+    "MergeResult",
+    "NodeList",
+    "NodeRef",
+    "TimeoutOutcome",
+    "TimeoutPolicy",
+]
+
+
+class EventKind(enum.Enum):
+    """What happened to a remote node, named as Kamailio's event routes."""
+
+    PEER_UP = "peer-up"
+    """A remote node became active, or was added as active."""
+    PEER_DOWN = "peer-down"
+    """A remote node went from active to not active."""
+    PEER_DISABLED = "peer-disabled"
+    """A remote node became disabled, or was removed while not disabled."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One membership event about one remote node."""
+
+    kind: EventKind
+    node: "Node"
+
+
+@dataclass
+class MergeResult:
+    """
+    What :meth:`NodeList.merge_body` did.
+
+    :ivar added: nodes new to the list, in body order.
+    :ivar changed: known nodes whose status the body changed (not those added).
+    :ivar events: the events of both, in the order they happened.
+    """
+
+    added: list[Node] = field(default_factory=list)
+    changed: list[Node] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def changed_anything(self) -> bool:
+        """Whether a node was added or changed (what makes a request re-broadcast)."""
+        return bool(self.added or self.changed)
+
+
+@dataclass(frozen=True)
+class TimeoutPolicy:
+    """
+    What a 408 does to a node: Kamailio's dmq modparams of the same names.
+
+    :ivar remove_inactive: a timed-out node becomes disabled (and is deleted
+        at the next timeout); when false it only becomes not active.
+    :ivar keep_disabled: a timeout of a disabled node keeps it disabled
+        instead of deleting it (Kamailio's development branch after 6.1.4).
+    :ivar fail_count_enabled: count 408s per node and let the thresholds
+        decide (6.1).
+    :ivar fail_count_threshold_not_active: active -> not active when the
+        count is greater than this.
+    :ivar fail_count_threshold_disabled: not active -> disabled when the
+        count is greater than this.
+    """
+
+    remove_inactive: bool = True
+    keep_disabled: bool = False
+    fail_count_enabled: bool = False
+    fail_count_threshold_not_active: int = 0
+    fail_count_threshold_disabled: int = 1
+
+
+@dataclass(frozen=True)
+class TimeoutOutcome:
+    """
+    What :meth:`NodeList.mark_timeout` did.
+
+    :ivar removed: whether the node was deleted from the list.
+    :ivar status: the node's status afterwards (its last status if removed).
+    :ivar events: the events of the change.
+    """
+
+    removed: bool
+    status: NodeStatus
+    events: list[Event]
+
+
+NodeRef = Union[Node, NodeKey, SIPURI, str]
+"""Anything a :class:`NodeList` can find a node by."""
+
+
+class NodeList:
+    """
+    The nodes this node knows, the local one included, and the rules that
+    change them.
+
+    Iteration gives the local node first, then the others in the order they
+    were added.  At most one node per :attr:`Node.key`.
+
+    Events: every change of a remote node's status goes through one rule
+    (Kamailio's ``update_dmq_node_status``): to active from anything else is
+    peer-up, active to not active is peer-down, active or not active to
+    disabled is peer-disabled, and removing a node that is not disabled is
+    peer-disabled.  Of those, an event equal to the node's previous one is
+    dropped, and after peer-disabled only peer-up is reported.  The local
+    node never has events.  A node's history goes when it is removed, so a
+    node that comes back starts afresh.
+    """
+
+    def __init__(self, local: Node, *, reactivate_disabled_from_body: bool = False) -> None:
+        """
+        :param local: this node (``server_address``); it is marked local and
+            active.
+        :param reactivate_disabled_from_body: let a body line saying
+            ``active`` bring back a disabled node (Kamailio's development
+            branch after 6.1.4).  By default (5.6 to 6.1.4) a disabled node
+            ignores every body line and only a reply to a request sent to it
+            reactivates it.
+        """
+        local.local = True
+        local.status = NodeStatus.ACTIVE
+        self._local = local
+        self._nodes: dict[NodeKey, Node] = {local.key: local}
+        self._last_event: dict[NodeKey, EventKind] = {}
+        self.reactivate_disabled_from_body = reactivate_disabled_from_body
+
+    # -- lookup -----------------------------------------------------------
+
+    @property
+    def local(self) -> Node:
+        """The local node."""
+        return self._local
+
+    def __iter__(self) -> Iterator[Node]:
+        """The local node, then the others in insertion order."""
+        return iter(list(self._nodes.values()))
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, item: object) -> bool:
+        """Whether a node of that key is here (a Node, key, SIPURI or URI text)."""
+        if not isinstance(item, (Node, tuple, SIPURI, str)):
+            return False
+        try:
+            return self.get(item) is not None
+        except NodeListError:
+            return False
+
+    @staticmethod
+    def _key_of(ref: NodeRef) -> NodeKey:
+        """The key a node reference stands for."""
+        if isinstance(ref, Node):
+            return ref.key
+        if isinstance(ref, tuple):
+            return ref
+        if isinstance(ref, SIPURI) and ref.scheme == "sip":
+            # The hot path (every inbound message): no Node built.
+            port = "" if ref.port is None else str(ref.port)
+            return (ref.host, port, ref.transport)
+        return Node.from_uri(ref).key
+
+    def get(self, key_or_uri: NodeRef) -> Optional[Node]:
+        """
+        The node of that address, or ``None``.
+
+        :param key_or_uri: a :attr:`Node.key`, a :class:`Node` (found by its
+            key), a :class:`SIPURI` or URI text (user part and parameters
+            other than ``transport`` ignored).
+        :raises NodeListError: when URI text is malformed or not ``sip:``.
+        """
+        return self._nodes.get(self._key_of(key_or_uri))
+
+    def count_by_status(self) -> dict[NodeStatus, int]:
+        """How many nodes (this one included) have each status, every status listed."""
+        counts = dict.fromkeys(NodeStatus, 0)
+        for node in self._nodes.values():
+            counts[node.status] += 1
+        return counts
+
+    def others(self) -> list[Node]:
+        """Every node but the local one, in insertion order."""
+        return [n for n in self._nodes.values() if not n.local]
+
+    def active(self, include_local: bool = False) -> list[Node]:
+        """
+        The active remote nodes (what a broadcast goes to), in insertion order.
+
+        :param include_local: put the local node first as well.
+        """
+        nodes = [n for n in self.others() if n.status is NodeStatus.ACTIVE]
+        return [self._local, *nodes] if include_local else nodes
+
+    # -- events -----------------------------------------------------------
+
+    def _emit(self, node: Node, kind: EventKind, events: list[Event]) -> None:
+        """Record ``kind`` for ``node`` unless it repeats or follows peer-disabled wrongly."""
+        if node.local:
+            return
+        last = self._last_event.get(node.key)
+        if last is kind:
+            return
+        if last is EventKind.PEER_DISABLED and kind is not EventKind.PEER_UP:
+            return
+        self._last_event[node.key] = kind
+        events.append(Event(kind, node))
+
+    def _set(self, node: Node, status: NodeStatus, events: list[Event]) -> None:
+        """Change a listed node's status, emitting the event of the transition."""
+        old, node.status = node.status, status
+        if status is NodeStatus.ACTIVE and old is not NodeStatus.ACTIVE:
+            self._emit(node, EventKind.PEER_UP, events)
+        elif status is NodeStatus.NOT_ACTIVE and old is NodeStatus.ACTIVE:
+            self._emit(node, EventKind.PEER_DOWN, events)
+        elif status is NodeStatus.DISABLED and old is not NodeStatus.DISABLED:
+            self._emit(node, EventKind.PEER_DISABLED, events)
+
+    def _listed(self, node: Node) -> Optional[Node]:
+        """The node of this list with ``node``'s key, if any."""
+        return self._nodes.get(node.key)
+
+    # -- changes ----------------------------------------------------------
+
+    def add(self, node: Node, events: Optional[list[Event]] = None) -> Node:
+        """
+        Add a remote node unless one of its key is already here.
+
+        A node added as active reports peer-up.
+
+        :param events: a list to append the events of the change to (they are
+            recorded in the node's history whether or not one is given).
+        :returns: the node now in the list: ``node``, or the one already here
+            (left unchanged).
+        :raises ValueError: when ``node`` is marked local (a list has one
+            local node, given to its constructor).
+        """
+        existing = self._nodes.get(node.key)
+        if existing is not None:
+            return existing
+        if node.local:
+            raise ValueError(f"cannot add a second local node {node!r}")
+        self._nodes[node.key] = node
+        if node.status is NodeStatus.ACTIVE:
+            self._emit(node, EventKind.PEER_UP, [] if events is None else events)
+        return node
+
+    def remove(self, node: NodeRef, events: Optional[list[Event]] = None) -> bool:
+        """
+        Remove a remote node (operator ``dmq.remove``, or a timeout).
+
+        Removing a node that is not disabled reports peer-disabled; its event
+        history is then forgotten.
+
+        :param node: the node, or anything :meth:`get` takes.
+        :param events: a list to append the events of the change to.
+        :returns: whether a node was removed (never the local node).
+        """
+        listed = self.get(node)
+        if listed is None or listed.local:
+            return False
+        sink = [] if events is None else events
+        if listed.status is not NodeStatus.DISABLED:
+            self._emit(listed, EventKind.PEER_DISABLED, sink)
+        del self._nodes[listed.key]
+        self._last_event.pop(listed.key, None)
+        return True
+
+    def set_status(
+        self, node: NodeRef, status: NodeStatus, now: Optional[float] = None
+    ) -> list[Event]:
+        """
+        Change a remote node's status by operator decision (``dmq.change_status``).
+
+        Neither ``fail_count`` nor ``last_seen`` changes: the node said
+        nothing.  ``now`` is accepted for symmetry with the other changes and
+        is not used.
+
+        :returns: the events of the change (none when the status is the same).
+        :raises ValueError: for the local node or a node not in the list (the
+            RPC answers "Node is local" / "Node Not Found").
+        """
+        listed = self.get(node)
+        if listed is None:
+            raise ValueError(f"node {node!r} is not in the node list")
+        if listed.local:
+            raise ValueError("the status of the local node cannot be changed")
+        events: list[Event] = []
+        self._set(listed, status, events)
+        return events
+
+    def merge_body(self, body: bytes, now: float, sender: Optional[Node] = None) -> MergeResult:
+        """
+        Apply a received node-list body (a request's or a 200 reply's).
+
+        The body is validated whole first (:func:`parse_body`); then, line by
+        line in body order (a repeated line sees the effect of the earlier one):
+
+        - a node not in the list is added with the line's status (peer-up when
+          active);
+        - the local node's own line is ignored;
+        - a line without any URI parameter leaves a known node's status alone
+          (Kamailio only applies the status of a line that has parameters);
+        - a known node held disabled ignores the line, except that with
+          ``reactivate_disabled_from_body`` a line saying active brings it
+          back (Kamailio after 6.1.4);
+        - otherwise a different status is taken over (changed).
+
+        :param now: the time, recorded as the sender's ``last_seen``.
+        :param sender: the node the body came from (the From of a request,
+            the node a request went to for a reply), looked up by key after
+            the merge; ignored when it is not in the list.
+        :raises NodeListError: for a bad body; the list is then unchanged.
+        """
+        lines = parse_lines(body)
+        result = MergeResult()
+        for line in lines:
+            known = self._nodes.get(line.node.key)
+            if known is None:
+                self.add(line.node, result.events)
+                result.added.append(line.node)
+                continue
+            if known.local or not line.has_params or known.status is line.status:
+                continue
+            if known.status is NodeStatus.DISABLED and not (
+                self.reactivate_disabled_from_body and line.status is NodeStatus.ACTIVE
+            ):
+                continue
+            self._set(known, line.status, result.events)
+            if known not in result.added and known not in result.changed:
+                result.changed.append(known)
+        if sender is not None:
+            listed = self._listed(sender)
+            if listed is not None and not listed.local:
+                listed.last_seen = now
+        return result
+
+    def mark_reply(self, node: Node, now: float) -> list[Event]:
+        """
+        Record a 200 to a node-list request (a join or a ping) from ``node``.
+
+        The node becomes active whatever its status (the only way a disabled
+        node comes back in 5.6), its fail count is reset, ``last_seen`` is
+        ``now``.  Merging the reply's body is :meth:`merge_body`'s job.
+
+        :returns: the events (peer-up when it was not active); none for a
+            node not in the list or the local node.
+        """
+        listed = self._listed(node)
+        if listed is None or listed.local:
+            return []
+        events: list[Event] = []
+        listed.fail_count = 0
+        listed.last_seen = now
+        self._set(listed, NodeStatus.ACTIVE, events)
+        return events
+
+    def mark_timeout(self, node: Node, now: float, settings: TimeoutPolicy) -> TimeoutOutcome:
+        """
+        Record a 408 of a node-list request (join or ping) sent to ``node``.
+
+        The first rule that applies decides:
+
+        1. ``keep_disabled`` and the node is disabled: it stays disabled,
+           uncounted (Kamailio's development branch after 6.1.4).
+        2. Without fail counting, a seed (``notification_address``) becomes
+           not active whatever its status, and is never deleted (5.6: the
+           seed check comes first and sets ``pending``; 6.0 and 6.1 check
+           for disabled first and would delete a seed held disabled).
+        3. A disabled node is deleted (5.6, 6.0, 6.1), except a seed (fail
+           counting on), which stays disabled: a seed is the way back in.
+        4. With ``fail_count_enabled`` (6.1): ``fail_count`` goes up by one,
+           then an active node becomes not active when
+           ``fail_count > fail_count_threshold_not_active``, or a not-active
+           node becomes disabled when
+           ``fail_count > fail_count_threshold_disabled``.  Both comparisons
+           are strict and one 408 moves a node at most one step, so with the
+           defaults (0, 1) the first 408 makes it not active, the second
+           disabled and the third deletes it (rule 3).  A seed follows the
+           same steps here (6.1 has no seed rule in this mode) but stops at
+           disabled.  Read from Kamailio 6.1's dmq docs ("change from active
+           to not_active if 408 fail counts are greater than this threshold",
+           "Move node to 'disabled' state on second fail") and its
+           ``update_dmq_node_status_on_timeout``.
+        5. Otherwise the node becomes disabled, or not active when
+           ``remove_inactive`` is false (6.0 and later).
+
+        A node not in the list, or the local node, is left alone.
+
+        :param now: the time of the timeout (unused: a timeout is not contact).
+        :returns: whether it was removed, its status afterwards, the events.
+        """
+        listed = self._listed(node)
+        if listed is None or listed.local:
+            return TimeoutOutcome(False, node.status, [])
+        events: list[Event] = []
+        status = listed.status
+        if status is NodeStatus.DISABLED and settings.keep_disabled:
+            pass
+        elif listed.seed and not settings.fail_count_enabled:
+            self._set(listed, NodeStatus.NOT_ACTIVE, events)
+        elif status is NodeStatus.DISABLED:
+            if listed.seed:
+                listed.fail_count += 1
+            else:
+                self.remove(listed, events)
+                return TimeoutOutcome(True, status, events)
+        elif settings.fail_count_enabled:
+            listed.fail_count += 1
+            if (
+                status is NodeStatus.NOT_ACTIVE
+                and listed.fail_count > settings.fail_count_threshold_disabled
+            ):
+                self._set(listed, NodeStatus.DISABLED, events)
+            elif (
+                status is NodeStatus.ACTIVE
+                and listed.fail_count > settings.fail_count_threshold_not_active
+            ):
+                self._set(listed, NodeStatus.NOT_ACTIVE, events)
+        elif settings.remove_inactive:
+            self._set(listed, NodeStatus.DISABLED, events)
+        else:
+            self._set(listed, NodeStatus.NOT_ACTIVE, events)
+        return TimeoutOutcome(False, listed.status, events)
+
+    def mark_message_timeout(
+        self, node: Node, now: float, settings: TimeoutPolicy
+    ) -> TimeoutOutcome:
+        """
+        Record a 408 of a request on another channel (htable, usrloc, ...).
+
+        Only fail counting (6.1) looks at these: an *active* node's
+        ``fail_count`` goes up and it becomes not active when the count is
+        greater than ``fail_count_threshold_not_active``; other traffic never
+        disables or deletes a node.  Without fail counting nothing changes.
+
+        :param now: the time of the timeout (unused).
+        """
+        listed = self._listed(node)
+        if listed is None or listed.local:
+            return TimeoutOutcome(False, node.status, [])
+        events: list[Event] = []
+        if settings.fail_count_enabled and listed.status is NodeStatus.ACTIVE:
+            listed.fail_count += 1
+            if listed.fail_count > settings.fail_count_threshold_not_active:
+                self._set(listed, NodeStatus.NOT_ACTIVE, events)
+        return TimeoutOutcome(False, listed.status, events)
+
+    # -- the body ---------------------------------------------------------
+
+    def format_body(self, leaving: bool = False) -> bytes:
+        """
+        This list as a node-list body, exactly as Kamailio writes it.
+
+        Kamailio keeps its nodes newest first with the local node, added at
+        start-up, last; its body walks that list writing the local node and
+        every active node.  So: the active remote nodes, newest first, then
+        the local line (``active``, or ``disabled`` when ``leaving``), each
+        line ending in CRLF, the status always written.  A Kamailio 5.6.3
+        reply to a joining node shows this order.
+
+        :param leaving: write the local node as disabled (the last message of
+            a node that stops).
+        """
+        local_status = NodeStatus.DISABLED if leaving else NodeStatus.ACTIVE
+        lines = [n.line() for n in reversed(self.active())]
+        lines.append(self._local.line(local_status))
+        return "".join(f"{line}\r\n" for line in lines).encode("utf-8")
