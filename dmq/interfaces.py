@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from dmq.sip.transaction import Source
     from dmq.sip.uri import SIPURI
 
-__all__ = ["ISIPTransport", "IMessageHandler", "IPeer", "IMessageSender"]
+__all__ = ["ISIPTransport", "IMessageHandler", "IPeer", "IMessageSender", "IPeerHost"]
 
 
 class ISIPTransport(Interface):
@@ -67,7 +67,11 @@ class IPeer(Interface):
     """
 
     channel = Attribute("The channel name (the Request-URI user part of its KDMQ messages).")
-    service = Attribute("The DMQService the peer is registered with (set on registration).")
+    exchanges_node_lists = Attribute(
+        "True only for the node-list channel: its answers keep their bodies and the results of what it sends "
+        "follow the node-list rules."
+    )
+    registered = Attribute("Whether the peer is registered; registration sets its ``service`` (an IPeerHost).")
 
     def handle_message(message: DMQMessage) -> HandlerResult:
         """
@@ -98,3 +102,21 @@ class IMessageSender(Interface):
         except_node: Optional[Union[Node, SIPURI, str]] = None,
     ) -> Deferred[list[tuple[Node, Response]]]:
         """Send to every active node but this one; a Deferred firing with every node's result."""
+
+    def targets(except_node: Optional[Union[Node, SIPURI, str]] = None) -> list[Node]:
+        """Every active node but this one (and ``except_node``): where cluster-wide messages go."""
+
+
+class IPeerHost(IMessageSender):
+    """
+    What a peer may use of the node it is registered with (a
+    :class:`~dmq.service.DMQService`), besides sending.
+    """
+
+    clock = Attribute("The IReactorTime every timer of the node runs on.")
+    reactor = Attribute("The reactor (name resolution runs in its thread pool).")
+    nodes = Attribute("The node list (a dmq.nodelist.NodeList).")
+    membership = Attribute(
+        "The dmq.membership.Membership: events, readiness, and the reply and timeout rules."
+    )
+    max_body_size = Attribute("The largest body a KDMQ carries in one datagram (bytes).")

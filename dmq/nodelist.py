@@ -305,15 +305,11 @@ class NodeList:
         self._last_event.pop(listed.key, None)
         return True
 
-    def set_status(
-        self, node: NodeRef, status: NodeStatus, now: Optional[float] = None
-    ) -> list[Event]:
+    def set_status(self, node: NodeRef, status: NodeStatus) -> list[Event]:
         """
         Change a remote node's status by operator decision (``dmq.change_status``).
 
-        Neither ``fail_count`` nor ``last_seen`` changes: the node said
-        nothing.  ``now`` is accepted for symmetry with the other changes and
-        is not used.
+        Neither ``fail_count`` nor ``last_seen`` changes: the node said nothing.
 
         :returns: the events of the change (none when the status is the same).
         :raises ValueError: for the local node or a node not in the list (the
@@ -394,7 +390,7 @@ class NodeList:
         self._set(listed, NodeStatus.ACTIVE, events)
         return events
 
-    def mark_timeout(self, node: Node, now: float, settings: TimeoutPolicy) -> TimeoutOutcome:
+    def mark_timeout(self, node: Node, settings: TimeoutPolicy) -> TimeoutOutcome:
         """
         Record a 408 of a node-list request (join or ping) sent to ``node``.
 
@@ -426,7 +422,6 @@ class NodeList:
 
         A node not in the list, or the local node, is left alone.
 
-        :param now: the time of the timeout (unused: a timeout is not contact).
         :returns: whether it was removed, its status afterwards, the events.
         """
         listed = self._listed(node)
@@ -462,9 +457,7 @@ class NodeList:
             self._set(listed, NodeStatus.NOT_ACTIVE, events)
         return TimeoutOutcome(False, listed.status, events)
 
-    def mark_message_timeout(
-        self, node: Node, now: float, settings: TimeoutPolicy
-    ) -> TimeoutOutcome:
+    def mark_message_timeout(self, node: Node, settings: TimeoutPolicy) -> TimeoutOutcome:
         """
         Record a 408 of a request on another channel (htable, usrloc, ...).
 
@@ -472,8 +465,6 @@ class NodeList:
         ``fail_count`` goes up and it becomes not active when the count is
         greater than ``fail_count_threshold_not_active``; other traffic never
         disables or deletes a node.  Without fail counting nothing changes.
-
-        :param now: the time of the timeout (unused).
         """
         listed = self._listed(node)
         if listed is None or listed.local:

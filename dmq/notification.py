@@ -3,10 +3,12 @@ The notification peer: cluster membership on the wire (protocol.md section 4).
 
 It joins through the seeds (``notification_address``), answers node-list
 requests with this node's list and re-broadcasts what it learnt, pings every
-known node every ``ping_interval`` seconds, and applies the 408 rules when a
-node stops answering.  The membership state and its rules live in
-:class:`dmq.nodelist.NodeList`; this module drives it from the network and a
-``LoopingCall`` on the service's clock.
+known node every ``ping_interval`` seconds, and says when this node leaves.
+The membership state and its rules live in :class:`dmq.nodelist.NodeList`,
+and what their changes cause (events, readiness, the reply and timeout rules
+applied to the answers) in :class:`dmq.membership.Membership`; this module
+drives them from the network and a ``LoopingCall`` on the service's clock,
+through the service's :class:`~dmq.interfaces.IPeerHost` side only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from twisted.logger import Logger
 
 from dmq.errors import one_line
 from dmq.node import Node, NodeListError, NodeStatus
-from dmq.nodelist import TimeoutPolicy
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
 from dmq.sip.message import Response
 from dmq.sip.uri import SIPURI
@@ -50,7 +51,6 @@ class NotificationPeer(Peer):
     :param channel: the ``notification_channel``.
     :param seeds: the ``notification_address`` URIs.
     :param ping_interval: seconds between pings (Kamailio's minimum is 5).
-    :param policy: what a 408 does (``remove_inactive``, fail counting).
     :param multi_notify: resolve the first seed's host name (SRV, then A,
         then AAAA) and use every address found as a seed.
     :param resolver: for ``multi_notify``: a callable taking a host name and
@@ -59,14 +59,13 @@ class NotificationPeer(Peer):
     :param join_retry: seconds between join attempts while no seed answers.
     """
 
-    description = "node-list exchange (cluster membership)"
+    exchanges_node_lists = True
 
     def __init__(
         self,
         channel: str = DEFAULT_CHANNEL,
         seeds: Iterable[Union[str, SIPURI]] = (),
         ping_interval: float = 60,
-        policy: TimeoutPolicy = TimeoutPolicy(),
         multi_notify: bool = False,
         resolver: Optional[Resolver] = None,
         join_retry: Optional[float] = None,
@@ -74,7 +73,6 @@ class NotificationPeer(Peer):
         super().__init__(channel)
         self.seed_uris = [s if isinstance(s, SIPURI) else SIPURI.parse(s) for s in seeds]
         self.ping_interval = ping_interval
-        self.policy = policy
         self.multi_notify = multi_notify
         self.resolver = resolver
         self.join_retry = join_retry if join_retry is not None else min(ping_interval, 5.0)
@@ -86,24 +84,19 @@ class NotificationPeer(Peer):
 
     # -- life cycle -------------------------------------------------------------
 
-    @property
-    def svc(self) -> "DMQService":
-        """The service (this peer is useless without one)."""
-        return self._svc()
-
     def startService(self) -> None:  # noqa: N802
         """Add the seeds, join, start pinging."""
         super().startService()
-        svc = self.svc
+        clock = self.service.clock
         for uri in self.seed_uris:
             self._add_seed(uri)
         if self.multi_notify and self.seed_uris:
             d = self._resolve_seeds(self.seed_uris[0])
             d.addCallback(lambda _: self.join())
         else:
-            svc.clock.callLater(0, self.join)
+            clock.callLater(0, self.join)
         self._pinger = LoopingCall(self._tick)
-        self._pinger.clock = svc.clock
+        self._pinger.clock = clock
         loop = self._pinger.start(self.ping_interval, now=False)
         loop.addErrback(lambda f: log.failure("the ping loop stopped", f))
 
@@ -123,16 +116,16 @@ class NotificationPeer(Peer):
         self._retry = None
 
     def _add_seed(self, uri: SIPURI) -> Optional[Node]:
-        svc = self.svc
+        nodes = self.service.nodes
         try:
             node = Node.from_uri(uri, status=NodeStatus.NOT_ACTIVE, seed=True)
         except NodeListError as e:
             log.error("ignoring notification address {uri}: {reason}", uri=str(uri), reason=str(e))
             return None
-        if node.key == svc.nodes.local.key:
+        if node.key == nodes.local.key:
             log.info("ignoring notification address {uri}: it is this node", uri=str(uri))
             return None
-        listed = svc.nodes.add(node)
+        listed = nodes.add(node)
         listed.seed = True
         self._check_own_ip(listed)
         return listed
@@ -144,13 +137,13 @@ class NotificationPeer(Peer):
         alone, so a Kamailio seed there would never list this node.  A host
         name is looked up in the reactor's resolver thread.
         """
-        local = self.svc.nodes.local
+        local = self.service.nodes.local
 
         def ip_of(host: str) -> "Deferred[Optional[str]]":
             ip = _ip(host.strip("[]"))
             if ip is not None:
                 return defer.succeed(ip)
-            d: Deferred[Any] = defer.maybeDeferred(self.svc.reactor.resolve, host)
+            d: Deferred[Any] = defer.maybeDeferred(self.service.reactor.resolve, host)
             return d.addCallbacks(_ip, lambda _: None)
 
         def compare(ips: list[Optional[str]]) -> None:
@@ -188,7 +181,7 @@ class NotificationPeer(Peer):
 
     def seeds(self) -> list[Node]:
         """The seed nodes in the list."""
-        return [n for n in self.svc.nodes if n.seed and not n.local]
+        return [n for n in self.service.nodes if n.seed and not n.local]
 
     def join(self) -> "Deferred[bool]":
         """
@@ -196,15 +189,15 @@ class NotificationPeer(Peer):
         answers.  Fires with whether a seed answered 200; while none does,
         another attempt follows after ``join_retry`` seconds.
         """
-        svc = self.svc
+        service = self.service
         self._retry = None
         seeds = self.seeds()
         if not seeds:
-            svc._alone()
+            service.membership.alone()
             return defer.succeed(False)
         self.joins += 1
         self._joining = True
-        body = svc.nodes.format_body()
+        body = service.nodes.format_body()
         attempts = [self._exchange(node, body, JOIN_MAX_FORWARDS) for node in seeds]
         d = defer.gatherResults(attempts)
 
@@ -212,10 +205,10 @@ class NotificationPeer(Peer):
             self._joining = False
             joined = any(results)
             if not joined:
-                svc._alone()
+                service.membership.alone()
                 if self.running and (self._retry is None or not self._retry.active()):
                     log.info("no seed answered; joining again in {s} s", s=self.join_retry)
-                    self._retry = svc.clock.callLater(self.join_retry, self.join)
+                    self._retry = service.clock.callLater(self.join_retry, self.join)
             return joined
 
         return d.addCallback(done)
@@ -223,30 +216,18 @@ class NotificationPeer(Peer):
     # -- exchanges ----------------------------------------------------------------
 
     def _exchange(self, node: Node, body: bytes, max_forwards: int) -> "Deferred[bool]":
-        """Send ``body`` to ``node``; apply the reply (200 merges, 408 times out)."""
-        svc = self.svc
-        sent_at = svc.clock.seconds()
-        d = svc.send_message(self, body, node, "text/plain", max_forwards=max_forwards)
+        """
+        Send ``body`` to ``node`` and merge the body of a 200.  Fires with
+        whether the node answered 200.  (The service has applied the reply or
+        timeout rules to the node before this runs.)
+        """
+        d = self.service.send_message(self, body, node, "text/plain", max_forwards=max_forwards)
 
         def answered(response: Response) -> bool:
-            now = svc.clock.seconds()
             if response.code == 200:
-                svc._record_rtt(node, now - sent_at)
-                svc._emit(svc.nodes.mark_reply(node, now))
-                self._merge(response.body, node, now, from_request=False)
+                self._merge(response.body, node, from_request=False)
                 return True
-            if response.code == 408:
-                if not self.running:
-                    return False  # stopping: the transactions were cut short, nobody timed out
-                listed = svc.nodes.get(node.key)
-                if listed is not None and listed.last_seen is not None and listed.last_seen >= sent_at:
-                    # The node answered something sent later: this timeout is stale.
-                    return False
-                outcome = svc.nodes.mark_timeout(node, now, self.policy)
-                svc._emit(outcome.events)
-                if outcome.removed:
-                    log.info("node {uri} removed after a timeout", uri=str(node.uri))
-            else:
+            if response.code != 408:
                 log.info(
                     "node {uri} answered the node list with {code} {reason}",
                     uri=str(node.uri),
@@ -257,10 +238,10 @@ class NotificationPeer(Peer):
 
         return d.addCallback(answered)
 
-    def _merge(self, body: bytes, sender: Optional[Node], now: float, from_request: bool) -> Any:
-        svc = self.svc
+    def _merge(self, body: bytes, sender: Optional[Node], from_request: bool) -> Any:
+        service = self.service
         try:
-            result = svc.nodes.merge_body(body, now, sender)
+            result = service.nodes.merge_body(body, service.clock.seconds(), sender)
         except NodeListError as e:
             log.warn(
                 "bad node list from {sender}: {reason}",
@@ -270,10 +251,10 @@ class NotificationPeer(Peer):
             if from_request:
                 raise PeerError(400, f"Bad Request (node list: {one_line(str(e))})") from None
             return None
-        svc._emit(result.events)
+        service.membership.publish(result.events)
         for node in result.added:
             log.info("node {uri} joined ({status})", uri=str(node.uri), status=node.status.value)
-        svc._node_list_received()
+        service.membership.node_list_received()
         return result
 
     def _tick(self) -> None:
@@ -285,14 +266,14 @@ class NotificationPeer(Peer):
         Send this node's list (Max-Forwards 1) to every known node, whatever
         its status; when the list holds only this node, join instead.
         """
-        svc = self.svc
-        others = svc.nodes.others()
+        nodes = self.service.nodes
+        others = nodes.others()
         if not others:
             if self._joining or (self._retry is not None and self._retry.active()):
                 return defer.succeed([])
             return self.join().addCallback(lambda joined: [joined])
         self.pings += 1
-        body = svc.nodes.format_body()
+        body = nodes.format_body()
         return defer.gatherResults([self._exchange(node, body, 1) for node in others])
 
     def broadcast(self, max_forwards: int = 1, leaving: bool = False) -> "Deferred[list[bool]]":
@@ -300,9 +281,9 @@ class NotificationPeer(Peer):
         Send this node's list to every active node but this one; replies are
         merged and timeouts applied as for a ping.
         """
-        svc = self.svc
-        body = svc.nodes.format_body(leaving=leaving)
-        return defer.gatherResults([self._exchange(node, body, max_forwards) for node in svc.nodes.active()])
+        service = self.service
+        body = service.nodes.format_body(leaving=leaving)
+        return defer.gatherResults([self._exchange(node, body, max_forwards) for node in service.targets()])
 
     def leave(self) -> "Deferred[Any]":
         """
@@ -321,20 +302,19 @@ class NotificationPeer(Peer):
         Max-Forwards - 1, to every active node but this one), answer 200 with
         this node's list.  An empty body is a read-only query.
         """
-        svc = self.svc
+        service = self.service
         if message.body.strip():
-            now = svc.clock.seconds()
             sender = message.node
             if sender is None and message.from_uri is not None:
                 try:
                     sender = Node.from_uri(message.from_uri)
                 except NodeListError:
                     sender = None
-            result = self._merge(message.body, sender, now, from_request=True)
+            result = self._merge(message.body, sender, from_request=True)
             forwards = (message.max_forwards if message.max_forwards is not None else 1) - 1
             if result is not None and result.changed_anything and forwards > 0:
                 self.broadcast(forwards)
-        return PeerResponse(200, body=svc.nodes.format_body(), content_type="text/plain")
+        return PeerResponse(200, body=service.nodes.format_body(), content_type="text/plain")
 
 
 def _ip(text: str) -> Optional[str]:

@@ -108,14 +108,17 @@ class Peer(Service):
 
     Subclasses set :attr:`channel` (or pass it) and override
     :meth:`handle_message`; :meth:`init` runs once the node has its first
-    node list (the place for a sync on join).
+    node list (the place for a sync on join).  A peer sends through
+    :attr:`service` (``send_message``, ``bcast_message``, ``targets``).
 
-    :ivar service: the :class:`~dmq.service.DMQService` it is registered
-        with, or ``None`` before registration.
+    :cvar exchanges_node_lists: true only for the node-list channel: its
+        answers keep their bodies, and the results of what it sends follow
+        the node-list rules (a 200 makes a node active, a 408 applies the
+        timeout rules) instead of the rules for other traffic.
     """
 
     channel: str = ""
-    description: str = ""
+    exchanges_node_lists: bool = False
 
     def __init__(self, channel: Optional[str] = None) -> None:
         if channel is not None:
@@ -124,7 +127,28 @@ class Peer(Service):
             raise ValueError("a peer needs a channel name")
         # Twisted's Service has ``name = None`` unannotated, so mypy takes its type to be None.
         self.name = self.channel  # type: ignore[assignment]
-        self.service: Optional["DMQService"] = None
+        self._service: Optional["DMQService"] = None
+
+    @property
+    def service(self) -> "DMQService":
+        """
+        The :class:`~dmq.service.DMQService` the peer is registered with (set
+        by :meth:`~dmq.service.DMQService.register_peer`).
+
+        :raises RuntimeError: before the peer is registered.
+        """
+        if self._service is None:
+            raise RuntimeError(f"peer {self.channel!r} is not registered with a service")
+        return self._service
+
+    @service.setter
+    def service(self, service: Optional["DMQService"]) -> None:
+        self._service = service
+
+    @property
+    def registered(self) -> bool:
+        """Whether the peer is registered with a service."""
+        return self._service is not None
 
     def handle_message(self, message: DMQMessage) -> HandlerResult:
         """Handle an inbound message; the default answers 200."""
@@ -133,23 +157,6 @@ class Peer(Service):
     def init(self, service: "DMQService") -> Optional["Deferred[Any]"]:
         """Run once after the first node list arrived; the default does nothing."""
         return None
-
-    # -- sending helpers ------------------------------------------------------
-
-    def _svc(self) -> "DMQService":
-        if self.service is None:
-            raise RuntimeError(f"peer {self.channel!r} is not registered with a service")
-        return self.service
-
-    def bcast(
-        self, body: bytes, content_type: str = "text/plain", except_node: Optional["Node"] = None
-    ) -> "Deferred[list[tuple[Node, Response]]]":
-        """Broadcast ``body`` on this peer's channel to every active node."""
-        return self._svc().bcast_message(self, body, content_type, except_node=except_node)
-
-    def send(self, body: bytes, node: Any, content_type: str = "text/plain") -> "Deferred[Response]":
-        """Send ``body`` on this peer's channel to one node."""
-        return self._svc().send_message(self, body, node, content_type)
 
 
 class CallbackPeer(Peer):

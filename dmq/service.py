@@ -28,9 +28,10 @@ from zope.interface import implementer
 
 from dmq import __version__
 from dmq.errors import ConfigurationError, DMQError, MessageTooLarge
-from dmq.interfaces import IMessageSender, IPeer
-from dmq.node import Node, NodeStatus, server_address_uri
-from dmq.nodelist import Event, NodeList, TimeoutPolicy
+from dmq.interfaces import IPeer, IPeerHost
+from dmq.node import Node, NodeKey, NodeStatus, server_address_uri
+from dmq.membership import EventListener, Membership
+from dmq.nodelist import NodeList, TimeoutPolicy
 from dmq.notification import DEFAULT_CHANNEL, NotificationPeer
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
 from dmq.sip.address import UDP_HARD_LIMIT, UDP_MAX_SIZE, Address
@@ -53,7 +54,6 @@ HEADER_ROOM = 1024
 """Bytes kept for the start line and headers of a KDMQ when sizing a body to fit a datagram."""
 
 RequestHook = Callable[[Request, Source], Union[Response, "Deferred[Response]", None]]
-EventListener = Callable[[Event], Any]
 
 
 @dataclass
@@ -66,7 +66,7 @@ class ChannelStats:
     results: dict[int, int] = field(default_factory=dict)
 
 
-@implementer(IMessageSender)
+@implementer(IPeerHost)
 class DMQService(MultiService):
     """
     A DMQ node.
@@ -153,13 +153,13 @@ class DMQService(MultiService):
             raise ConfigurationError(f"udp_max_size must be between {HEADER_ROOM * 2} and {UDP_HARD_LIMIT}")
         local.agent = SERVER_NAME
         self.nodes = NodeList(local)
-        self.policy = TimeoutPolicy(
+        policy = TimeoutPolicy(
             remove_inactive=remove_inactive,
             fail_count_enabled=fail_count_enabled,
             fail_count_threshold_not_active=fail_count_threshold_not_active,
             fail_count_threshold_disabled=fail_count_threshold_disabled,
         )
-        self.init_with_single = init_with_single
+        self.membership = Membership(self.nodes, reactor, policy, init_with_single, on_ready=self._run_inits)
         self.stop_timeout = stop_timeout
         self.request_hook = request_hook
         self.allow = [ipaddress.ip_network(a, strict=False) for a in allow] if allow else None
@@ -186,16 +186,11 @@ class DMQService(MultiService):
         transport.controller = self.transactions
         self.peers: dict[str, Peer] = {}
         self.channel_stats: dict[str, ChannelStats] = {}
-        self.rtt: dict[tuple[str, str, str], float] = {}
-        self._listeners: list[EventListener] = []
-        self._ready_waiters: list[Deferred[None]] = []
-        self.ready = False
         self._initialized = False
         self.notification = NotificationPeer(
             notification_channel,
             notification_addresses,
             ping_interval=ping_interval,
-            policy=self.policy,
             multi_notify=multi_notify,
             resolver=resolver,
         )
@@ -276,30 +271,46 @@ class DMQService(MultiService):
         """The peer of ``channel``, or ``None``."""
         return self.peers.get(channel)
 
-    # -- readiness and events --------------------------------------------------------
+    # -- membership ------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether the first node list has arrived (the peers' init hooks ran)."""
+        return self.membership.ready
+
+    @property
+    def rtt(self) -> dict[NodeKey, float]:
+        """The last node-list round trip per node key, in seconds."""
+        return self.membership.rtt
+
+    @property
+    def policy(self) -> TimeoutPolicy:
+        """What a timeout does to a node (``remove_inactive``, fail counting)."""
+        return self.membership.policy
 
     def when_ready(self) -> "Deferred[None]":
         """A new Deferred that fires once the first node list has arrived."""
-        d: Deferred[None] = Deferred()
-        if self.ready:
-            d.callback(None)
-        else:
-            self._ready_waiters.append(d)
-        return d
+        return self.membership.when_ready()
 
-    def _node_list_received(self) -> None:
-        if not self.ready:
-            self.ready = True
-            log.info("first node list received; {count} node(s) known", count=len(self.nodes))
-            self._run_inits()
-            waiters, self._ready_waiters = self._ready_waiters, []
-            for d in waiters:
-                d.callback(None)
+    def add_event_listener(self, listener: EventListener) -> None:
+        """Call ``listener(event)`` on each peer-up, peer-down, peer-disabled."""
+        self.membership.add_event_listener(listener)
 
-    def _alone(self) -> None:
-        """No seed, or none answered: ready anyway with ``init_with_single``."""
-        if self.init_with_single:
-            self._node_list_received()
+    def remove_event_listener(self, listener: EventListener) -> None:
+        """Stop calling ``listener``."""
+        self.membership.remove_event_listener(listener)
+
+    def add_node(self, uri: Union[str, SIPURI]) -> Node:
+        """Add a node by its URI (Kamailio's ``dmq.add``); see :meth:`Membership.add_node`."""
+        return self.membership.add_node(uri)
+
+    def remove_node(self, uri: Union[str, SIPURI, Node]) -> bool:
+        """Remove a remote node (Kamailio's ``dmq.remove``); see :meth:`Membership.remove_node`."""
+        return self.membership.remove_node(uri)
+
+    def set_node_status(self, uri: Union[str, SIPURI, Node], status: NodeStatus) -> bool:
+        """Change a remote node's status (``dmq.change_status``); see :meth:`Membership.set_node_status`."""
+        return self.membership.set_node_status(uri, status)
 
     def _run_inits(self) -> None:
         if self._initialized:
@@ -311,81 +322,6 @@ class DMQService(MultiService):
     def _init_peer(self, peer: Peer) -> None:
         d = defer.maybeDeferred(peer.init, self)
         d.addErrback(lambda f: log.failure("init of peer {channel} failed", f, channel=peer.channel))
-
-    def add_event_listener(self, listener: EventListener) -> None:
-        """Call ``listener(event)`` on each peer-up, peer-down, peer-disabled."""
-        self._listeners.append(listener)
-
-    def remove_event_listener(self, listener: EventListener) -> None:
-        """Stop calling ``listener``."""
-        self._listeners.remove(listener)
-
-    def _emit(self, events: Iterable[Event]) -> None:
-        for event in events:
-            log.info("{kind}: {uri}", kind=event.kind.value, uri=str(event.node.uri))
-            for listener in list(self._listeners):
-                try:
-                    listener(event)
-                except Exception:
-                    log.failure("event listener failed on {kind}", kind=event.kind.value)
-
-    def _record_rtt(self, node: Node, seconds: float) -> None:
-        self.rtt[node.key] = seconds
-
-    # -- operator changes (the control API's dmq.add, dmq.remove, dmq.change_status) --
-
-    def add_node(self, uri: Union[str, SIPURI]) -> Node:
-        """
-        Add a node by its URI (Kamailio's ``dmq.add``): active unless the URI
-        carries ``;status=``.  Pings reach it from the next interval on.
-
-        :raises NodeListError: when ``uri`` is no acceptable node URI.
-        :raises ValueError: when the node is already in the list.
-        """
-        node = Node.from_uri(uri)
-        if self.nodes.get(node) is not None:
-            raise ValueError(f"node {node.uri} is already in the node list")
-        events: list[Event] = []
-        self.nodes.add(node, events)
-        log.info("node {uri} added by the operator ({status})", uri=str(node.uri), status=node.status.value)
-        self._emit(events)
-        return node
-
-    def remove_node(self, uri: Union[str, SIPURI, Node]) -> bool:
-        """
-        Remove a remote node (Kamailio's ``dmq.remove``).
-
-        :returns: whether a node was removed (never the local node).
-        :raises NodeListError: when ``uri`` is no acceptable node URI.
-        """
-        events: list[Event] = []
-        removed = self.nodes.remove(uri, events)
-        if removed:
-            log.info("node {uri} removed by the operator", uri=str(uri))
-        self._emit(events)
-        return removed
-
-    def set_node_status(self, uri: Union[str, SIPURI, Node], status: NodeStatus) -> bool:
-        """
-        Change a remote node's status (Kamailio's ``dmq.change_status``).
-
-        :returns: whether the status changed (false when it already was ``status``).
-        :raises NodeListError: when ``uri`` is no acceptable node URI.
-        :raises ValueError: for the local node or a node not in the list.
-        """
-        listed = self.nodes.get(uri)
-        if listed is None:
-            raise ValueError(f"node {uri} is not in the node list")
-        if listed.local:
-            raise ValueError("the status of the local node cannot be changed")
-        if listed.status is status:
-            return False
-        events = self.nodes.set_status(listed, status)
-        log.info(
-            "node {uri} set {status} by the operator", uri=str(listed.uri), status=status.value
-        )
-        self._emit(events)
-        return True
 
     # -- sending -----------------------------------------------------------------------
 
@@ -410,6 +346,18 @@ class DMQService(MultiService):
         if listed is not None:
             return listed
         return Node.from_uri(node)
+
+    def targets(self, except_node: Optional[Union[Node, SIPURI, str]] = None) -> list[Node]:
+        """
+        Where a message for the whole cluster goes: every active node but this
+        one (and ``except_node``), in node-list order.  Every broadcast and
+        replication of this node and its peers takes its targets from here.
+        """
+        nodes = self.nodes.active()
+        if except_node is None:
+            return nodes
+        skip = self._target(except_node).key
+        return [n for n in nodes if n.key != skip]
 
     def build_kdmq(
         self, channel: str, node: Node, body: bytes, content_type: Optional[str], max_forwards: int = 1
@@ -459,18 +407,21 @@ class DMQService(MultiService):
             Kamailio's ``tm`` reports it), whose reason says which.
         """
         channel = self._channel_of(peer)
+        sender = self.peers.get(channel)
+        node_list = sender is not None and sender.exchanges_node_lists
         target = self._target(node)
         request, address = self.build_kdmq(channel, target, body, content_type, max_forwards)
         stats = self._stats(channel)
         stats.sent += 1
+        sent_at = self.clock.seconds()
         d = self.transactions.request(request, address)
         d.addErrback(self._local_failure, request)
 
         def counted(response: Response) -> Response:
             stats.results[response.code] = stats.results.get(response.code, 0) + 1
             _note_agent(target, response.headers.get("Server"))
-            if response.code == 408 and channel != self.notification.channel:
-                self._emit(self.nodes.mark_message_timeout(target, self.clock.seconds(), self.policy).events)
+            if self.running:  # a stopping node cuts its transactions short: no verdict on anyone
+                self.membership.result(target, response.code, sent_at, node_list)
             return response
 
         d.addCallback(counted)
@@ -506,10 +457,8 @@ class DMQService(MultiService):
         :returns: a Deferred firing with ``(node, final response)`` for every
             target (408 for a timeout), in node-list order.
         """
-        skip = self._target(except_node).key if except_node is not None else None
-        targets = [n for n in self.nodes.active() if n.key != skip]
         ds: list[Deferred[tuple[Node, Response]]] = []
-        for node in targets:
+        for node in self.targets(except_node):
             d = self.send_message(peer, body, node, content_type, max_forwards)
             ds.append(d.addCallback(_from_node, node))
         return defer.gatherResults(ds)
@@ -528,7 +477,7 @@ class DMQService(MultiService):
                 return defer.succeed([])
         local = self.nodes.local
         ds: list[Deferred[tuple[Node, Response]]] = []
-        for node in self.nodes.active():
+        for node in self.targets():
             address = Address.from_uri(node.uri)
             copy = Request(request.method, node.uri, None, request.body)
             copy.headers.add("Via", f"SIP/2.0/{address.transport.upper()} {local.host}:{local.port};branch={new_branch()}")
@@ -634,7 +583,7 @@ class DMQService(MultiService):
             request=request,
             source=source,
         )
-        keep_body = peer is self.notification
+        keep_body = peer.exchanges_node_lists
 
         def respond(answer: PeerResponse) -> Response:
             stats.answered[answer.code] = stats.answered.get(answer.code, 0) + 1

@@ -46,9 +46,8 @@ class NoticeBoardPeer(Peer):
 
     def post(self, text: str) -> "Deferred[list[Any]]":
         """Add a notice here and broadcast it; fires with ``(node, response)`` for every active node."""
-        assert self.service is not None, "register the peer first"
         self.notices.append({"from": str(self.service.nodes.local.uri), "text": text})
-        return self.bcast(text.encode("utf-8"))
+        return self.service.bcast_message(self, text.encode("utf-8"))
 
     def rpc_methods(self) -> dict[str, Callable[..., Any]]:
         """``notices.list`` and ``notices.post TEXT`` for the control API."""

@@ -852,7 +852,7 @@ def test_mark_timeout(
     a = node(A, before, seed=seed)
     a.fail_count = count
     nodes = make_list(a)
-    outcome = nodes.mark_timeout(a, now=1.0, settings=policy)
+    outcome = nodes.mark_timeout(a, policy)
     assert outcome == TimeoutOutcome(removed, after, outcome.events)
     assert [e.kind for e in outcome.events] == events
     assert (A in nodes) is not removed
@@ -863,8 +863,8 @@ def test_timeout_sequence_5_6() -> None:
     """5.6: a silent node is disabled at the first 408 and deleted at the second."""
     a = node(A)
     nodes = make_list(a)
-    first = nodes.mark_timeout(a, 1.0, DEFAULT)
-    second = nodes.mark_timeout(a, 2.0, DEFAULT)
+    first = nodes.mark_timeout(a, DEFAULT)
+    second = nodes.mark_timeout(a, DEFAULT)
     assert kinds(first.events) == [(GONE, A)] and second.events == []
     assert second.removed and A not in nodes
 
@@ -873,7 +873,7 @@ def test_timeout_sequence_fail_count_defaults() -> None:
     """6.1 defaults: first 408 not_active, second disabled, third deletes."""
     a = node(A)
     nodes = make_list(a)
-    outcomes = [nodes.mark_timeout(a, float(t), COUNT) for t in range(3)]
+    outcomes = [nodes.mark_timeout(a, COUNT) for _ in range(3)]
     assert [(o.removed, o.status) for o in outcomes] == [
         (False, NOT_ACTIVE),
         (False, DISABLED),
@@ -889,7 +889,7 @@ def test_timeout_steps_one_at_a_time() -> None:
     )
     a = node(A)
     nodes = make_list(a)
-    statuses = [nodes.mark_timeout(a, 0.0, policy).status for _ in range(7)]
+    statuses = [nodes.mark_timeout(a, policy).status for _ in range(7)]
     assert statuses == [ACTIVE] * 5 + [NOT_ACTIVE, DISABLED]
 
 
@@ -899,7 +899,7 @@ def test_seed_is_never_deleted() -> None:
         s = node(A, seed=True)
         nodes = make_list(s)
         for t in range(5):
-            assert not nodes.mark_timeout(s, float(t), policy).removed
+            assert not nodes.mark_timeout(s, policy).removed
         assert nodes.get(A) is s
 
 
@@ -907,9 +907,9 @@ def test_reply_resets_fail_count_between_timeouts() -> None:
     """A 200 between 408s starts the count again."""
     a = node(A)
     nodes = make_list(a)
-    nodes.mark_timeout(a, 1.0, COUNT)
+    nodes.mark_timeout(a, COUNT)
     nodes.mark_reply(a, 2.0)
-    assert nodes.mark_timeout(a, 3.0, COUNT).status is NOT_ACTIVE
+    assert nodes.mark_timeout(a, COUNT).status is NOT_ACTIVE
     assert a.fail_count == 1
 
 
@@ -917,9 +917,9 @@ def test_mark_timeout_unknown_or_local_does_nothing() -> None:
     """A 408 for a node no longer listed, or the local node, changes nothing."""
     nodes = make_list()
     gone = node(A, NOT_ACTIVE)
-    assert nodes.mark_timeout(gone, 1.0, DEFAULT) == TimeoutOutcome(False, NOT_ACTIVE, [])
+    assert nodes.mark_timeout(gone, DEFAULT) == TimeoutOutcome(False, NOT_ACTIVE, [])
     assert A not in nodes
-    assert nodes.mark_timeout(nodes.local, 1.0, DEFAULT) == TimeoutOutcome(False, ACTIVE, [])
+    assert nodes.mark_timeout(nodes.local, DEFAULT) == TimeoutOutcome(False, ACTIVE, [])
     assert nodes.local.status is ACTIVE
 
 
@@ -964,7 +964,7 @@ def test_mark_message_timeout(
     a = node(A, before)
     a.fail_count = count
     nodes = make_list(a)
-    outcome = nodes.mark_message_timeout(a, 1.0, policy)
+    outcome = nodes.mark_message_timeout(a, policy)
     assert not outcome.removed and outcome.status is after
     assert [e.kind for e in outcome.events] == events
     assert a.status is after and a.fail_count == count_after
@@ -973,8 +973,8 @@ def test_mark_message_timeout(
 def test_mark_message_timeout_unknown_or_local_does_nothing() -> None:
     """A message 408 for an unlisted node or the local node changes nothing."""
     nodes = make_list()
-    assert nodes.mark_message_timeout(node(A), 1.0, COUNT).events == []
-    assert nodes.mark_message_timeout(nodes.local, 1.0, COUNT).status is ACTIVE
+    assert nodes.mark_message_timeout(node(A), COUNT).events == []
+    assert nodes.mark_message_timeout(nodes.local, COUNT).status is ACTIVE
     assert nodes.local.fail_count == 0
 
 
@@ -999,7 +999,7 @@ def test_set_status(start: NodeStatus, status: NodeStatus, events: list[EventKin
     """An operator change sets the status and reports the transition's event."""
     a = node(A, start)
     nodes = make_list(a)
-    assert [e.kind for e in nodes.set_status(A, status, now=1.0)] == events
+    assert [e.kind for e in nodes.set_status(A, status)] == events
     assert a.status is status
 
 
@@ -1008,7 +1008,7 @@ def test_set_status_leaves_fail_count_and_last_seen() -> None:
     a = node(A, NOT_ACTIVE)
     a.fail_count, a.last_seen = 2, 5.0
     nodes = make_list(a)
-    nodes.set_status(a, ACTIVE, now=9.0)
+    nodes.set_status(a, ACTIVE)
     assert (a.fail_count, a.last_seen) == (2, 5.0)
 
 
@@ -1043,7 +1043,7 @@ def test_no_event_for_local_node() -> None:
     nodes = make_list()
     events = nodes.merge_body(line(LOCAL, "disabled") + line(LOCAL), now=1.0).events
     events += nodes.mark_reply(nodes.local, 2.0)
-    events += nodes.mark_timeout(nodes.local, 3.0, DEFAULT).events
+    events += nodes.mark_timeout(nodes.local, DEFAULT).events
     assert events == []
 
 
@@ -1073,7 +1073,7 @@ def test_up_down_up_disabled_up_sequence() -> None:
     events = nodes.merge_body(line(A), now=0.0).events
     a = nodes.get(A)
     assert a is not None
-    events += nodes.mark_timeout(a, 1.0, KEEP_INACTIVE).events
+    events += nodes.mark_timeout(a, KEEP_INACTIVE).events
     events += nodes.mark_reply(a, 2.0)
     events += nodes.merge_body(line(A, "disabled"), now=3.0).events
     events += nodes.merge_body(line(A), now=4.0).events
@@ -1122,8 +1122,8 @@ def test_history_forgotten_after_timeout_deletion() -> None:
     events = nodes.merge_body(line(A), now=0.0).events
     a = nodes.get(A)
     assert a is not None
-    events += nodes.mark_timeout(a, 1.0, DEFAULT).events
-    events += nodes.mark_timeout(a, 2.0, DEFAULT).events
+    events += nodes.mark_timeout(a, DEFAULT).events
+    events += nodes.mark_timeout(a, DEFAULT).events
     assert A not in nodes
     events += nodes.merge_body(line(A), now=3.0).events
     assert kinds(events) == [(UP, A), (GONE, A), (UP, A)]

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from dmq import CallbackPeer, DMQService, EventKind, PeerError, PeerResponse
-from dmq.interfaces import IMessageSender, IPeer
+from dmq.interfaces import IMessageSender, IPeer, IPeerHost
 from dmq.peer import DMQMessage
 from dmq.sip import SIPURI, build_request, make_response, parse_message
 from dmq.sip.address import Address
@@ -68,6 +68,7 @@ class MembershipTests(SynchronousTestCase):
         cluster = Cluster()
         svc = cluster.add(5060)
         verifyObject(IMessageSender, svc)
+        verifyObject(IPeerHost, svc)
         verifyObject(IPeer, svc.notification)
 
     def test_three_nodes_converge(self) -> None:

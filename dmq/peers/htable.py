@@ -877,7 +877,7 @@ class HTablePeer(Peer):
     @property
     def svc(self) -> "DMQService":
         """The service the peer is registered with."""
-        return self._svc()
+        return self.service
 
     def _now(self) -> float:
         return float(self.svc.clock.seconds())
@@ -1088,7 +1088,7 @@ class HTablePeer(Peer):
         Send each body, in order, to every active node (paced and ordered by
         the outbox).  Fires with every ``(node, code)``.
         """
-        if self.service is None or not self.running:
+        if not self.registered or not self.running:
             return defer.succeed([])
         targets = self.svc.nodes.active()
         if not targets:

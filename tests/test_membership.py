@@ -1,0 +1,86 @@
+"""Membership: events to listeners, readiness, and the reply and timeout rules applied to results (task.Clock)."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from dmq.membership import Membership
+from dmq.node import Node, NodeStatus
+from dmq.nodelist import EventKind, NodeList, TimeoutPolicy
+
+
+def membership(**kw: object) -> tuple[Membership, Node, Clock]:
+    """A membership of a local node on 127.0.0.1:5060 and one active remote node on 127.0.0.2:5060."""
+    clock = Clock()
+    nodes = NodeList(Node("127.0.0.1", 5060, local=True))
+    remote = nodes.add(Node("127.0.0.2", 5060))
+    return Membership(nodes, clock, **kw), remote, clock  # type: ignore[arg-type]
+
+
+class MembershipTests(SynchronousTestCase):
+    """The consequences of what happens on the wire, in one place."""
+
+    def test_node_list_results(self) -> None:
+        """A 200 records the round trip and keeps the node active; a 408 disables it and a second removes it."""
+        m, remote, clock = membership()
+        clock.advance(10)
+        m.result(remote, 200, sent_at=9.75, node_list=True)
+        self.assertEqual(m.rtt[remote.key], 0.25)
+        m.result(remote, 408, sent_at=11, node_list=True)
+        self.assertIs(remote.status, NodeStatus.DISABLED)
+        m.result(remote, 408, sent_at=12, node_list=True)
+        self.assertNotIn(remote, m.nodes)
+
+    def test_stale_timeout_is_ignored(self) -> None:
+        """A 408 for a request sent before the node's last contact changes nothing."""
+        m, remote, clock = membership()
+        clock.advance(20)
+        remote.last_seen = 15.0
+        m.result(remote, 408, sent_at=10, node_list=True)
+        self.assertIs(remote.status, NodeStatus.ACTIVE)
+
+    def test_other_channels_count_only_with_fail_counting(self) -> None:
+        """A 408 on another channel changes nothing by default, and makes the node not active with fail counting."""
+        m, remote, _ = membership()
+        m.result(remote, 408, sent_at=0, node_list=False)
+        self.assertIs(remote.status, NodeStatus.ACTIVE)
+        counting, remote2, _ = membership(policy=TimeoutPolicy(fail_count_enabled=True))
+        events = []
+        counting.add_event_listener(events.append)
+        counting.result(remote2, 500, sent_at=0, node_list=False)
+        counting.result(remote2, 408, sent_at=0, node_list=False)
+        self.assertIs(remote2.status, NodeStatus.NOT_ACTIVE)
+        self.assertEqual([e.kind for e in events], [EventKind.PEER_DOWN])
+
+    def test_failing_listener_does_not_stop_the_others(self) -> None:
+        """A listener that raises is logged; the next listener still gets the event."""
+        m, remote, _ = membership()
+        seen = []
+
+        def broken(event: object) -> None:
+            raise RuntimeError("listener bug")
+
+        m.add_event_listener(broken)
+        m.add_event_listener(seen.append)
+        m.set_node_status(remote, NodeStatus.DISABLED)
+        self.assertEqual([e.kind for e in seen], [EventKind.PEER_DISABLED])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_ready_once_with_fresh_deferreds(self) -> None:
+        """when_ready hands each caller its own Deferred; readiness runs on_ready once; alone() counts only with init_with_single."""
+        calls = []
+        m, _, _ = membership(on_ready=lambda: calls.append(1))
+        first, second = m.when_ready(), m.when_ready()
+        self.assertIsNot(first, second)
+        m.alone()
+        self.assertNoResult(first)
+        m.node_list_received()
+        m.node_list_received()
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.successResultOf(m.when_ready())
+        self.assertEqual(calls, [1])
+        single, _, _ = membership(init_with_single=True)
+        single.alone()
+        self.assertTrue(single.ready)
