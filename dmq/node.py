@@ -44,6 +44,9 @@ MAX_BODY_LINES = 10_000
 MAX_LINE_LENGTH = 1024
 """The longest node-list line accepted (a real one is under 300 characters)."""
 
+MAX_AGENT = 120
+"""The most characters of a node's ``User-Agent`` / ``Server`` text kept."""
+
 MAX_HOST_LENGTH = 254
 """Kamailio refuses a node whose host is longer than this."""
 
@@ -252,6 +255,11 @@ class Node:
     def key(self) -> NodeKey:
         """Host, port and transport as text: what Kamailio compares to find a node."""
         return (self._host, "" if self._port is None else str(self._port), self._transport)
+
+    def note_agent(self, agent: Optional[str]) -> None:
+        """Remember what software the node runs, from the ``User-Agent`` or ``Server`` it sent (if any)."""
+        if agent:
+            self.agent = agent[:MAX_AGENT]
 
     def line(self, status: Optional[NodeStatus] = None) -> str:
         """

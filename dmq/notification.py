@@ -14,7 +14,7 @@ through the service's :class:`~dmq.interfaces.IPeerHost` side only.
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -27,9 +27,6 @@ from dmq.node import Node, NodeListError, NodeStatus
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
 from dmq.sip.message import Response
 from dmq.sip.uri import SIPURI
-
-if TYPE_CHECKING:
-    from dmq.service import DMQService
 
 __all__ = ["NotificationPeer", "DEFAULT_CHANNEL", "JOIN_MAX_FORWARDS", "MAX_SEEDS"]
 

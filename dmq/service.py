@@ -16,7 +16,6 @@ all active ones::
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Union
 
 from twisted.application.service import MultiService
@@ -27,18 +26,19 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dmq import __version__
+from dmq.dispatch import ChannelStats, Dispatcher
 from dmq.errors import ConfigurationError, DMQError, MessageTooLarge
 from dmq.interfaces import IPeer, IPeerHost
-from dmq.node import Node, NodeKey, NodeStatus, server_address_uri
 from dmq.membership import EventListener, Membership
+from dmq.node import Node, NodeKey, NodeStatus, server_address_uri
 from dmq.nodelist import NodeList, TimeoutPolicy
 from dmq.notification import DEFAULT_CHANNEL, NotificationPeer
-from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
+from dmq.peer import Peer, PeerResponse
 from dmq.sip.address import UDP_HARD_LIMIT, UDP_MAX_SIZE, Address
 from dmq.sip.message import Request, Response, build_request, make_response, new_branch
 from dmq.sip.transaction import T1, T2, T4, Source, TransactionLayer
 from dmq.sip.transport import SIPTransport, TLSSettings
-from dmq.sip.uri import SIPURI, SIPParseError, unescape
+from dmq.sip.uri import SIPURI
 
 __all__ = ["DMQService", "ChannelStats", "SERVER_NAME", "HEADER_ROOM"]
 
@@ -54,16 +54,6 @@ HEADER_ROOM = 1024
 """Bytes kept for the start line and headers of a KDMQ when sizing a body to fit a datagram."""
 
 RequestHook = Callable[[Request, Source], Union[Response, "Deferred[Response]", None]]
-
-
-@dataclass
-class ChannelStats:
-    """Message counts of one channel, for the metrics and ``dmq.stats``."""
-
-    received: int = 0
-    sent: int = 0
-    answered: dict[int, int] = field(default_factory=dict)
-    results: dict[int, int] = field(default_factory=dict)
 
 
 @implementer(IPeerHost)
@@ -182,7 +172,10 @@ class DMQService(MultiService):
         else:
             transport.udp_max_size = udp_max_size
         self.transport = transport
-        self.transactions = TransactionLayer(transport, self._handle_request, reactor=reactor, t1=t1, t2=t2, t4=t4)
+        self.dispatcher = Dispatcher(self, SERVER_NAME)
+        self.transactions = TransactionLayer(
+            transport, self.dispatcher.handle_request, reactor=reactor, t1=t1, t2=t2, t4=t4
+        )
         transport.controller = self.transactions
         self.peers: dict[str, Peer] = {}
         self.channel_stats: dict[str, ChannelStats] = {}
@@ -333,12 +326,6 @@ class DMQService(MultiService):
     def _channel_of(self, peer: Union[Peer, str]) -> str:
         return peer if isinstance(peer, str) else peer.channel
 
-    def _stats(self, channel: str) -> ChannelStats:
-        stats = self.channel_stats.get(channel)
-        if stats is None:
-            stats = self.channel_stats[channel] = ChannelStats()
-        return stats
-
     def _target(self, node: Union[Node, SIPURI, str]) -> Node:
         if isinstance(node, Node):
             return node
@@ -411,7 +398,7 @@ class DMQService(MultiService):
         node_list = sender is not None and sender.exchanges_node_lists
         target = self._target(node)
         request, address = self.build_kdmq(channel, target, body, content_type, max_forwards)
-        stats = self._stats(channel)
+        stats = self.dispatcher.stats(channel)
         stats.sent += 1
         sent_at = self.clock.seconds()
         d = self.transactions.request(request, address)
@@ -419,7 +406,7 @@ class DMQService(MultiService):
 
         def counted(response: Response) -> Response:
             stats.results[response.code] = stats.results.get(response.code, 0) + 1
-            _note_agent(target, response.headers.get("Server"))
+            target.note_agent(response.headers.get("Server"))
             if self.running:  # a stopping node cuts its transactions short: no verdict on anyone
                 self.membership.result(target, response.code, sent_at, node_list)
             return response
@@ -527,91 +514,7 @@ class DMQService(MultiService):
 
         :returns: a Deferred firing with the peer's answer (404 when no peer).
         """
-        peer = self.peers.get(channel)
-        if peer is None:
-            return defer.succeed(PeerResponse(404, "User Not Found"))
-        message = DMQMessage(channel, body, content_type, node=node, from_uri=node.uri if node else None)
-        d = defer.maybeDeferred(peer.handle_message, message)
-        return d.addCallbacks(_as_peer_response, _failure_as_peer_response)
-
-    # -- inbound -------------------------------------------------------------------------
-
-    def _allowed(self, source: Source) -> bool:
-        if self.allow is None:
-            return True
-        try:
-            ip = ipaddress.ip_address(source.address.host)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.allow)
-
-    def _handle_request(self, request: Request, source: Source) -> Any:
-        if not self._allowed(source):
-            log.info("refused {method} from {source}: not allowed", method=request.method, source=source.address)
-            return make_response(request, 403, "Forbidden (source not allowed)", server=SERVER_NAME)
-        if request.method != "KDMQ":
-            if self.request_hook is not None:
-                d = defer.maybeDeferred(self.request_hook, request, source)
-                d.addCallback(
-                    lambda r: r if r is not None else make_response(request, 405, headers=[("Allow", "KDMQ")], server=SERVER_NAME)
-                )
-                return d
-            return make_response(request, 405, headers=[("Allow", "KDMQ")], server=SERVER_NAME)
-        uri = request.uri
-        if not isinstance(uri, SIPURI) or not uri.user:
-            return make_response(request, 404, "User Not Found", server=SERVER_NAME)
-        channel = unescape(uri.user)
-        stats = self._stats(channel)
-        stats.received += 1
-        peer = self.peers.get(channel)
-        if peer is None:
-            stats.answered[404] = stats.answered.get(404, 0) + 1
-            return make_response(request, 404, "User Not Found", server=SERVER_NAME)
-        from_uri = request.from_.uri
-        node = None
-        if isinstance(from_uri, SIPURI):
-            node = self.nodes.get(from_uri)
-            if node is not None:
-                _note_agent(node, request.headers.get("User-Agent"))
-        message = DMQMessage(
-            channel,
-            request.body,
-            request.content_type,
-            node=node,
-            from_uri=from_uri if isinstance(from_uri, SIPURI) else None,
-            max_forwards=request.max_forwards,
-            request=request,
-            source=source,
-        )
-        keep_body = peer.exchanges_node_lists
-
-        def respond(answer: PeerResponse) -> Response:
-            stats.answered[answer.code] = stats.answered.get(answer.code, 0) + 1
-            body = answer.body if keep_body else b""
-            return make_response(
-                request,
-                answer.code,
-                answer.reason,
-                body=body,
-                content_type=answer.content_type if body else None,
-                headers=answer.headers,
-                server=SERVER_NAME,
-            )
-
-        # Called directly (no Deferred) unless the peer answers later.
-        try:
-            result = peer.handle_message(message)
-        except Exception:
-            return respond(_failure_as_peer_response(Failure(), channel))
-        if isinstance(result, Deferred):
-            result.addCallbacks(_as_peer_response, _failure_as_peer_response, errbackArgs=(channel,))
-            result.addCallback(respond)
-            return result
-        try:
-            answer = _as_peer_response(result)
-        except Exception:
-            answer = _failure_as_peer_response(Failure(), channel)
-        return respond(answer)
+        return self.dispatcher.process_message(channel, body, content_type, node)
 
 
 def _by_deadline(d: "Deferred[Any]", seconds: float, clock: Any) -> "Deferred[None]":
@@ -638,34 +541,5 @@ def _by_deadline(d: "Deferred[Any]", seconds: float, clock: Any) -> "Deferred[No
     return done
 
 
-def _note_agent(node: Node, agent: Optional[str]) -> None:
-    """Remember what software a node runs, from its ``User-Agent`` or ``Server``."""
-    if agent:
-        node.agent = agent[:MAX_AGENT]
-
-
-MAX_AGENT = 120
-"""The most characters of a node's ``User-Agent`` / ``Server`` text kept."""
-
-
 def _from_node(response: Response, node: Node) -> tuple[Node, Response]:
     return (node, response)
-
-
-def _as_peer_response(result: Any) -> PeerResponse:
-    if result is None:
-        return PeerResponse()
-    if isinstance(result, PeerResponse):
-        return result
-    if isinstance(result, Response):
-        return PeerResponse(result.code, result.reason, result.body, result.content_type)
-    if isinstance(result, int):
-        return PeerResponse(result)
-    raise TypeError(f"a peer handler returned {result!r}")
-
-
-def _failure_as_peer_response(failure: Any, channel: str = "?") -> PeerResponse:
-    if failure.check(PeerError):
-        return PeerResponse(failure.value.code, failure.value.reason)
-    log.failure("peer {channel} failed on a message", failure, channel=channel)
-    return PeerResponse(500, "Server Internal Error")

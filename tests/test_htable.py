@@ -305,7 +305,6 @@ class OutboundTests(SynchronousTestCase):
 
     def test_warns_once_per_kamailio_node_that_refuses_last_modified(self) -> None:
         """With last_modified on, a node whose Server names a Kamailio release up to 6.1 draws one warning, however many sets."""
-        import dmq.service
         from twisted.logger import formatEvent, globalLogPublisher
 
         warnings: list[str] = []
@@ -321,7 +320,7 @@ class OutboundTests(SynchronousTestCase):
         self.a.set("t", "k", "v")
         self.cluster.run(0.1)
         self.assertEqual(warnings, [])  # a dmq node
-        self.patch(dmq.service, "SERVER_NAME", "kamailio (6.1.4 (x86_64/linux))")
+        self.cluster.svcs[5061].dispatcher.server = "kamailio (6.1.4 (x86_64/linux))"
         for i in range(3):
             self.a.set("t", f"k{i}", i)
         self.cluster.run(0.1)
