@@ -184,6 +184,7 @@ class FakeCluster:
     clock.  Nothing touches a socket or the global reactor.
 
     :ivar nodes: the services by port.
+    :ivar events: every membership event each node reported, by port.
     """
 
     def __init__(self, clock: Any = None, latency: float = 0.001) -> None:
@@ -194,12 +195,15 @@ class FakeCluster:
         self.clock = clock
         self.network = FakeNetwork(clock=clock, latency=latency)
         self.nodes: dict[int, Any] = {}
+        self.events: dict[int, list[Any]] = {}
 
-    def add(self, port: int, seeds: Iterable[int] = (), start: bool = True, **kw: Any) -> Any:
+    def add(self, port: int, seeds: Iterable[int] = (), start: bool = True, peers: Iterable[Any] = (), **kw: Any) -> Any:
         """
-        A node on ``port`` seeded with the nodes on ``seeds``; other keyword
-        arguments go to :class:`~dmq.service.DMQService` (``ping_interval``
-        defaults to 5 s).  Started unless ``start`` is false.
+        A node on ``port`` seeded with the nodes on ``seeds``, with ``peers``
+        registered; other keyword arguments go to
+        :class:`~dmq.service.DMQService` (``ping_interval`` defaults to 5 s).
+        Its events are recorded in :attr:`events`.  Started unless ``start``
+        is false.
         """
         from dmq.service import DMQService
 
@@ -214,9 +218,17 @@ class FakeCluster:
         )
         self.network.attach(transport, Address("udp", "127.0.0.1", port))
         self.nodes[port] = svc
+        self.events[port] = []
+        svc.add_event_listener(self.events[port].append)
+        for peer in peers:
+            svc.register_peer(peer)
         if start:
             svc.startService()
         return svc
+
+    def view(self, port: int) -> dict[int, str]:
+        """Port -> status of every node the node on ``port`` knows, itself included."""
+        return {node.port: node.status.value for node in self.nodes[port].nodes}
 
     def run(self, seconds: float, step: float = 0.001) -> None:
         """Advance the clock in ``step`` increments so messages and timers interleave."""

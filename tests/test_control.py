@@ -40,18 +40,9 @@ class Pair(FakeCluster):
 
     def __init__(self, ports: tuple[int, ...] = (5060, 5061), **kw: Any) -> None:
         super().__init__()
-        self.events: list[Any] = []
         first = ports[0]
         for port in ports:
             self.add(port, () if port == first else (first,), **kw)
-
-    def add(self, port: int, seeds: Iterable[int] = (), start: bool = True, **kw: Any) -> DMQService:
-        """Start a node on ``port`` seeded with ``seeds``."""
-        svc = super().add(port, seeds, start=False, **kw)
-        svc.add_event_listener(self.events.append)
-        if start:
-            svc.startService()
-        return svc
 
     def run(self, seconds: float, step: float = 0.01) -> None:
         """Advance the clock in small steps so messages and timers interleave."""
@@ -144,7 +135,7 @@ class KamailioMethodTests(SynchronousTestCase):
         self.pair.run(1)
         self.svc = self.pair.nodes[5060]
         self.api = ControlAPI(self.svc)
-        del self.pair.events[:]
+        del self.pair.events[5060][:]
 
     def error(self, answer: dict[str, Any]) -> tuple[int, str]:
         return answer["error"]["code"], answer["error"]["message"]
@@ -156,7 +147,7 @@ class KamailioMethodTests(SynchronousTestCase):
         node = self.svc.nodes.get("sip:127.0.0.1:5099")
         assert node is not None
         self.assertIs(node.status, NodeStatus.ACTIVE)
-        self.assertEqual([(e.kind, e.node.port) for e in self.pair.events], [(EventKind.PEER_UP, 5099)])
+        self.assertEqual([(e.kind, e.node.port) for e in self.pair.events[5060]], [(EventKind.PEER_UP, 5099)])
 
     def test_add_takes_status_from_uri(self) -> None:
         """dmq.add sip:...;status=disabled adds the node disabled, as Kamailio's node params say."""
@@ -178,7 +169,7 @@ class KamailioMethodTests(SynchronousTestCase):
         answer = rpc(self.api, "dmq.remove", "sip:127.0.0.1:5061")
         self.assertEqual(answer["result"], "Ok. DMQ node removed.")
         self.assertIsNone(self.svc.nodes.get("sip:127.0.0.1:5061"))
-        self.assertEqual([e.kind for e in self.pair.events], [EventKind.PEER_DISABLED])
+        self.assertEqual([e.kind for e in self.pair.events[5060]], [EventKind.PEER_DISABLED])
 
     def test_remove_unknown_and_local_answer_ok_as_kamailio(self) -> None:
         """As Kamailio 5.6.3 does, removing an unknown node or the local one answers Ok and changes nothing."""
@@ -198,7 +189,7 @@ class KamailioMethodTests(SynchronousTestCase):
         node = self.svc.nodes.get("sip:127.0.0.1:5061")
         assert node is not None
         self.assertIs(node.status, NodeStatus.DISABLED)
-        self.assertEqual([e.kind for e in self.pair.events], [EventKind.PEER_DISABLED])
+        self.assertEqual([e.kind for e in self.pair.events[5060]], [EventKind.PEER_DISABLED])
         again = rpc(self.api, "dmq.change_status", "sip:127.0.0.1:5061", "disabled")
         self.assertEqual(again["result"], "Ok. DMQ node status is already disabled.")
         rpc(self.api, "dmq.change_status", "sip:127.0.0.1:5061", "not_active")

@@ -17,26 +17,6 @@ from dmq.sip.message import Request, Response
 from dmq.testing import FakeCluster, FakeSIPTransport
 
 
-class Cluster(FakeCluster):
-    """A FakeCluster that records each node's events and shows its view."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: dict[int, list[Any]] = {}
-
-    def add(self, port: int, seeds: tuple[int, ...] = (), start: bool = True, **kw: Any) -> DMQService:
-        svc = super().add(port, seeds, start=False, **kw)
-        self.events[port] = []
-        svc.add_event_listener(self.events[port].append)
-        if start:
-            svc.startService()
-        return svc
-
-    def view(self, port: int) -> dict[int, str]:
-        """Port -> status of every node ``port`` knows, itself included."""
-        return {n.port: n.status.value for n in self.nodes[port].nodes}  # type: ignore[misc]
-
-
 def request_to(port: int, method: str = "KDMQ", user: str = "notification_peer", body: bytes = b"", host: str = "127.0.0.1") -> Request:
     """A request for the node on ``port``, as sent from ``host``:5999."""
     target = f"sip:{user}@127.0.0.1:{port}" if user else f"sip:127.0.0.1:{port}"
@@ -65,7 +45,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_interfaces(self) -> None:
         """The service and its peers provide their interfaces."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         svc = cluster.add(5060)
         verifyObject(IMessageSender, svc)
         verifyObject(IPeerHost, svc)
@@ -73,7 +53,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_three_nodes_converge(self) -> None:
         """A seeded chain A <- B <- C ends with every node knowing every other as active."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         cluster.add(5060)
         cluster.add(5061, seeds=(5060,))
         cluster.add(5062, seeds=(5061,))
@@ -89,7 +69,7 @@ class MembershipTests(SynchronousTestCase):
         """Each node records the User-Agent / Server of the nodes it hears from; its own is SERVER_NAME."""
         from dmq.service import SERVER_NAME
 
-        cluster = Cluster()
+        cluster = FakeCluster()
         a = cluster.add(5060)
         cluster.add(5061, seeds=(5060,))
         cluster.run(0.1)
@@ -111,7 +91,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_peer_up_events(self) -> None:
         """Each node reports peer-up once for each other node, never for itself."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         cluster.add(5060)
         cluster.add(5061, seeds=(5060,))
         cluster.add(5062, seeds=(5061,))
@@ -122,7 +102,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_death_and_return(self) -> None:
         """A killed node is disabled after one ping timeout, removed after the next, and rejoins when back."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         cluster.add(5060)
         cluster.add(5061, seeds=(5060,))
         cluster.add(5062, seeds=(5061,))
@@ -144,7 +124,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_thirty_node_cluster(self) -> None:
         """Thirty nodes, all seeded with the first, converge: node lists Kamailio 5.6 could not answer (1 KB cap)."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         ports = list(range(16000, 16030))
         cluster.add(ports[0])
         for port in ports[1:]:
@@ -159,7 +139,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_stale_timeout_ignored(self) -> None:
         """A timeout of a ping sent before the node answered a later one does not disable it."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         cluster.add(5060)
         cluster.add(5061, seeds=(5060,))
         cluster.run(0.1)
@@ -180,7 +160,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_seed_never_deleted(self) -> None:
         """A dead seed becomes not active but stays in the list, and the node keeps trying it."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         cluster.add(5060)
         cluster.add(5061, seeds=(5060,))
         cluster.run(0.1)
@@ -190,7 +170,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_remove_inactive_false(self) -> None:
         """With remove_inactive off a silent node becomes not active and stays."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         cluster.add(5060, remove_inactive=False)
         cluster.add(5061, seeds=(5060,))
         cluster.run(0.1)
@@ -202,7 +182,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_join_retries_until_seed_answers(self) -> None:
         """A node whose seed is not there yet keeps joining and gets ready when the seed appears."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         b = cluster.add(5061, seeds=(5060,), t1=0.05)
         cluster.run(10)
         self.assertFalse(b.ready)
@@ -213,7 +193,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_graceful_leave(self) -> None:
         """A node that stops tells the others, which see it disabled at once."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         cluster.add(5060)
         b = cluster.add(5061, seeds=(5060,))
         cluster.run(0.1)
@@ -224,7 +204,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_stop_with_a_dead_member_is_bounded(self) -> None:
         """With a dead member, stopping fires after stop_timeout (1 s), the live node sees the leave, no timeout is applied."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         a = cluster.add(5060)
         b = cluster.add(5061, seeds=(5060,))
         cluster.add(5062, seeds=(5060,))
@@ -252,7 +232,7 @@ class MembershipTests(SynchronousTestCase):
 
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
-        clock_cluster = Cluster()
+        clock_cluster = FakeCluster()
         DMQService("sip:127.0.0.2:5060", ["sip:127.0.0.3:5060"], reactor=clock_cluster.clock,
                    transport=FakeSIPTransport(clock_cluster.clock)).startService()
         self.assertEqual(warnings, [])
@@ -263,7 +243,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_empty_body_is_read_only(self) -> None:
         """A node-list request with an empty body changes nothing and gets the list back."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         a = cluster.add(5060)
         response = answer(a, request_to(5060))
         self.assertEqual(response.code, 200)
@@ -273,7 +253,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_bad_body_is_400_and_changes_nothing(self) -> None:
         """A node list with one bad line is answered 400 naming it, and the list is unchanged."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         a = cluster.add(5060)
         body = b"sip:127.0.0.1:5999;status=active\r\nsip:127.0.0.1:5998;status=bogus\r\n"
         response = answer(a, request_to(5060, body=body))
@@ -286,7 +266,7 @@ class ChannelTests(SynchronousTestCase):
     """Dispatch by channel, answers, broadcast and send."""
 
     def setUp(self) -> None:
-        self.cluster = Cluster()
+        self.cluster = FakeCluster()
         self.a = self.cluster.add(5060)
         self.b = self.cluster.add(5061, seeds=(5060,))
         self.c = self.cluster.add(5062, seeds=(5060,))
@@ -418,7 +398,7 @@ class ChannelTests(SynchronousTestCase):
     def test_init_runs_once_when_ready(self) -> None:
         """A peer's init hook runs once, after the first node list, also for peers registered later."""
         calls: list[int] = []
-        cluster = Cluster()
+        cluster = FakeCluster()
         cluster.add(5060)
         b = cluster.add(5061, seeds=(5060,), start=False)
         b.register_peer(CallbackPeer("early", lambda m: None, init=lambda svc: calls.append(1)))
@@ -433,7 +413,7 @@ class ChannelTests(SynchronousTestCase):
 
     def test_init_with_single(self) -> None:
         """With init_with_single a lone node is ready at once; without it, it waits."""
-        cluster = Cluster()
+        cluster = FakeCluster()
         alone = cluster.add(5060, init_with_single=True)
         waiting = cluster.add(5061)
         cluster.run(0.1)
