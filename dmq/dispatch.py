@@ -121,6 +121,11 @@ class Dispatcher:
 
         def respond(answer: PeerResponse) -> Response:
             stats.answered[answer.code] = stats.answered.get(answer.code, 0) + 1
+            if node is None and isinstance(from_uri, SIPURI):
+                # The message may have made its sender a member (a join).
+                joined = service.nodes.get(from_uri)
+                if joined is not None:
+                    joined.note_agent(request.headers.get("User-Agent"))
             body = answer.body if keep_body else b""
             return make_response(
                 request,

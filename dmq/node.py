@@ -256,6 +256,20 @@ class Node:
         """Host, port and transport as text: what Kamailio compares to find a node."""
         return (self._host, "" if self._port is None else str(self._port), self._transport)
 
+    @property
+    def sendable(self) -> bool:
+        """
+        Whether messages may go to this node's address: not a multicast,
+        broadcast or unspecified address (a host name is taken as sendable;
+        the transport checks what it resolves to).
+        """
+        if self.resolved_ip is None:
+            return True
+        ip = ipaddress.ip_address(self.resolved_ip)
+        if ip.is_multicast or ip.is_unspecified:
+            return False
+        return not (isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"))
+
     def note_agent(self, agent: Optional[str]) -> None:
         """Remember what software the node runs, from the ``User-Agent`` or ``Server`` it sent (if any)."""
         if agent:
@@ -341,8 +355,6 @@ class BodyLine:
 def _parse_line(text: str, number: int) -> BodyLine:
     """Parse one node-list line (already stripped of its line end)."""
     where = f"node-list line {number}"
-    if not text:
-        raise NodeListError(f"{where} is empty")
     if len(text) > MAX_LINE_LENGTH:
         raise NodeListError(f"{where} is longer than {MAX_LINE_LENGTH} characters")
     try:
@@ -383,13 +395,13 @@ def parse_lines(body: bytes) -> list[BodyLine]:
     except UnicodeDecodeError as e:
         raise NodeListError(f"node-list body is not UTF-8: {e}") from None
     lines = text.split("\n")
-    if lines[-1] == "":
-        # The line end of the last line, not an empty line after it.
-        lines.pop()
-    if len(lines) > MAX_BODY_LINES:
+    if len(lines) > MAX_BODY_LINES + 1:
         raise NodeListError(f"node-list body has more than {MAX_BODY_LINES} lines")
-    # Kamailio trims trailing white space (and so the CR of a CRLF) from a line.
-    return [_parse_line(line.rstrip(" \t\r"), n) for n, line in enumerate(lines, 1)]
+    # White space around a line (the CR of a CRLF too) and blank lines are not faults.
+    parsed = [_parse_line(stripped, n) for n, line in enumerate(lines, 1) if (stripped := line.strip(" \t\r"))]
+    if len(parsed) > MAX_BODY_LINES:
+        raise NodeListError(f"node-list body has more than {MAX_BODY_LINES} lines")
+    return parsed
 
 
 def parse_body(body: bytes) -> list[tuple[Node, NodeStatus]]:
@@ -397,7 +409,9 @@ def parse_body(body: bytes) -> list[tuple[Node, NodeStatus]]:
     Parse a node-list body (``notification_peer`` channel) as a whole.
 
     One ``sip:`` URI a line, each ending in CRLF (a bare LF, and no line end
-    after the last line, are accepted too); the host an IP literal or a host
+    after the last line, are accepted too; blank lines and white space around
+    a line are skipped, although Kamailio 5.6 never writes them and stops
+    answering node lists when it reads one); the host an IP literal or a host
     name, the port explicit, the transport one of :data:`TRANSPORTS`, a user
     part and parameters other than ``transport`` and ``status`` ignored.  A
     line without ``;status=`` means active.  An empty body is an empty list.
@@ -405,9 +419,8 @@ def parse_body(body: bytes) -> list[tuple[Node, NodeStatus]]:
     :returns: each line's node (a fresh :class:`Node` holding the line's
         status) and that status, in body order.
     :raises NodeListError: for the first bad line (unparsable URI, another
-        scheme, no port, unknown status, an empty line anywhere, trailing ones
-        included), for a body that is not UTF-8 or has more than
-        :data:`MAX_BODY_LINES` lines.  Nothing is returned then.
+        scheme, no port, unknown status), for a body that is not UTF-8 or has
+        more than :data:`MAX_BODY_LINES` lines.  Nothing is returned then.
     """
     return [(line.node, line.status) for line in parse_lines(body)]
 

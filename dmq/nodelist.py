@@ -37,6 +37,8 @@ from dmq.node import Node, NodeKey, NodeListError, NodeStatus, parse_lines
 from dmq.sip.uri import SIPURI
 
 __all__ = [
+    "MAX_NODES",
+    "MAX_NEW_PER_LIST",
     "Event",
     "EventKind",
     "MergeResult",
@@ -45,6 +47,13 @@ __all__ = [
     "TimeoutOutcome",
     "TimeoutPolicy",
 ]
+
+
+MAX_NODES = 512
+"""Default cap on the nodes of a list (this one included): twice a 256-node cluster."""
+
+MAX_NEW_PER_LIST = 256
+"""Default cap on the nodes one received list may add (a whole 256-node cluster joined at once)."""
 
 
 class EventKind(enum.Enum):
@@ -74,11 +83,15 @@ class MergeResult:
     :ivar added: nodes new to the list, in body order.
     :ivar changed: known nodes whose status the body changed (not those added).
     :ivar events: the events of both, in the order they happened.
+    :ivar refused: lines naming a node that was not added: over a cap, an
+        address nothing may be sent to, or vouched for by a sender that is
+        not a member.
     """
 
     added: list[Node] = field(default_factory=list)
     changed: list[Node] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    refused: int = 0
 
     @property
     def changed_anything(self) -> bool:
@@ -147,7 +160,14 @@ class NodeList:
     node that comes back starts afresh.
     """
 
-    def __init__(self, local: Node, *, reactivate_disabled_from_body: bool = False) -> None:
+    def __init__(
+        self,
+        local: Node,
+        *,
+        reactivate_disabled_from_body: bool = False,
+        max_nodes: int = MAX_NODES,
+        max_new_per_list: int = MAX_NEW_PER_LIST,
+    ) -> None:
         """
         :param local: this node (``server_address``); it is marked local and
             active.
@@ -156,6 +176,9 @@ class NodeList:
             branch after 6.1.4).  By default (5.6 to 6.1.4) a disabled node
             ignores every body line and only a reply to a request sent to it
             reactivates it.
+        :param max_nodes: the most nodes the list holds (this one included);
+            a received list adds none beyond it.
+        :param max_new_per_list: the most nodes one received list may add.
         """
         local.local = True
         local.status = NodeStatus.ACTIVE
@@ -163,6 +186,10 @@ class NodeList:
         self._nodes: dict[NodeKey, Node] = {local.key: local}
         self._last_event: dict[NodeKey, EventKind] = {}
         self.reactivate_disabled_from_body = reactivate_disabled_from_body
+        self.max_nodes = max_nodes
+        self.max_new_per_list = max_new_per_list
+        # The bodies format_body wrote, by the local node's status, until the list changes.
+        self._bodies: dict[NodeStatus, bytes] = {}
 
     # -- lookup -----------------------------------------------------------
 
@@ -248,6 +275,7 @@ class NodeList:
     def _set(self, node: Node, status: NodeStatus, events: list[Event]) -> None:
         """Change a listed node's status, emitting the event of the transition."""
         old, node.status = node.status, status
+        self._bodies.clear()
         if status is NodeStatus.ACTIVE and old is not NodeStatus.ACTIVE:
             self._emit(node, EventKind.PEER_UP, events)
         elif status is NodeStatus.NOT_ACTIVE and old is NodeStatus.ACTIVE:
@@ -280,6 +308,7 @@ class NodeList:
         if node.local:
             raise ValueError(f"cannot add a second local node {node!r}")
         self._nodes[node.key] = node
+        self._bodies.clear()
         if node.status is NodeStatus.ACTIVE:
             self._emit(node, EventKind.PEER_UP, [] if events is None else events)
         return node
@@ -302,6 +331,7 @@ class NodeList:
         if listed.status is not NodeStatus.DISABLED:
             self._emit(listed, EventKind.PEER_DISABLED, sink)
         del self._nodes[listed.key]
+        self._bodies.clear()
         self._last_event.pop(listed.key, None)
         return True
 
@@ -324,36 +354,59 @@ class NodeList:
         self._set(listed, status, events)
         return events
 
-    def merge_body(self, body: bytes, now: float, sender: Optional[Node] = None) -> MergeResult:
+    def merge_body(
+        self, body: bytes, now: float, sender: Optional[Node] = None, trusted: bool = True
+    ) -> MergeResult:
         """
         Apply a received node-list body (a request's or a 200 reply's).
 
-        The body is validated whole first (:func:`parse_body`); then, line by
-        line in body order (a repeated line sees the effect of the earlier one):
+        The body is validated whole first (:func:`~dmq.node.parse_lines`);
+        then, line by line in body order (a repeated line sees the effect of
+        the earlier one):
 
         - a node not in the list is added with the line's status (peer-up when
-          active);
+          active), unless the list holds :attr:`max_nodes` already, this body
+          added :attr:`max_new_per_list`, nothing may be sent to its address
+          (multicast, broadcast, unspecified), or the body is not ``trusted``
+          and the line does not name the ``sender`` (refused, counted);
         - the local node's own line is ignored;
         - a line without any URI parameter leaves a known node's status alone
           (Kamailio only applies the status of a line that has parameters);
         - a known node held disabled ignores the line, except that with
           ``reactivate_disabled_from_body`` a line saying active brings it
           back (Kamailio after 6.1.4);
+        - a body that is not ``trusted`` changes no node but its sender;
         - otherwise a different status is taken over (changed).
 
         :param now: the time, recorded as the sender's ``last_seen``.
         :param sender: the node the body came from (the From of a request,
-            the node a request went to for a reply), looked up by key after
-            the merge; ignored when it is not in the list.
+            the node a request went to for a reply).
+        :param trusted: whether the sender may vouch for other nodes: a
+            member of the list, or a seed answering this node's join.  A
+            stranger's body adds at most the stranger itself.
         :raises NodeListError: for a bad body; the list is then unchanged.
         """
         lines = parse_lines(body)
         result = MergeResult()
+        nodes = self._nodes
+        touched: set[NodeKey] = set()
+        sender_key = sender.key if sender is not None else None
+        room = min(self.max_new_per_list, self.max_nodes - len(nodes))
         for line in lines:
-            known = self._nodes.get(line.node.key)
+            key = line.node.key
+            if not trusted and key != sender_key:
+                if key not in nodes:
+                    result.refused += 1
+                continue
+            known = nodes.get(key)
             if known is None:
+                if room <= 0 or not line.node.sendable:
+                    result.refused += 1
+                    continue
+                room -= 1
                 self.add(line.node, result.events)
                 result.added.append(line.node)
+                touched.add(key)
                 continue
             if known.local or not line.has_params or known.status is line.status:
                 continue
@@ -362,10 +415,11 @@ class NodeList:
             ):
                 continue
             self._set(known, line.status, result.events)
-            if known not in result.added and known not in result.changed:
+            if key not in touched:
+                touched.add(key)
                 result.changed.append(known)
-        if sender is not None:
-            listed = self._listed(sender)
+        if sender_key is not None:
+            listed = nodes.get(sender_key)
             if listed is not None and not listed.local:
                 listed.last_seen = now
         return result
@@ -478,7 +532,7 @@ class NodeList:
 
     # -- the body ---------------------------------------------------------
 
-    def format_body(self, leaving: bool = False) -> bytes:
+    def format_body(self, leaving: bool = False, limit: Optional[int] = None) -> bytes:
         """
         This list as a node-list body, exactly as Kamailio writes it.
 
@@ -491,8 +545,24 @@ class NodeList:
 
         :param leaving: write the local node as disabled (the last message of
             a node that stops).
+        :param limit: the most bytes the body may have: the local line and as
+            many of the newest active nodes as fit (the local line is always
+            there).
         """
         local_status = NodeStatus.DISABLED if leaving else NodeStatus.ACTIVE
-        lines = [n.line() for n in reversed(self.active())]
-        lines.append(self._local.line(local_status))
-        return "".join(f"{line}\r\n" for line in lines).encode("utf-8")
+        body = self._bodies.get(local_status)
+        if body is None:
+            lines = [n.line() for n in reversed(self.active())]
+            lines.append(self._local.line(local_status))
+            body = self._bodies[local_status] = "".join(f"{line}\r\n" for line in lines).encode("utf-8")
+        if limit is None or len(body) <= limit:
+            return body
+        parts = body.split(b"\r\n")[:-1]
+        kept = [parts[-1]]
+        size = len(parts[-1]) + 2
+        for part in parts[:-1]:
+            size += len(part) + 2
+            if size > limit:
+                break
+            kept.insert(len(kept) - 1, part)
+        return b"".join(part + b"\r\n" for part in kept)

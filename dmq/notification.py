@@ -28,13 +28,17 @@ from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
 from dmq.sip.message import Response
 from dmq.sip.uri import SIPURI
 
-__all__ = ["NotificationPeer", "DEFAULT_CHANNEL", "JOIN_MAX_FORWARDS", "MAX_SEEDS"]
+__all__ = ["NotificationPeer", "DEFAULT_CHANNEL", "JOIN_MAX_FORWARDS", "MAX_SEEDS", "HOP_BUDGET", "AMPLIFICATION"]
 
 log = Logger()
 
 DEFAULT_CHANNEL = "notification_peer"
 JOIN_MAX_FORWARDS = 2
 """Max-Forwards of the join request; pings and other traffic use 1."""
+HOP_BUDGET = 2
+"""The most Max-Forwards a received node-list request is taken to have: at most one re-broadcast follows."""
+AMPLIFICATION = 3
+"""A stranger's node-list request gets an answer of at most this many times its size."""
 MAX_SEEDS = 30
 """The most addresses ``multi_notify`` turns into seeds."""
 
@@ -78,6 +82,7 @@ class NotificationPeer(Peer):
         self._joining = False
         self.joins = 0
         self.pings = 0
+        self.refused_nodes = 0
 
     # -- life cycle -------------------------------------------------------------
 
@@ -222,7 +227,8 @@ class NotificationPeer(Peer):
 
         def answered(response: Response) -> bool:
             if response.code == 200:
-                self._merge(response.body, node, from_request=False)
+                listed = self.service.nodes.get(node.key)
+                self._merge(response.body, node, from_request=False, trusted=listed is not None or node.seed)
                 return True
             if response.code != 408:
                 log.info(
@@ -235,10 +241,10 @@ class NotificationPeer(Peer):
 
         return d.addCallback(answered)
 
-    def _merge(self, body: bytes, sender: Optional[Node], from_request: bool) -> Any:
+    def _merge(self, body: bytes, sender: Optional[Node], from_request: bool, trusted: bool = True) -> Any:
         service = self.service
         try:
-            result = service.nodes.merge_body(body, service.clock.seconds(), sender)
+            result = service.nodes.merge_body(body, service.clock.seconds(), sender, trusted)
         except NodeListError as e:
             log.warn(
                 "bad node list from {sender}: {reason}",
@@ -249,6 +255,13 @@ class NotificationPeer(Peer):
                 raise PeerError(400, f"Bad Request (node list: {one_line(str(e))})") from None
             return None
         service.membership.publish(result.events)
+        if result.refused:
+            self.refused_nodes += result.refused
+            log.debug(
+                "refused {count} node(s) of a list from {sender}",
+                count=result.refused,
+                sender=str(sender.uri) if sender is not None else "?",
+            )
         for node in result.added:
             log.info("node {uri} joined ({status})", uri=str(node.uri), status=node.status.value)
         service.membership.node_list_received()
@@ -273,14 +286,18 @@ class NotificationPeer(Peer):
         body = nodes.format_body()
         return defer.gatherResults([self._exchange(node, body, 1) for node in others])
 
-    def broadcast(self, max_forwards: int = 1, leaving: bool = False) -> "Deferred[list[bool]]":
+    def broadcast(
+        self, max_forwards: int = 1, leaving: bool = False, except_node: Optional[Node] = None
+    ) -> "Deferred[list[bool]]":
         """
-        Send this node's list to every active node but this one; replies are
-        merged and timeouts applied as for a ping.
+        Send this node's list to every active node but this one (and
+        ``except_node``); replies are merged and timeouts applied as for a
+        ping.
         """
         service = self.service
         body = service.nodes.format_body(leaving=leaving)
-        return defer.gatherResults([self._exchange(node, body, max_forwards) for node in service.targets()])
+        targets = service.targets(except_node)
+        return defer.gatherResults([self._exchange(node, body, max_forwards) for node in targets])
 
     def leave(self) -> "Deferred[Any]":
         """
@@ -295,23 +312,34 @@ class NotificationPeer(Peer):
 
     def handle_message(self, message: DMQMessage) -> PeerResponse:
         """
-        A node-list request: merge it, re-broadcast what changed (with
-        Max-Forwards - 1, to every active node but this one), answer 200 with
-        this node's list.  An empty body is a read-only query.
+        A node-list request: merge it, re-broadcast what changed, answer 200
+        with this node's list.  An empty body is a read-only query.
+
+        A sender that is not a member (its From names no listed node) adds at
+        most itself, is left out of the re-broadcast, and its answer is cut
+        to :data:`AMPLIFICATION` times the size of its request (this node's
+        line always fits): one datagram from a stranger never makes this
+        node send much, nor to more than the address it claims.  The
+        re-broadcast goes with Max-Forwards - 1, the received value first
+        clamped to :data:`HOP_BUDGET`, so a request causes at most one.
         """
         service = self.service
+        member = message.node
         if message.body.strip():
-            sender = message.node
+            sender = member
             if sender is None and message.from_uri is not None:
                 try:
                     sender = Node.from_uri(message.from_uri)
                 except NodeListError:
                     sender = None
-            result = self._merge(message.body, sender, from_request=True)
-            forwards = (message.max_forwards if message.max_forwards is not None else 1) - 1
-            if result is not None and result.changed_anything and forwards > 0:
-                self.broadcast(forwards)
-        return PeerResponse(200, body=service.nodes.format_body(), content_type="text/plain")
+            result = self._merge(message.body, sender, from_request=True, trusted=member is not None)
+            hops = min(message.max_forwards if message.max_forwards is not None else 1, HOP_BUDGET)
+            if result is not None and result.changed_anything and hops > 1:
+                self.broadcast(hops - 1, except_node=None if member is not None else sender)
+        limit = None
+        if member is None and message.request is not None:
+            limit = (AMPLIFICATION - 1) * len(message.request.to_bytes())
+        return PeerResponse(200, body=service.nodes.format_body(limit=limit), content_type="text/plain")
 
 
 def _ip(text: str) -> Optional[str]:

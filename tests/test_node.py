@@ -354,12 +354,6 @@ def test_parse_ignores_user_part_and_unknown_params() -> None:
         (b"sip:[2001:db8::zz]:5060;status=active\r\n", "line 1"),
         (b"sip:10.0.0.1:0;status=active\r\n", "port"),
         (b"sip:10.0.0.1:65536;status=active\r\n", "line 1"),
-        (b" sip:10.0.0.1:5060;status=active\r\n", "line 1"),
-        (b"\r\n", "line 1 is empty"),
-        (b"   \r\n", "line 1 is empty"),
-        (line(A) + b"\r\n" + line(B), "line 2 is empty"),
-        (line(A) + b"\r\n", "line 2 is empty"),
-        (line(A) + b"\n\n", "line 2 is empty"),
         (line(A) + b"sip:\xff:5060\r\n", "not UTF-8"),
         (b"sip:10.0.0.1:5060;x=" + b"a" * MAX_LINE_LENGTH + b"\r\n", "longer than"),
         (b"sip:" + b"a" * 251 + b".com:5060\r\n", "longer than 254"),
@@ -369,6 +363,24 @@ def test_parse_rejects_bad_lines(body: bytes, fault: str) -> None:
     """Each bad line makes the whole body a NodeListError naming line and fault."""
     with pytest.raises(NodeListError, match=fault):
         parse_body(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\r\n",
+        b"   \r\n",
+        line(A) + b"\r\n" + line(B),
+        line(A) + b"\r\n",
+        line(A) + b"\n\n",
+        b" \t" + line(A).rstrip(b"\r\n") + b"  \r\n\r\n" + line(B),
+    ],
+)
+def test_parse_skips_blank_lines_and_white_space(body: bytes) -> None:
+    """Blank lines and white space around a line are no fault: the lines that are there are read."""
+    nodes = [n.key for n, _ in parse_body(body)]
+    expected = [Node.from_uri(u).key for u in (A, B) if u.encode() in body]
+    assert nodes == expected
 
 
 def test_parse_error_names_the_bad_line() -> None:
@@ -680,7 +692,7 @@ def test_merge_bad_body_then_good_body_has_clean_events() -> None:
     """A refused body leaves no event history behind: the next good body reports normally."""
     nodes = make_list()
     with pytest.raises(NodeListError):
-        nodes.merge_body(line(A) + b"\r\n", now=1.0)
+        nodes.merge_body(line(A) + b"sip:10.0.0.1;status=active\r\n", now=1.0)
     assert kinds(nodes.merge_body(line(A), now=2.0).events) == [(UP, A)]
 
 
@@ -1190,3 +1202,85 @@ def test_moved_names_still_import_from_dmq_node() -> None:
         assert getattr(dmq.node, name) is getattr(dmq.nodelist, name)
     with pytest.raises(AttributeError):
         dmq.node.NoSuchName  # noqa: B018
+
+
+# ---------------------------------------------------------------------------
+# Bounds and trust
+# ---------------------------------------------------------------------------
+
+
+def many(count: int, start: int = 1) -> bytes:
+    """A body listing ``count`` made-up nodes on 10.9.x.y:5060."""
+    return b"".join(line(f"sip:10.9.{i // 200}.{i % 200 + 1}:5060") for i in range(start, start + count))
+
+
+def test_a_stranger_adds_at_most_itself() -> None:
+    """An untrusted body adds its sender's own line only; the other lines are refused and counted, known nodes untouched."""
+    nodes = make_list(node(A))
+    body = line(B) + many(999) + line(A, "disabled")
+    result = nodes.merge_body(body, now=1.0, sender=node(B), trusted=False)
+    assert [str(n.uri) for n in result.added] == [B]
+    assert result.refused == 999
+    assert nodes.get(A).status is ACTIVE  # type: ignore[union-attr]
+    assert len(nodes) == 3
+
+
+def test_a_stranger_without_its_own_line_adds_nothing() -> None:
+    """An untrusted body that does not name its sender adds nobody."""
+    nodes = make_list()
+    result = nodes.merge_body(many(3), now=1.0, sender=node(C), trusted=False)
+    assert (result.added, result.refused, len(nodes)) == ([], 3, 1)
+
+
+def test_caps_on_nodes_per_list_and_in_the_list() -> None:
+    """A member's list adds at most max_new_per_list nodes and never grows the list past max_nodes; the rest is counted."""
+    nodes = NodeList(Node.from_uri(LOCAL), max_nodes=10, max_new_per_list=4)
+    first = nodes.merge_body(many(6), now=1.0)
+    assert (len(first.added), first.refused, len(nodes)) == (4, 2, 5)
+    second = nodes.merge_body(many(20, start=100), now=2.0)
+    assert (len(second.added), second.refused, len(nodes)) == (4, 16, 9)
+    third = nodes.merge_body(many(20, start=200), now=3.0)
+    assert (len(third.added), third.refused, len(nodes)) == (1, 19, 10)
+
+
+def test_default_caps_suit_a_256_node_cluster() -> None:
+    """By default a list of 256 nodes is taken whole, and 1,000 made-up ones are cut at the cap."""
+    nodes = make_list()
+    assert len(nodes.merge_body(many(255), now=1.0).added) == 255
+    result = nodes.merge_body(many(1000, start=300), now=2.0)
+    assert len(nodes) <= nodes.max_nodes and result.refused >= 1000 - (nodes.max_nodes - 256)
+
+
+@pytest.mark.parametrize(
+    "uri", ["sip:224.0.0.1:5060", "sip:255.255.255.255:5060", "sip:0.0.0.0:5060", "sip:[ff02::1]:5060", "sip:[::]:5060"]
+)
+def test_addresses_nothing_is_sent_to_are_refused(uri: str) -> None:
+    """Multicast, broadcast and unspecified addresses are never added, even from a member."""
+    nodes = make_list()
+    result = nodes.merge_body(line(uri) + line(A), now=1.0)
+    assert [str(n.uri) for n in result.added] == [A]
+    assert result.refused == 1
+    assert not Node.from_uri(uri).sendable
+
+
+def test_format_body_limit_keeps_the_local_line_and_the_newest() -> None:
+    """A limited body keeps the local line last and as many of the newest active nodes as fit."""
+    nodes = make_list(node(A), node(B), node(C))
+    whole = nodes.format_body()
+    assert nodes.format_body(limit=len(whole)) == whole
+    local_only = nodes.format_body(limit=10)
+    assert local_only == line(LOCAL)
+    two = nodes.format_body(limit=len(line(C)) + len(line(LOCAL)))
+    assert two == line(C) + line(LOCAL)
+
+
+def test_format_body_follows_every_change() -> None:
+    """The body follows additions, status changes and removals at once."""
+    nodes = make_list(node(A))
+    assert nodes.format_body() == line(A) + line(LOCAL)
+    nodes.add(node(B))
+    assert nodes.format_body() == line(B) + line(A) + line(LOCAL)
+    nodes.set_status(node(A), DISABLED)
+    assert nodes.format_body() == line(B) + line(LOCAL)
+    nodes.remove(node(B))
+    assert nodes.format_body() == line(LOCAL)

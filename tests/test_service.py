@@ -241,6 +241,58 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 1)
         self.assertIn("seed sip:127.0.0.2:5061 is on this node's own IP address 127.0.0.2", warnings[0])
 
+    def test_a_stranger_cannot_vouch_for_others(self) -> None:
+        """One datagram from a non-member listing 1,000 made-up nodes adds only its sender; nothing goes to a made-up address."""
+        cluster = FakeCluster()
+        a = cluster.add(5060)
+        cluster.add(5061, seeds=(5060,))
+        cluster.run(0.1)
+        a.transport.clear()
+        made_up = b"".join(f"sip:10.9.{i // 200}.{i % 200 + 1}:5060;status=active\r\n".encode() for i in range(1000))
+        body = b"sip:127.0.0.1:5999;status=active\r\n" + made_up
+        response = answer(a, request_to(5060, body=body))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(sorted(cluster.view(5060)), [5060, 5061, 5999])
+        self.assertEqual(a.notification.refused_nodes, 1000)
+        cluster.run(10, step=0.01)  # two ping intervals
+        hosts = {sent.address.host for sent in a.transport.sent}
+        self.assertEqual(hosts, {"127.0.0.1"})
+
+    def test_stranger_answer_is_cut_and_it_gets_no_rebroadcast(self) -> None:
+        """A stranger's join gets a 200 at most 3 times its size (own line last); the re-broadcast skips it and has Max-Forwards 1."""
+        cluster = FakeCluster()
+        a = cluster.add(5060)
+        members = [cluster.add(port, seeds=(5060,)) for port in range(5061, 5091)]
+        cluster.run(5.1)
+        self.assertEqual(len(cluster.view(5060)), 31)
+        a.transport.clear()
+        request = request_to(5060, body=b"sip:127.0.0.1:5999;status=active\r\n")
+        request.headers.set("Max-Forwards", "70")
+        response = answer(a, request)
+        size = len(request.to_bytes())
+        self.assertLessEqual(len(response.to_bytes()), 3 * size + 100)
+        self.assertLess(len(response.body), len(a.nodes.format_body()))
+        self.assertTrue(response.body.endswith(b"sip:127.0.0.1:5060;status=active\r\n"))
+        rebroadcast = [s for s in a.transport.sent if isinstance(s.message, Request)]
+        self.assertEqual({s.address.port for s in rebroadcast}, {m.nodes.local.port for m in members})
+        self.assertEqual({s.message.max_forwards for s in rebroadcast}, {1})
+
+    def test_member_answer_is_whole(self) -> None:
+        """A member's node-list query gets the whole list."""
+        cluster = FakeCluster()
+        a = cluster.add(5060)
+        for port in range(5061, 5071):
+            cluster.add(port, seeds=(5060,))
+        cluster.run(5.1)
+        request = build_request(
+            "KDMQ",
+            SIPURI.parse("sip:notification_peer@127.0.0.1:5060"),
+            from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5061"),
+            via_transport="UDP",
+            via_sent_by="127.0.0.1:5061",
+        )
+        self.assertEqual(answer(a, request).body, a.nodes.format_body())
+
     def test_empty_body_is_read_only(self) -> None:
         """A node-list request with an empty body changes nothing and gets the list back."""
         cluster = FakeCluster()
