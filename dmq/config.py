@@ -225,6 +225,24 @@ class NodeConfig:
         """The host the SIP listeners bind: ``listen``, else the host of ``server_address``."""
         return self.listen or SIPURI.parse(self.server_address).host.strip("[]")
 
+    def open_transports(self) -> list[str]:
+        """
+        The SIP transports on which any host can reach this node: none on
+        loopback or with an ``allow`` list; else UDP and TCP when on, and
+        TLS unless it verifies client certificates.
+        """
+        if self.allow or _is_loopback(self.listen_host):
+            return []
+        transport = SIPURI.parse(self.server_address).transport
+        open_ = []
+        if self.udp:
+            open_.append("udp")
+        if self.tcp or transport == "tcp":
+            open_.append("tcp")
+        if self.tls is not None and not self.tls.verify_client:
+            open_.append("tls")
+        return open_
+
 
 # -- the checks, one group of settings each ----------------------------------------------------
 

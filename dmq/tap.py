@@ -211,13 +211,21 @@ class NodeService(MultiService):
         dmq.setServiceParent(self)
 
     def startService(self) -> None:  # noqa: N802
-        """Start the node; stop the reactor if it cannot listen."""
+        """Warn about risky settings, start the node; stop the reactor if it cannot listen."""
         if self.config.ping_interval < KAMAILIO_MIN_PING_INTERVAL:
             log.warn(
                 "ping_interval {seconds} is below Kamailio's minimum of {minimum}; Kamailio nodes of this "
                 "cluster ping every {minimum} s at the most",
                 seconds=self.config.ping_interval,
                 minimum=KAMAILIO_MIN_PING_INTERVAL,
+            )
+        open_transports = self.config.open_transports()
+        if open_transports:
+            log.warn(
+                "listening on {host} ({transports}) with neither an allow list nor mutual TLS "
+                "(tls_verify_client): any host that reaches it can add nodes to the cluster and reach its peers",
+                host=self.config.listen_host,
+                transports=", ".join(t.upper() for t in open_transports),
             )
         super().startService()
 

@@ -1,4 +1,4 @@
-"""The settings table and its Kamailio modparams, and resolve() without twistd."""
+"""The settings table and its Kamailio modparams, resolve() without twistd, and which SIP listeners are open to anyone."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from twisted.python.usage import UsageError
 import dmq.tap
 from dmq import config as config_module
 from dmq import settings as settings_module
-from dmq.config import resolve
+from dmq.config import NodeConfig, resolve
 from dmq.settings import KAMAILIO_ONLY, SETTINGS, Modparam
+from dmq.sip.transport import TLSSettings
 
 BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -124,3 +125,32 @@ def test_resolve_errors_name_the_option(given: dict[str, Any], message: str) -> 
     with pytest.raises(UsageError) as info:
         resolve(given)
     assert str(info.value) == message
+
+
+# -- who can reach the node ----------------------------------------------------------------------------
+
+
+def tls(verify_client: bool) -> TLSSettings:
+    """TLS settings (the files are never read here)."""
+    return TLSSettings(certificate="node.pem", private_key="node.pem", ca="ca.pem", verify_client=verify_client)
+
+
+@pytest.mark.parametrize(
+    "settings, open_transports",
+    [
+        ({}, []),
+        ({"server_address": "sip:[::1]:5060"}, []),
+        ({"server_address": "sip:localhost:5060"}, []),
+        ({"server_address": "sip:10.0.0.1:5060"}, ["udp"]),
+        ({"server_address": "sip:node1.example:5060"}, ["udp"]),
+        ({"server_address": "sip:10.0.0.1:5060;transport=tcp"}, ["udp", "tcp"]),
+        ({"listen": "0.0.0.0"}, ["udp"]),
+        ({"server_address": "sip:10.0.0.1:5060", "allow": ["10.0.0.0/8"]}, []),
+        ({"server_address": "sip:10.0.0.1:5060", "udp": False, "tls": tls(True)}, []),
+        ({"server_address": "sip:10.0.0.1:5060", "tls": tls(True)}, ["udp"]),
+        ({"server_address": "sip:10.0.0.1:5060", "udp": False, "tcp": True, "tls": tls(False)}, ["tcp", "tls"]),
+    ],
+)
+def test_open_transports(settings: dict[str, Any], open_transports: list[str]) -> None:
+    """Off loopback and without an allow list, every SIP listener but a mutual-TLS one is open to anyone."""
+    assert NodeConfig(**settings).open_transports() == open_transports

@@ -434,6 +434,41 @@ def test_node_stops_the_reactor_when_it_cannot_listen() -> None:
     assert not dmq.running
 
 
+def test_node_warns_when_anyone_can_reach_it() -> None:
+    """Off loopback with neither an allow list nor mutual TLS, the node warns at start that any host can join and reach peers."""
+    clock = Clock()
+    dmq = DMQService("sip:10.0.0.1:5060", reactor=clock, transport=FakeSIPTransport())
+    node = NodeService(dmq, NodeConfig(server_address="sip:10.0.0.1:5060", tcp=True), clock)
+    with capturedLogs() as events:
+        node.startService()
+    warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert warnings == [
+        "listening on 10.0.0.1 (UDP, TCP) with neither an allow list nor mutual TLS (tls_verify_client): "
+        "any host that reaches it can add nodes to the cluster and reach its peers"
+    ]
+
+
+@pytest.mark.parametrize("args", [(), ("--server-address", "sip:127.0.0.2:5060"), ("--server-socket", "udp:127.0.0.3")])
+def test_node_on_loopback_does_not_warn(args: tuple[str, ...]) -> None:
+    """A node on a loopback address starts without a warning."""
+    clock = Clock()
+    config = parse("--control", "none", *args)
+    dmq = DMQService(reactor=clock, transport=FakeSIPTransport(), **config.service_kwargs())
+    with capturedLogs() as events:
+        NodeService(dmq, config, clock).startService()
+    assert [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn] == []
+
+
+def test_node_with_an_allow_list_does_not_warn() -> None:
+    """An allow list answers the warning: only those networks are served."""
+    config = NodeConfig(server_address="sip:10.0.0.1:5060", allow=["10.0.0.0/8"])
+    clock = Clock()
+    dmq = DMQService(reactor=clock, transport=FakeSIPTransport(), **config.service_kwargs())
+    with capturedLogs() as events:
+        NodeService(dmq, config, clock).startService()
+    assert [e for e in events if e["log_level"] >= LogLevel.warn] == []
+
+
 class StoppablePort:
     """A listening port that records stopListening."""
 
