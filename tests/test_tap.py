@@ -12,12 +12,16 @@ from typing import Any, Iterator
 import pytest
 from twisted.application.service import IService
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 
 from dmq import DMQService
 from dmq.control import _QuietSite
-from dmq.tap import SETTINGS, NodeConfig, NodeService, Options, PortProbe, build_node, check_ports, makeService
+from dmq.tap import SETTINGS, Listener, NodeConfig, NodeService, Options, PortProbe, build_node, check_ports, makeService
 from dmq.testing import FakeSIPTransport
 from tests.certs import CertificateAuthority
 from tests.helpers import free_port
@@ -428,6 +432,111 @@ def test_node_stops_the_reactor_when_it_cannot_listen() -> None:
     node.startService()
     assert clock.stopped
     assert not dmq.running
+
+
+def test_node_warns_when_anyone_can_reach_it() -> None:
+    """Off loopback with neither an allow list nor mutual TLS, the node warns at start that any host can join and reach peers."""
+    clock = Clock()
+    dmq = DMQService("sip:10.0.0.1:5060", reactor=clock, transport=FakeSIPTransport())
+    node = NodeService(dmq, NodeConfig(server_address="sip:10.0.0.1:5060", tcp=True), clock)
+    with capturedLogs() as events:
+        node.startService()
+    warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert warnings == [
+        "listening on 10.0.0.1 (UDP, TCP) with neither an allow list nor mutual TLS (tls_verify_client): "
+        "any host that reaches it can add nodes to the cluster and reach its peers"
+    ]
+
+
+@pytest.mark.parametrize("args", [(), ("--server-address", "sip:127.0.0.2:5060"), ("--server-socket", "udp:127.0.0.3")])
+def test_node_on_loopback_does_not_warn(args: tuple[str, ...]) -> None:
+    """A node on a loopback address starts without a warning."""
+    clock = Clock()
+    config = parse("--control", "none", *args)
+    dmq = DMQService(reactor=clock, transport=FakeSIPTransport(), **config.service_kwargs())
+    with capturedLogs() as events:
+        NodeService(dmq, config, clock).startService()
+    assert [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn] == []
+
+
+def test_node_with_an_allow_list_does_not_warn() -> None:
+    """An allow list answers the warning: only those networks are served."""
+    config = NodeConfig(server_address="sip:10.0.0.1:5060", allow=["10.0.0.0/8"])
+    clock = Clock()
+    dmq = DMQService(reactor=clock, transport=FakeSIPTransport(), **config.service_kwargs())
+    with capturedLogs() as events:
+        NodeService(dmq, config, clock).startService()
+    assert [e for e in events if e["log_level"] >= LogLevel.warn] == []
+
+
+class StoppablePort:
+    """A listening port that records stopListening."""
+
+    stopped = False
+
+    def stopListening(self) -> None:  # noqa: N802
+        self.stopped = True
+
+
+class PortReactor(MemoryReactorClock):
+    """A reactor whose TCP ports record being stopped, or, with ``refuse``, are all taken."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.ports: list[StoppablePort] = []
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:  # noqa: N802
+        if self.refuse:
+            raise CannotListenError(interface, port, OSError("Address already in use"))
+        super().listenTCP(port, factory, backlog, interface)
+        self.ports.append(StoppablePort())
+        return self.ports[-1]
+
+
+def stopped(listener: Listener) -> list[Any]:
+    """Stop ``listener``; what its Deferred fired with."""
+    results: list[Any] = []
+    listener.stopService().addBoth(results.append)
+    return results
+
+
+def test_listener_listens_and_stops_listening() -> None:
+    """A listener listens on its endpoint when started, logs where, and stops listening when stopped."""
+    reactor = PortReactor()
+    listener = Listener("tcp:8061:interface=127.0.0.1", Factory(), "control API", reactor)
+    assert listener.name == "control API"
+    with capturedLogs() as events:
+        listener.startService()
+    assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [(8061, "127.0.0.1")]
+    assert [formatEvent(e) for e in events] == ["control API listening on tcp:8061:interface=127.0.0.1"]
+    assert not reactor.ports[0].stopped
+    assert stopped(listener) == [None]
+    assert reactor.ports[0].stopped and not listener.running
+
+
+def test_listener_that_cannot_listen_stops_the_reactor() -> None:
+    """A listener that cannot listen logs one critical line naming it and the endpoint, and stops the reactor."""
+    reactor = PortReactor(refuse=True)
+    reactor.running = True
+    listener = Listener("tcp:8061:interface=127.0.0.1", Factory(), "metrics", reactor)
+    with capturedLogs() as events:
+        listener.startService()
+    assert reactor.hasStopped
+    critical = [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical]
+    assert len(critical) == 1
+    assert critical[0].startswith("metrics cannot listen on tcp:8061:interface=127.0.0.1: ")
+    assert critical[0].endswith("Address already in use.; stopping")
+    assert stopped(listener) == [None]
+
+
+def test_listener_failing_before_the_reactor_runs_stops_it_once_running() -> None:
+    """twistd starts services before the reactor runs: a listener failing then has the reactor stop as it starts."""
+    reactor = PortReactor(refuse=True)
+    with capturedLogs():
+        Listener("tcp:8061", Factory(), "control API", reactor).startService()
+    assert not reactor.hasStopped
+    assert reactor.whenRunningHooks == [(reactor.stop, (), {})]
 
 
 # -- the plugin as a user runs it ---------------------------------------------------------------
