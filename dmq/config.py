@@ -167,6 +167,7 @@ class NodeConfig:
     notification_addresses: list[str] = field(default_factory=list)
     notification_channel: str = "notification_peer"
     multi_notify: bool = False
+    seed_refresh: int = 10
     ping_interval: int = 60
     remove_inactive: bool = True
     fail_count_enabled: bool = False
@@ -208,6 +209,7 @@ class NodeConfig:
             "fail_count_threshold_disabled": self.fail_count_threshold_disabled,
             "init_with_single": self.init_with_single,
             "multi_notify": self.multi_notify,
+            "seed_refresh": self.seed_refresh,
             "listen": self.listen,
             "udp": self.udp,
             "tcp": self.tcp,
@@ -252,7 +254,7 @@ _Origins = dict[str, str]
 _SERVER_SOCKET = re.compile(r"^(?:(udp|tcp|tls):)?(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(\d+))?$", re.I)
 _HTABLE = re.compile(r"^[A-Za-z0-9_.\-]+(:.*)?$")
 _PLAIN = (
-    "multi_notify", "ping_interval", "remove_inactive", "fail_count_enabled", "fail_count_threshold_not_active",
+    "multi_notify", "seed_refresh", "ping_interval", "remove_inactive", "fail_count_enabled", "fail_count_threshold_not_active",
     "fail_count_threshold_disabled", "init_with_single", "udp", "tcp", "udp_max_size",
 )
 """Settings taken as converted, with no check beyond their kind and minimum."""

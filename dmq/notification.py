@@ -25,10 +25,11 @@ from twisted.logger import Logger
 from dmq.errors import one_line
 from dmq.node import Node, NodeListError, NodeStatus
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
+from dmq.seeds import Resolver, Seeds
 from dmq.sip.message import Response
 from dmq.sip.uri import SIPURI
 
-__all__ = ["NotificationPeer", "DEFAULT_CHANNEL", "JOIN_MAX_FORWARDS", "MAX_SEEDS", "HOP_BUDGET", "AMPLIFICATION"]
+__all__ = ["NotificationPeer", "DEFAULT_CHANNEL", "JOIN_MAX_FORWARDS", "HOP_BUDGET", "AMPLIFICATION", "SEED_REFRESH"]
 
 log = Logger()
 
@@ -39,10 +40,8 @@ HOP_BUDGET = 2
 """The most Max-Forwards a received node-list request is taken to have: at most one re-broadcast follows."""
 AMPLIFICATION = 3
 """A stranger's node-list request gets an answer of at most this many times its size."""
-MAX_SEEDS = 30
-"""The most addresses ``multi_notify`` turns into seeds."""
-
-Resolver = Callable[[str], "Deferred[list[str]]"]
+SEED_REFRESH = 10
+"""Default: seeds given by host name are resolved again every this many ping intervals."""
 
 
 class NotificationPeer(Peer):
@@ -54,10 +53,14 @@ class NotificationPeer(Peer):
     :param ping_interval: seconds between pings (Kamailio's minimum is 5).
     :param multi_notify: resolve the first seed's host name (SRV, then A,
         then AAAA) and use every address found as a seed.
-    :param resolver: for ``multi_notify``: a callable taking a host name and
-        returning a Deferred list of IP addresses (default: dnspython in a
-        thread, see :mod:`dmq.resolve`).
+    :param resolver: looks up seeds given by host name: a callable taking a
+        name and returning a Deferred list of IP addresses (default: the
+        system resolver, and SRV with ``multi_notify``, in the reactor's
+        thread pool; see :mod:`dmq.resolve`).
     :param join_retry: seconds between join attempts while no seed answers.
+    :param seed_refresh: resolve seeds given by host name again every this
+        many ping intervals (0: only before a join attempt, and whenever the
+        node is alone).
     """
 
     exchanges_node_lists = True
@@ -70,6 +73,7 @@ class NotificationPeer(Peer):
         multi_notify: bool = False,
         resolver: Optional[Resolver] = None,
         join_retry: Optional[float] = None,
+        seed_refresh: int = SEED_REFRESH,
     ) -> None:
         super().__init__(channel)
         self.seed_uris = [s if isinstance(s, SIPURI) else SIPURI.parse(s) for s in seeds]
@@ -77,6 +81,8 @@ class NotificationPeer(Peer):
         self.multi_notify = multi_notify
         self.resolver = resolver
         self.join_retry = join_retry if join_retry is not None else min(ping_interval, 5.0)
+        self.seed_refresh = seed_refresh
+        self._ticks = 0
         self._pinger: Optional[LoopingCall] = None
         self._retry: Optional[IDelayedCall] = None
         self._joining = False
@@ -89,14 +95,18 @@ class NotificationPeer(Peer):
     def startService(self) -> None:  # noqa: N802
         """Add the seeds, join, start pinging."""
         super().startService()
-        clock = self.service.clock
-        for uri in self.seed_uris:
-            self._add_seed(uri)
-        if self.multi_notify and self.seed_uris:
-            d = self._resolve_seeds(self.seed_uris[0])
-            d.addCallback(lambda _: self.join())
-        else:
-            clock.callLater(0, self.join)
+        service = self.service
+        clock = service.clock
+        resolver = self.resolver
+        if resolver is None:
+            from dmq.resolve import resolve_all
+
+            def resolver(name: str) -> "Deferred[list[str]]":
+                return resolve_all(name, srv=self.multi_notify, reactor=service.reactor)
+
+        self._seeds = Seeds(self.seed_uris, service.nodes, resolver, self.multi_notify, self._check_own_ip)
+        self._seeds.add_addresses()
+        clock.callLater(0, self.join)
         self._pinger = LoopingCall(self._tick)
         self._pinger.clock = clock
         loop = self._pinger.start(self.ping_interval, now=False)
@@ -116,21 +126,6 @@ class NotificationPeer(Peer):
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
-
-    def _add_seed(self, uri: SIPURI) -> Optional[Node]:
-        nodes = self.service.nodes
-        try:
-            node = Node.from_uri(uri, status=NodeStatus.NOT_ACTIVE, seed=True)
-        except NodeListError as e:
-            log.error("ignoring notification address {uri}: {reason}", uri=str(uri), reason=str(e))
-            return None
-        if node.key == nodes.local.key:
-            log.info("ignoring notification address {uri}: it is this node", uri=str(uri))
-            return None
-        listed = nodes.add(node)
-        listed.seed = True
-        self._check_own_ip(listed)
-        return listed
 
     def _check_own_ip(self, seed: Node) -> None:
         """
@@ -160,25 +155,6 @@ class NotificationPeer(Peer):
 
         defer.gatherResults([ip_of(seed.host), ip_of(local.host)]).addCallback(compare)
 
-    def _resolve_seeds(self, uri: SIPURI) -> "Deferred[None]":
-        from dmq.resolve import resolve_all
-
-        resolver = self.resolver or resolve_all
-        d = defer.maybeDeferred(resolver, uri.host)
-
-        def found(addresses: list[str]) -> None:
-            for address in addresses[:MAX_SEEDS]:
-                host = f"[{address}]" if ":" in address else address
-                self._add_seed(uri.replace(host=host, user=None))
-            log.info(
-                "multi_notify: {name} gave {count} seed(s)", name=uri.host, count=min(len(addresses), MAX_SEEDS)
-            )
-
-        return d.addCallbacks(
-            found,
-            lambda f: log.warn("multi_notify: cannot resolve {name}: {reason}", name=uri.host, reason=f.getErrorMessage()),
-        )
-
     # -- join -------------------------------------------------------------------
 
     def seeds(self) -> list[Node]:
@@ -187,18 +163,27 @@ class NotificationPeer(Peer):
 
     def join(self) -> "Deferred[bool]":
         """
-        Send this node's list to every seed (Max-Forwards 2) and merge the
-        answers.  Fires with whether a seed answered 200; while none does,
-        another attempt follows after ``join_retry`` seconds.
+        Resolve the seeds given by host name again, then send this node's
+        list to every seed (Max-Forwards 2) and merge the answers.  Fires
+        with whether a seed answered 200; while none does, another attempt
+        follows after ``join_retry`` seconds.
         """
-        service = self.service
         self._retry = None
+        self._joining = True
+        if self._seeds.named:
+            return self._seeds.refresh().addCallback(lambda _: self._join_seeds())
+        return self._join_seeds()
+
+    def _join_seeds(self) -> "Deferred[bool]":
+        service = self.service
         seeds = self.seeds()
         if not seeds:
+            self._joining = False
             service.membership.alone()
+            if self._seeds.named:
+                self._retry_later()
             return defer.succeed(False)
         self.joins += 1
-        self._joining = True
         body = service.nodes.format_body()
         attempts = [self._exchange(node, body, JOIN_MAX_FORWARDS) for node in seeds]
         d = defer.gatherResults(attempts)
@@ -208,12 +193,15 @@ class NotificationPeer(Peer):
             joined = any(results)
             if not joined:
                 service.membership.alone()
-                if self.running and (self._retry is None or not self._retry.active()):
-                    log.info("no seed answered; joining again in {s} s", s=self.join_retry)
-                    self._retry = service.clock.callLater(self.join_retry, self.join)
+                self._retry_later()
             return joined
 
         return d.addCallback(done)
+
+    def _retry_later(self) -> None:
+        if self.running and (self._retry is None or not self._retry.active()):
+            log.info("no seed answered; joining again in {s} s", s=self.join_retry)
+            self._retry = self.service.clock.callLater(self.join_retry, self.join)
 
     # -- exchanges ----------------------------------------------------------------
 
@@ -269,6 +257,9 @@ class NotificationPeer(Peer):
 
     def _tick(self) -> None:
         # The loop must not wait for answers: a silent node takes 64*T1.
+        self._ticks += 1
+        if self.seed_refresh and self._ticks % self.seed_refresh == 0 and self._seeds.named:
+            self._seeds.refresh()
         self.ping()
 
     def ping(self) -> "Deferred[list[bool]]":

@@ -32,7 +32,7 @@ from dmq.interfaces import IPeer, IPeerHost
 from dmq.membership import EventListener, Membership
 from dmq.node import Node, NodeKey, NodeStatus, server_address_uri
 from dmq.nodelist import NodeList, TimeoutPolicy
-from dmq.notification import DEFAULT_CHANNEL, NotificationPeer
+from dmq.notification import DEFAULT_CHANNEL, SEED_REFRESH, NotificationPeer
 from dmq.peer import Peer, PeerResponse
 from dmq.sip.address import UDP_HARD_LIMIT, UDP_MAX_SIZE, Address
 from dmq.sip.message import Request, Response, build_request, make_response, new_branch
@@ -75,6 +75,11 @@ class DMQService(MultiService):
         is alone (no seed, or no seed answered the first join).
     :param multi_notify: turn every address of the first seed's host name
         into a seed.
+    :param seed_refresh: resolve seeds given by host name again every this
+        many ping intervals (also before every join attempt and whenever the
+        node is alone; 0: only then).
+    :param resolver: looks host names of seeds up: ``name -> Deferred list of
+        IP addresses`` (default: the system resolver in a thread).
     :param listen: the interface to listen on (default: the host of
         ``server_address``; Kamailio's ``server_socket``).
     :param udp: listen on UDP.
@@ -107,6 +112,7 @@ class DMQService(MultiService):
         fail_count_threshold_disabled: int = 1,
         init_with_single: bool = False,
         multi_notify: bool = False,
+        seed_refresh: int = SEED_REFRESH,
         listen: Optional[str] = None,
         udp: bool = True,
         tcp: bool = False,
@@ -186,6 +192,7 @@ class DMQService(MultiService):
             ping_interval=ping_interval,
             multi_notify=multi_notify,
             resolver=resolver,
+            seed_refresh=seed_refresh,
         )
         self.register_peer(self.notification)
 

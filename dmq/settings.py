@@ -91,6 +91,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("multi_notify", "bool", False,
             "1: every address of the notification address's host name (SRV, A, AAAA) becomes a seed.",
             modparam=_dmq("multi_notify")),
+    Setting("seed_refresh", "int", 10,
+            "Resolve notification addresses given by host name again every this many ping intervals "
+            "(also before every join attempt and whenever the node is alone; 0: only then).", minimum=0),
     Setting("ping_interval", "int", 60,
             "Seconds between pings of every node; at least 1 (Kamailio raises values below 5 to 5).",
             minimum=1, modparam=_dmq("ping_interval")),

@@ -197,26 +197,35 @@ class FakeCluster:
         self.nodes: dict[int, Any] = {}
         self.events: dict[int, list[Any]] = {}
 
-    def add(self, port: int, seeds: Iterable[int] = (), start: bool = True, peers: Iterable[Any] = (), **kw: Any) -> Any:
+    def add(
+        self,
+        port: int,
+        seeds: Iterable[Union[int, str]] = (),
+        start: bool = True,
+        peers: Iterable[Any] = (),
+        host: str = "127.0.0.1",
+        **kw: Any,
+    ) -> Any:
         """
-        A node on ``port`` seeded with the nodes on ``seeds``, with ``peers``
-        registered; other keyword arguments go to
-        :class:`~dmq.service.DMQService` (``ping_interval`` defaults to 5 s).
-        Its events are recorded in :attr:`events`.  Started unless ``start``
-        is false.
+        A node on ``host``:``port`` seeded with ``seeds`` (ports of nodes on
+        127.0.0.1, or notification address URIs), with ``peers`` registered;
+        other keyword arguments go to :class:`~dmq.service.DMQService`
+        (``ping_interval`` defaults to 5 s).  Its events are recorded in
+        :attr:`events`.  Started unless ``start`` is false.  Ports name the
+        nodes here, so each node has its own.
         """
         from dmq.service import DMQService
 
         transport = FakeSIPTransport(self.clock, ("udp",))
         kw.setdefault("ping_interval", 5)
         svc = DMQService(
-            f"sip:127.0.0.1:{port}",
-            [f"sip:127.0.0.1:{s}" for s in seeds],
+            f"sip:{host}:{port}",
+            [s if isinstance(s, str) else f"sip:127.0.0.1:{s}" for s in seeds],
             reactor=self.clock,
             transport=transport,
             **kw,
         )
-        self.network.attach(transport, Address("udp", "127.0.0.1", port))
+        self.network.attach(transport, Address("udp", host, port))
         self.nodes[port] = svc
         self.events[port] = []
         svc.add_event_listener(self.events[port].append)
@@ -238,6 +247,7 @@ class FakeCluster:
     def kill(self, port: int) -> None:
         """The node on ``port`` vanishes without a word (its timers stop too)."""
         svc = self.nodes[port]
-        self.network.detach(Address("udp", "127.0.0.1", port))
+        local = svc.nodes.local
+        self.network.detach(Address("udp", local.host.strip("[]"), port))
         svc.notification.stop_pinging()
         svc.transactions.stop()

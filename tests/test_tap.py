@@ -102,6 +102,7 @@ def test_every_dmq_option() -> None:
         "--tcp", "true",
         "--t1", "250", "--t2", "2000", "--t4", "3000",
         "--udp-max-size", "16000",
+        "--seed-refresh", "3",
         "--allow", "127.0.0.0/8", "--allow", "::1",
     )
     assert config.service_kwargs() == {
@@ -115,6 +116,7 @@ def test_every_dmq_option() -> None:
         "fail_count_threshold_disabled": 4,
         "init_with_single": True,
         "multi_notify": False,
+        "seed_refresh": 3,
         "listen": "127.0.0.1",
         "udp": False,
         "tcp": True,
@@ -553,7 +555,7 @@ def test_twistd_help_lists_every_option(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Usage: twistd [options] dmq [options]" in result.stdout
     options = ["--config"] + [f"--{s.option}" for s in SETTINGS if s.cli]
-    assert len(options) == 35
+    assert len(options) == 36
     for option in options:
         assert f"{option}=" in result.stdout, option
 
