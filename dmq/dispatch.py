@@ -10,13 +10,22 @@ a Deferred of one of these; a :class:`~dmq.peer.PeerError`; any other
 exception) into the response.  Only a peer that exchanges node lists keeps
 its answer's body: Kamailio 5.6 reads any other 200 body as a node list.
 Other methods go to the application's request hook, else 405.
+
+A peer affects only its own channel: one that raises answers 500; one that
+has not answered within :data:`HANDLER_TIMEOUT` seconds is answered ``503``
+for it (its late answer is dropped), and a channel with
+:data:`MAX_PENDING` requests unanswered answers ``503`` at once.  Requests
+from addresses that are no node of the list are limited to
+:data:`STRANGER_RATE` a second per address (with bursts of
+:data:`STRANGER_BURST`); past that they are answered ``503``.  Every 503
+carries ``Retry-After`` and is counted in :attr:`Dispatcher.refused`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -38,6 +47,24 @@ log = Logger()
 
 NOT_FOUND = "User Not Found"
 """The reason of the 404 for a channel without a peer, as every Kamailio release words it."""
+
+HANDLER_TIMEOUT = 2.0
+"""Seconds a peer has to answer before its request is answered 503 (well inside a sender's 64*T1)."""
+
+MAX_PENDING = 256
+"""The most unanswered requests one channel may hold; more are answered 503 at once."""
+
+STRANGER_RATE = 50.0
+"""Requests a second one address that is no node of the list may send before it is answered 503."""
+
+STRANGER_BURST = 100
+"""How many requests such an address may send at once."""
+
+MAX_SOURCES = 4096
+"""The most stranger addresses tracked at once (all are forgotten when there are more)."""
+
+RETRY_AFTER = 1
+"""The Retry-After of a 503, in seconds."""
 
 
 @dataclass
@@ -63,6 +90,15 @@ class Dispatcher:
     def __init__(self, service: "DMQService", server: str) -> None:
         self.service = service
         self.server = server
+        self.handler_timeout = HANDLER_TIMEOUT
+        self.max_pending = MAX_PENDING
+        self.stranger_rate = STRANGER_RATE
+        self.stranger_burst = STRANGER_BURST
+        self.pending: dict[str, int] = {}
+        """Unanswered requests per channel."""
+        self.refused: dict[str, int] = {"rate": 0, "pending": 0, "timeout": 0}
+        """Requests answered 503, by reason: a stranger over its rate, a channel full, a peer too slow."""
+        self._buckets: dict[str, list[float]] = {}
 
     def stats(self, channel: str) -> ChannelStats:
         """The counters of ``channel`` (made on first use)."""
@@ -89,6 +125,10 @@ class Dispatcher:
         if not self.allowed(source):
             log.info("refused {method} from {source}: not allowed", method=request.method, source=source.address)
             return make_response(request, 403, "Forbidden (source not allowed)", server=self.server)
+        host = source.address.host
+        if host not in service.nodes.member_ips() and not self._within_rate(host):
+            self.refused["rate"] += 1
+            return self._overloaded(request, "too many requests from this address")
         if request.method != "KDMQ":
             return self._other_method(request, source)
         uri = request.uri
@@ -143,14 +183,68 @@ class Dispatcher:
         except Exception:
             return respond(failure_as_peer_response(Failure(), channel))
         if isinstance(result, Deferred):
-            result.addCallbacks(as_peer_response, failure_as_peer_response, errbackArgs=(channel,))
-            result.addCallback(respond)
-            return result
+            return self._answer_later(result, channel, request, respond)
         try:
             answer = as_peer_response(result)
         except Exception:
             answer = failure_as_peer_response(Failure(), channel)
         return respond(answer)
+
+    def _answer_later(
+        self, result: "Deferred[Any]", channel: str, request: Request, respond: Callable[[PeerResponse], Response]
+    ) -> "Deferred[Response]":
+        """The response to a request whose peer answers later: its answer, or 503 when it takes too long."""
+        pending = self.pending.get(channel, 0)
+        if pending >= self.max_pending:
+            self.refused["pending"] += 1
+            result.addErrback(lambda _: None)
+            return defer.succeed(self._overloaded(request, f"channel {channel} is busy"))
+        self.pending[channel] = pending + 1
+        answer: Deferred[Response] = Deferred()
+
+        def too_late() -> None:
+            self.refused["timeout"] += 1
+            log.warn(
+                "peer {channel} did not answer within {seconds} s; answered 503", channel=channel, seconds=self.handler_timeout
+            )
+            answer.callback(self._overloaded(request, f"peer {channel} did not answer in time"))
+
+        timer = self.service.clock.callLater(self.handler_timeout, too_late)
+
+        def done(peer_answer: PeerResponse) -> None:
+            self.pending[channel] -= 1
+            if timer.active():
+                timer.cancel()
+                answer.callback(respond(peer_answer))
+
+        result.addCallbacks(as_peer_response, failure_as_peer_response, errbackArgs=(channel,))
+        result.addCallback(done)
+        return answer
+
+    def _overloaded(self, request: Request, why: str) -> Response:
+        return make_response(
+            request,
+            503,
+            f"Service Unavailable ({why})",
+            headers=[("Retry-After", str(RETRY_AFTER))],
+            server=self.server,
+        )
+
+    def _within_rate(self, host: str) -> bool:
+        """Take one request from ``host``'s token bucket; false when it is empty."""
+        now = float(self.service.clock.seconds())
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            if len(self._buckets) >= MAX_SOURCES:
+                self._buckets.clear()
+            bucket = self._buckets[host] = [float(self.stranger_burst), now]
+        tokens = min(float(self.stranger_burst), bucket[0] + (now - bucket[1]) * self.stranger_rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
 
     def _other_method(self, request: Request, source: Source) -> Any:
         hook = self.service.request_hook

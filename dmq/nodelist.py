@@ -190,6 +190,10 @@ class NodeList:
         self.max_new_per_list = max_new_per_list
         # The bodies format_body wrote, by the local node's status, until the list changes.
         self._bodies: dict[NodeStatus, bytes] = {}
+        self.version = 0
+        """Goes up at every change of the list (a node added or removed, a status changed)."""
+        self._member_ips: frozenset[str] = frozenset()
+        self._member_ips_version = -1
 
     # -- lookup -----------------------------------------------------------
 
@@ -275,13 +279,24 @@ class NodeList:
     def _set(self, node: Node, status: NodeStatus, events: list[Event]) -> None:
         """Change a listed node's status, emitting the event of the transition."""
         old, node.status = node.status, status
-        self._bodies.clear()
+        self._changed()
         if status is NodeStatus.ACTIVE and old is not NodeStatus.ACTIVE:
             self._emit(node, EventKind.PEER_UP, events)
         elif status is NodeStatus.NOT_ACTIVE and old is NodeStatus.ACTIVE:
             self._emit(node, EventKind.PEER_DOWN, events)
         elif status is NodeStatus.DISABLED and old is not NodeStatus.DISABLED:
             self._emit(node, EventKind.PEER_DISABLED, events)
+
+    def _changed(self) -> None:
+        self._bodies.clear()
+        self.version += 1
+
+    def member_ips(self) -> frozenset[str]:
+        """The IP addresses of the remote nodes (any status), for telling members from strangers."""
+        if self._member_ips_version != self.version:
+            self._member_ips = frozenset(n.resolved_ip for n in self._nodes.values() if n.resolved_ip and not n.local)
+            self._member_ips_version = self.version
+        return self._member_ips
 
     def _listed(self, node: Node) -> Optional[Node]:
         """The node of this list with ``node``'s key, if any."""
@@ -308,7 +323,7 @@ class NodeList:
         if node.local:
             raise ValueError(f"cannot add a second local node {node!r}")
         self._nodes[node.key] = node
-        self._bodies.clear()
+        self._changed()
         if node.status is NodeStatus.ACTIVE:
             self._emit(node, EventKind.PEER_UP, [] if events is None else events)
         return node
@@ -331,7 +346,7 @@ class NodeList:
         if listed.status is not NodeStatus.DISABLED:
             self._emit(listed, EventKind.PEER_DISABLED, sink)
         del self._nodes[listed.key]
-        self._bodies.clear()
+        self._changed()
         self._last_event.pop(listed.key, None)
         return True
 

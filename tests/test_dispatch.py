@@ -1,0 +1,95 @@
+"""Dispatch: a slow or stuck peer affects only its own channel; strangers are rate-limited (FakeCluster, task.Clock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from dmq import CallbackPeer, PeerResponse
+from dmq.sip import SIPURI, build_request
+from dmq.sip.address import Address
+from dmq.sip.message import Request, Response
+from dmq.testing import FakeCluster
+
+
+def kdmq(channel: str, host: str = "127.0.0.1", port: int = 5061) -> Request:
+    """A KDMQ for the node on 127.0.0.1:5060 on ``channel``, as sent from ``host``:``port``."""
+    return build_request(
+        "KDMQ",
+        SIPURI.parse(f"sip:{channel}@127.0.0.1:5060"),
+        from_uri=SIPURI.parse(f"sip:{channel}@{host}:{port}"),
+        via_transport="UDP",
+        via_sent_by=f"{host}:{port}",
+        body=b"x",
+        content_type="text/plain",
+    )
+
+
+class DispatchTests(SynchronousTestCase):
+    """One node on 127.0.0.1:5060 with a member on 5061; requests delivered by hand."""
+
+    def setUp(self) -> None:
+        self.cluster = FakeCluster()
+        self.svc = self.cluster.add(5060)
+        self.cluster.add(5061, seeds=(5060,))
+        self.cluster.run(0.1)
+        self.stuck: list[Deferred[Any]] = []
+
+        def stuck(message: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            self.stuck.append(d)
+            return d
+
+        self.svc.register_peer(CallbackPeer("stuck", stuck))
+        self.svc.register_peer(CallbackPeer("quick", lambda m: PeerResponse(200)))
+        self.svc.transport.clear()
+
+    def deliver(self, request: Request, host: str = "127.0.0.1", port: int = 5061) -> list[Response]:
+        """Deliver ``request`` from ``host``:``port``; the responses sent to that address so far."""
+        transport = self.svc.transport
+        transport.receive(request.to_bytes(), Address("udp", host, port))
+        return [s.message for s in transport.sent if isinstance(s.message, Response) and s.address.host == host]
+
+    def test_a_stuck_peer_gets_503_and_others_go_on(self) -> None:
+        """A peer that never answers gets its request answered 503 with Retry-After after 2 s; another channel answers at once meanwhile."""
+        self.deliver(kdmq("stuck"))
+        quick = self.deliver(kdmq("quick"))
+        self.assertEqual([r.code for r in quick], [200])
+        self.cluster.clock.advance(2.0)
+        answers = self.deliver(kdmq("quick"))
+        stuck_answers = [r for r in answers if r.call_id != quick[0].call_id and r.code == 503]
+        self.assertEqual(len(stuck_answers), 1)
+        self.assertEqual(stuck_answers[0].headers.get("Retry-After"), "1")
+        self.assertEqual(self.svc.dispatcher.refused["timeout"], 1)
+        self.stuck[0].callback(PeerResponse(200))  # too late: dropped
+        self.assertEqual(self.svc.dispatcher.pending["stuck"], 0)
+
+    def test_a_full_channel_answers_503_at_once(self) -> None:
+        """With max_pending unanswered requests on a channel, the next one is answered 503 at once."""
+        self.svc.dispatcher.max_pending = 3
+        for _ in range(3):
+            self.deliver(kdmq("stuck"))
+        answers = self.deliver(kdmq("stuck"))
+        self.assertEqual([r.code for r in answers], [503])
+        self.assertIn("busy", answers[0].reason)
+        self.assertEqual(self.svc.dispatcher.refused["pending"], 1)
+
+    def test_strangers_are_rate_limited_members_are_not(self) -> None:
+        """A stranger gets its burst, then 503s, then its rate again a second later; a member sending as much gets no 503."""
+        for _ in range(150):
+            self.deliver(kdmq("quick", host="127.0.0.77", port=5999), host="127.0.0.77", port=5999)
+        codes = [r.code for r in self.deliver(kdmq("quick", host="127.0.0.77"), host="127.0.0.77", port=5999)]
+        self.assertEqual(codes.count(200), 100)
+        self.assertEqual(codes.count(503), 51)
+        self.cluster.clock.advance(1.0)
+        before = len(codes)
+        for _ in range(60):
+            self.deliver(kdmq("quick", host="127.0.0.77", port=5999), host="127.0.0.77", port=5999)
+        later = [r.code for r in self.deliver(kdmq("quick", host="127.0.0.77"), host="127.0.0.77", port=5999)][before:]
+        self.assertEqual(later.count(200), 50)
+        for _ in range(300):
+            self.deliver(kdmq("quick"))
+        member = [r.code for r in self.deliver(kdmq("quick"))]
+        self.assertNotIn(503, member)
