@@ -156,7 +156,12 @@ def service_stats(service: "DMQService") -> dict[str, Any]:
         "transactions": transactions,
         "transport": transport,
         "ping_rtt": {key_uri(key): seconds for key, seconds in sorted(service.rtt.items())},
-        "notification": {"joins": notification.joins, "pings": notification.pings},
+        "notification": {
+            "joins": notification.joins,
+            "pings": notification.pings,
+            "refused_nodes": notification.refused_nodes,
+        },
+        "refused": dict(service.dispatcher.refused),
     }
 
 

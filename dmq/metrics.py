@@ -37,6 +37,8 @@ nodes                                      gauge    status
 node_ping_rtt_seconds                      gauge    node: last node-list round trip
 node_fail_count                            gauge    node
 node_info                                  gauge    node, agent: 1 per remote node (its software)
+requests_refused_total                     counter  reason (rate, pending, timeout): answered 503
+nodes_refused_total                        counter  node-list lines not added
 =========================================  =======  ======================================
 """
 
@@ -134,6 +136,19 @@ class DMQCollector:
             self._name("sip_connections"), "Open TCP/TLS connections.", value=svc.transport.connection_count
         )
 
+        refused = CounterMetricFamily(
+            self._name("requests_refused"),
+            "Requests answered 503: a stranger over its rate, a channel full, a peer too slow.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(svc.dispatcher.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        yield CounterMetricFamily(
+            self._name("nodes_refused"),
+            "Node-list lines not added: over a cap, an address nothing is sent to, or vouched for by a stranger.",
+            value=svc.notification.refused_nodes,
+        )
         nodes = GaugeMetricFamily(self._name("nodes"), "Nodes in the node list by status (this node included).", labels=["status"])
         for status, count in svc.nodes.count_by_status().items():
             nodes.add_metric([status.value], count)

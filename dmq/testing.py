@@ -8,7 +8,10 @@ Fakes for testing code built on dmq without a network or a running reactor.
   whole nodes can talk to each other on a :class:`twisted.internet.task.Clock`,
   with loss and partitions under the test's control.
 - :class:`FakeCluster`: complete :class:`~dmq.service.DMQService` nodes on
-  such a network, started, stepped through time, and killed by the test.
+  such a network, started, stepped through time, and killed by the test;
+  :func:`cluster_of` makes one with a few nodes.
+- :func:`rpc` and :func:`rpc_raw`: a JSON-RPC call through a
+  :class:`~dmq.control.ControlAPI` without HTTP, answered at once.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dmq.sip.message import Request, Response, parse_message
 from dmq.sip.transaction import Source
 from dmq.sip.uri import SIPParseError
 
-__all__ = ["Sent", "FakeSIPTransport", "FakeNetwork", "FakeCluster"]
+__all__ = ["Sent", "FakeSIPTransport", "FakeNetwork", "FakeCluster", "cluster_of", "rpc", "rpc_raw"]
 
 
 @dataclass
@@ -251,3 +254,45 @@ class FakeCluster:
         self.network.detach(Address("udp", local.host.strip("[]"), port))
         svc.notification.stop_pinging()
         svc.transactions.stop()
+
+
+def cluster_of(*ports: int, **kw: Any) -> FakeCluster:
+    """
+    A :class:`FakeCluster` with a node on each of ``ports`` (127.0.0.1), each
+    but the first seeded with the first; keyword arguments go to every
+    :meth:`FakeCluster.add`.  Nothing has run yet.
+    """
+    cluster = FakeCluster()
+    first = ports[0]
+    for port in ports:
+        cluster.add(port, () if port == first else (first,), **kw)
+    return cluster
+
+
+def rpc_raw(api: Any, body: bytes) -> Any:
+    """
+    The decoded answer of a :class:`~dmq.control.ControlAPI` to a raw
+    JSON-RPC request body (``None`` when nothing is answered).
+
+    :raises AssertionError: when the answer is not ready at once (a method
+        waiting for the network: advance the clock and use ``api.handle``).
+    """
+    import json
+
+    results: list[Any] = []
+    api.handle(body).addCallback(results.append)
+    assert results, "the answer is not ready"
+    return None if results[0] is None else json.loads(results[0])
+
+
+def rpc(api: Any, method: str, *params: Any, named: Optional[dict[str, Any]] = None) -> Any:
+    """One JSON-RPC call through a :class:`~dmq.control.ControlAPI` (see :func:`rpc_raw`): the decoded answer."""
+    import json
+
+    call: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": 7}
+    if named is not None:
+        call["params"] = named
+    elif params:
+        call["params"] = list(params)
+    return rpc_raw(api, json.dumps(call).encode())
+

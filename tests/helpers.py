@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import signal
 import socket
 import struct
+import subprocess
 import threading
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable, TypeVar
 
-__all__ = ["assert_alive", "free_address", "free_port", "probe_host"]
+__all__ = ["assert_alive", "free_address", "free_port", "probe_host", "stop_process", "wait_until"]
+
+T = TypeVar("T")
 
 _PROTOS: dict[str, tuple[int, ...]] = {
     "udp": (socket.SOCK_DGRAM,),
@@ -181,3 +186,31 @@ def assert_alive(*nodes: Any, timeout: float = 1.0) -> None:
             assert node.running, f"{node!r} died"
             host, port = node.host, node.port
         assert liveness_probe(host, port, timeout), f"DMQ node {host}:{port} did not answer a node-list query"
+
+
+def stop_process(process: "subprocess.Popen[bytes]", timeout: float = 15.0) -> bytes:
+    """SIGTERM a process a test started, SIGKILL it if it lingers; its output."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    return out or b""
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.05) -> T:
+    """Poll ``predicate`` (blocking) until it returns a truthy value and return that value.
+
+    Raises AssertionError naming the last value when ``timeout`` seconds pass first.
+    Exceptions raised by ``predicate`` propagate at once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
+        time.sleep(interval)

@@ -26,7 +26,7 @@ from dmq.control import (
     make_site,
 )
 from dmq.errors import RPCError
-from dmq.testing import FakeCluster, FakeSIPTransport
+from dmq.testing import FakeCluster, FakeSIPTransport, cluster_of, rpc, rpc_raw as raw
 from dmq.service import SERVER_NAME
 
 # Twisted's own Agent response transport lacks abortConnection; nothing to fix here.
@@ -35,43 +35,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using readBody with a transport:
 KAMAILIO_KEYS = {"host", "port", "proto", "resolved_ip", "status", "last_notification", "local"}
 
 
-class Pair(FakeCluster):
+def pair(*ports: int, **kw: Any) -> FakeCluster:
     """Nodes on 127.0.0.1 over one fake network and one clock; by default 5060 and 5061 (seeded with 5060)."""
-
-    def __init__(self, ports: tuple[int, ...] = (5060, 5061), **kw: Any) -> None:
-        super().__init__()
-        first = ports[0]
-        for port in ports:
-            self.add(port, () if port == first else (first,), **kw)
-
-    def run(self, seconds: float, step: float = 0.01) -> None:
-        """Advance the clock in small steps so messages and timers interleave."""
-        super().run(seconds, step)
-
-
-def rpc(api: ControlAPI, method: str, *params: Any, named: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """One JSON-RPC call through :meth:`ControlAPI.handle`; the decoded answer (it must be ready)."""
-    call: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": 7}
-    if named is not None:
-        call["params"] = named
-    elif params:
-        call["params"] = list(params)
-    return raw(api, json.dumps(call).encode())
-
-
-def raw(api: ControlAPI, body: bytes) -> Any:
-    """The decoded answer to a raw request body (None when nothing is answered)."""
-    results: list[Any] = []
-    api.handle(body).addCallback(results.append)
-    assert results, "the answer is not ready"
-    return None if results[0] is None else json.loads(results[0])
+    return cluster_of(*(ports or (5060, 5061)), **kw)
 
 
 class ListNodesTests(SynchronousTestCase):
     """dmq.list_nodes: Kamailio's keys, value types and order."""
 
     def setUp(self) -> None:
-        self.pair = Pair()
+        self.pair = pair()
         self.pair.run(1)
         self.api = ControlAPI(self.pair.nodes[5061])
 
@@ -131,7 +104,7 @@ class KamailioMethodTests(SynchronousTestCase):
     """dmq.add, dmq.remove, dmq.change_status: Kamailio's answers and faults (src/modules/dmq/dmq.c)."""
 
     def setUp(self) -> None:
-        self.pair = Pair()
+        self.pair = pair()
         self.pair.run(1)
         self.svc = self.pair.nodes[5060]
         self.api = ControlAPI(self.svc)
@@ -222,7 +195,7 @@ class OwnMethodTests(SynchronousTestCase):
     """dmq.send_message, dmq.bcast_message, dmq.stats, system.*."""
 
     def setUp(self) -> None:
-        self.pair = Pair(ports=(5060, 5061, 5062))
+        self.pair = pair(5060, 5061, 5062)
         self.received: list[tuple[int, bytes, Optional[str]]] = []
         for port in (5061, 5062):
             self.pair.nodes[port].register_peer(

@@ -21,7 +21,8 @@ from dmq import CallbackPeer, DMQService, Peer
 from dmq.control import ControlAPI, make_site
 from dmq.ctl import build_parser, format_nodes, main, parse_param, _call_of
 from dmq.errors import RPCError
-from tests.interop.kamailio import eventually, wait_until
+from tests.helpers import wait_until
+from tests.interop.kamailio import eventually
 from tests.helpers import free_port
 
 DMQCTL = str(Path(sys.executable).with_name("dmqctl"))

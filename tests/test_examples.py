@@ -11,9 +11,8 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from dmq.control import ControlAPI
-from tests.interop.kamailio import stop_process as stop, wait_until
-from tests.test_control import Pair, rpc
-from tests.helpers import free_port
+from dmq.testing import cluster_of, rpc
+from tests.helpers import free_port, stop_process as stop, wait_until
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -29,7 +28,7 @@ class NoticeBoardTests(SynchronousTestCase):
     """The notice-board peer of examples/custom_peer.py."""
 
     def setUp(self) -> None:
-        self.pair = Pair()
+        self.pair = cluster_of(5060, 5061)
         self.boards = {port: svc.register_peer(NoticeBoardPeer()) for port, svc in self.pair.nodes.items()}
         self.pair.run(1)
 

@@ -13,9 +13,8 @@ from twisted.web.client import Agent, readBody
 
 from dmq import CallbackPeer, DMQService
 from dmq.metrics import DMQCollector, MetricsResource, make_registry
-from dmq.testing import FakeSIPTransport
+from dmq.testing import FakeSIPTransport, cluster_of
 
-from tests.test_control import Pair
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody with a transport:DeprecationWarning")
 
@@ -33,7 +32,7 @@ class CollectorTests(SynchronousTestCase):
     """The collector turns the service's counters into metric families."""
 
     def setUp(self) -> None:
-        self.pair = Pair(ports=(5060, 5061, 5062))
+        self.pair = cluster_of(5060, 5061, 5062)
         for port in (5061, 5062):
             self.pair.nodes[port].register_peer(CallbackPeer("custom1", lambda m: None))
         self.pair.run(2)

@@ -35,7 +35,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from ..helpers import free_address, free_port, probe_host
+from ..helpers import free_address, free_port, probe_host, wait_until
 
 __all__ = [
     "DEFAULT_TABLES",
@@ -239,18 +239,6 @@ def find_kamailio() -> str | None:
     if configured:
         return configured if os.access(configured, os.X_OK) else None
     return _system_kamailio()
-
-
-def stop_process(process: "subprocess.Popen[bytes]", timeout: float = 15.0) -> bytes:
-    """SIGTERM a process a test started, SIGKILL it if it lingers; its output."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        out, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, _ = process.communicate()
-    return out or b""
 
 
 def group_processes(pgid: int, include_zombies: bool = False) -> list[int]:
@@ -496,22 +484,6 @@ def liveness_probe(host: str, port: int, timeout: float = 1.0, channel: str = "n
             if headers.get("call-id") != call_id or first.startswith("SIP/2.0 1"):
                 continue
             return first.startswith("SIP/2.0 200")
-
-
-def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.05) -> T:
-    """Poll ``predicate`` (blocking) until it returns a truthy value and return that value.
-
-    Raises AssertionError naming the last value when ``timeout`` seconds pass first.
-    Exceptions raised by ``predicate`` propagate at once.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
-        time.sleep(interval)
 
 
 class SupportsCallLater(Protocol):

@@ -20,9 +20,9 @@ from dmq.control import ControlAPI
 from dmq.peers.htable import HTablePeer
 from dmq.testing import FakeSIPTransport
 
-from ..helpers import assert_alive, free_address, free_port
-from .kamailio import KamailioRPCError, RawMember, wait_until
-from .kamailio import stop_process as stop
+from ..helpers import assert_alive, free_address, free_port, wait_until
+from ..helpers import stop_process as stop
+from .kamailio import KamailioRPCError, RawMember
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 DMQCTL = str(Path(sys.executable).with_name("dmqctl"))
