@@ -12,6 +12,7 @@ arrived, and carries out the operator's changes (``dmq.add``, ``dmq.remove``,
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable, Iterable, Optional, Union
 
 from twisted.internet.defer import Deferred
@@ -21,11 +22,14 @@ from dmq.node import Node, NodeKey, NodeStatus
 from dmq.nodelist import Event, NodeList, NodeRef, TimeoutPolicy
 from dmq.sip.uri import SIPURI
 
-__all__ = ["Membership", "EventListener"]
+__all__ = ["Membership", "EventListener", "HISTORY"]
 
 log = Logger()
 
 EventListener = Callable[[Event], Any]
+
+HISTORY = 200
+"""How many recent membership events a node keeps (for its status page)."""
 
 
 class Membership:
@@ -40,6 +44,8 @@ class Membership:
         runs its peers' init hooks there).
     :ivar rtt: the last node-list round trip per node key, in seconds.
     :ivar ready: whether the first node list has arrived.
+    :ivar history: the most recent events (at most :data:`HISTORY`), oldest
+        first, each with the time it happened.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class Membership:
         self.on_ready = on_ready
         self.rtt: dict[NodeKey, float] = {}
         self.ready = False
+        self.history: deque[tuple[float, Event]] = deque(maxlen=HISTORY)
         self._listeners: list[EventListener] = []
         self._ready_waiters: list[Deferred[None]] = []
 
@@ -74,6 +81,7 @@ class Membership:
         """Log each event and hand it to every listener (a failing listener is logged and skipped)."""
         for event in events:
             log.info("{kind}: {uri}", kind=event.kind.value, uri=str(event.node.uri))
+            self.history.append((float(self.clock.seconds()), event))
             for listener in list(self._listeners):
                 try:
                     listener(event)

@@ -84,3 +84,16 @@ class MembershipTests(SynchronousTestCase):
         single, _, _ = membership(init_with_single=True)
         single.alone()
         self.assertTrue(single.ready)
+
+
+def test_history_keeps_the_recent_events_with_their_time() -> None:
+    """Published events are kept with the time they happened, the oldest dropped past HISTORY."""
+    from dmq.membership import HISTORY
+
+    m, remote, clock = membership()
+    clock.advance(7)
+    m.set_node_status(remote, NodeStatus.DISABLED)
+    assert [(t, e.kind) for t, e in m.history] == [(7.0, EventKind.PEER_DISABLED)]
+    for i in range(HISTORY + 5):
+        m.set_node_status(remote, NodeStatus.ACTIVE if i % 2 == 0 else NodeStatus.NOT_ACTIVE)
+    assert len(m.history) == HISTORY
