@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: free ports, a loopback address per node, the liveness check.
+"""Helpers shared by the test modules: free ports, a loopback address per node, the liveness check, a send function answered by hand.
 
 Nothing here depends on the ``dmq`` package, so the Kamailio harness
 (:mod:`tests.interop.kamailio`) can use it and stay an independent witness.
@@ -21,7 +21,9 @@ import threading
 import time
 from typing import Any, Callable, Iterable, TypeVar
 
-__all__ = ["assert_alive", "free_address", "free_port", "probe_host", "stop_process", "wait_until"]
+from twisted.internet.defer import Deferred
+
+__all__ = ["ManualSend", "assert_alive", "free_address", "free_port", "probe_host", "stop_process", "wait_until"]
 
 T = TypeVar("T")
 
@@ -214,3 +216,29 @@ def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
         time.sleep(interval)
+
+
+class ManualSend:
+    """
+    A send function ``(node, body) -> Deferred[int]`` (what :class:`dmq.fanout.Outbox`
+    takes) that keeps every message and its Deferred for the test to answer.
+
+    :ivar sent: ``(node, body, Deferred)`` of every message, in the order sent.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, bytes, Deferred[int]]] = []
+
+    def __call__(self, node: Any, body: bytes) -> "Deferred[int]":
+        d: Deferred[int] = Deferred()
+        self.sent.append((node, body, d))
+        return d
+
+    def bodies(self, node: Any = None) -> list[bytes]:
+        """What went out so far (to ``node`` only, when given)."""
+        return [body for n, body, _ in self.sent if node is None or n is node]
+
+    def answer(self, body: bytes, code: int = 200) -> None:
+        """Answer ``code`` to the one message sent with ``body`` that is still unanswered."""
+        [d] = [d for _, b, d in self.sent if b == body and not d.called]
+        d.callback(code)

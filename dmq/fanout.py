@@ -1,0 +1,246 @@
+"""
+Paced, per-node-ordered sending: the outbox of peers that fan messages out
+to the cluster.
+
+::
+
+    outbox = Outbox(send, window=64)            # send(node, body) -> Deferred[int status code]
+    outbox.send(node, b"...", group="t", key="a")   # ordered after earlier "t"/"a" items to node
+    outbox.send(node, b"...", group="t")            # the whole group "t": waits for and holds back all of it
+    outbox.send(node, lambda: build_chunk())        # a body built when its turn comes
+
+An :class:`Outbox` hands messages to a send function with at most
+``window`` of them awaiting an answer, so a burst cannot flood the nodes.
+Per node, an item with an ordering key is not sent while an earlier item of
+the same key to that node is in flight: Kamailio hands incoming DMQ
+messages to several worker processes, so two messages in flight at once may
+be applied in either order.  Nodes take turns for free slots.
+
+It knows nothing of channels or services: the send function is given, and
+answers each message with a status code (408 for a timeout, and so on).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Optional, Union
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from dmq.node import Node, NodeKey
+
+__all__ = ["Outbox", "SendFunction", "Body", "NOT_SENT"]
+
+SendFunction = Callable[[Node, bytes], "Deferred[int]"]
+"""Sends one body to one node; fires with the status code the node answered."""
+
+Body = Union[bytes, Callable[[], Optional[bytes]]]
+"""A body, or a callable that builds it when its turn comes (``None``: nothing to send any more)."""
+
+NOT_SENT = 503
+"""The code an item gets when it was never sent (dropped, or its body withdrawn)."""
+
+
+@dataclass(eq=False)
+class _Item:
+    """One queued message to one node (``group`` ``None``: unordered; ``key`` ``None``: the whole group)."""
+
+    node: Node
+    body: Body
+    group: Optional[Hashable]
+    key: Optional[Hashable]
+    done: Deferred[int]
+
+
+class _Lane:
+    """The messages for one node, and which keys and groups have one in flight."""
+
+    def __init__(self) -> None:
+        self.queue: deque[_Item] = deque()
+        self.keys: dict[tuple[Hashable, Hashable], int] = {}
+        self.groups: dict[Hashable, int] = {}
+        self.walls: dict[Hashable, int] = {}
+
+    def take(self, lookahead: int) -> Optional[_Item]:
+        """
+        The first of the first ``lookahead`` queued items that may go now:
+        none in flight for its key (for its group, when it stands for the
+        whole group), and no earlier queued item it must not overtake.
+        """
+        blocked_keys: set[tuple[Hashable, Hashable]] = set()
+        blocked_groups: set[Hashable] = set()  # a whole-group item waits
+        waiting_groups: set[Hashable] = set()  # some item of the group waits
+        for index, item in enumerate(self.queue):
+            if index >= lookahead:
+                return None
+            group = item.group
+            if group is None:
+                del self.queue[index]
+                return item
+            if group in blocked_groups:
+                continue
+            if item.key is None:
+                if group not in self.groups and group not in waiting_groups:
+                    del self.queue[index]
+                    return item
+                blocked_groups.add(group)
+            else:
+                key = (group, item.key)
+                if key not in blocked_keys and key not in self.keys and group not in self.walls:
+                    del self.queue[index]
+                    return item
+                blocked_keys.add(key)
+            waiting_groups.add(group)
+        return None
+
+    def started(self, item: _Item, delta: int) -> None:
+        """Count ``item`` in flight (``delta`` +1) or answered (-1)."""
+        group = item.group
+        if group is None:
+            return
+        _count(self.groups, group, delta)
+        if item.key is None:
+            _count(self.walls, group, delta)
+        else:
+            _count(self.keys, (group, item.key), delta)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing ordered in flight."""
+        return not self.queue and not self.groups
+
+
+def _count(counts: "dict[Any, int]", name: Hashable, delta: int) -> None:
+    total = counts.get(name, 0) + delta
+    if total:
+        counts[name] = total
+    else:
+        del counts[name]
+
+
+class Outbox:
+    """
+    Messages for nodes, sent with at most :attr:`window` awaiting an answer
+    overall, in order per node and ordering key, nodes taking turns.
+
+    :param send: sends one body to one node; its Deferred fires with the
+        node's status code (a failure fails the item's Deferred).
+    :param window: most messages awaiting an answer at a time (may be
+        changed later; the next free slot heeds it).
+    :param lookahead: how far down a node's queue to look for an item that
+        may overtake blocked ones.
+    :ivar in_flight: messages sent and not answered yet.
+    :ivar queued: messages waiting for a slot or for their key.
+    """
+
+    def __init__(self, send: SendFunction, window: int, *, lookahead: int = 256) -> None:
+        if window < 1 or lookahead < 1:
+            raise ValueError("an outbox needs a window and a lookahead of at least 1")
+        self.window = window
+        self.lookahead = lookahead
+        self.in_flight = 0
+        self.queued = 0
+        self._send = send
+        self._lanes: OrderedDict[NodeKey, _Lane] = OrderedDict()
+        self._pumping = False
+
+    def send(
+        self, node: Node, body: Body, *, group: Optional[Hashable] = None, key: Optional[Hashable] = None
+    ) -> "Deferred[int]":
+        """
+        Queue ``body`` for ``node`` and send what may go now.
+
+        :param body: the bytes, or a callable that builds them when the
+            item's turn comes (so they carry the data of that moment); it
+            may return ``None`` to withdraw the item, which then uses no slot.
+        :param group: the ordering group (a table, say); ``None`` sends the
+            item in no particular order.
+        :param key: the ordering key within ``group`` (an item name): the
+            item waits for the node's answer to every earlier item of the
+            same key.  ``None`` stands for the whole group: the item waits
+            for every earlier item of the group and holds back later ones.
+        :returns: a Deferred firing with the node's status code, or
+            :data:`NOT_SENT` when the item was dropped or withdrawn.
+        :raises ValueError: for a ``key`` without a ``group``.
+        """
+        if group is None and key is not None:
+            raise ValueError("an ordering key needs a group")
+        d: Deferred[int] = Deferred()
+        lane = self._lanes.get(node.key)
+        if lane is None:
+            # A new node has waited longest: it comes first in the next round.
+            lane = self._lanes[node.key] = _Lane()
+            self._lanes.move_to_end(node.key, last=False)
+        lane.queue.append(_Item(node, body, group, key, d))
+        self.queued += 1
+        self._pump()
+        return d
+
+    def drop_all(self) -> None:
+        """Answer everything still queued with :data:`NOT_SENT` (what is in flight still completes)."""
+        lanes, self._lanes = self._lanes, OrderedDict()
+        self.queued = 0
+        for lane in lanes.values():
+            while lane.queue:
+                lane.queue.popleft().done.callback(NOT_SENT)
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            progressed = True
+            while progressed and self.in_flight < self.window:
+                progressed = False
+                # One item per node per round, and a served node goes to the
+                # back: nodes share the window fairly.
+                for node_key, lane in list(self._lanes.items()):
+                    if self.in_flight >= self.window:
+                        break
+                    item = lane.take(self.lookahead)
+                    if item is None:
+                        continue
+                    progressed = True
+                    self.queued -= 1
+                    if self._lanes.get(node_key) is lane:
+                        self._lanes.move_to_end(node_key)
+                    self._start(lane, item)
+        finally:
+            self._pumping = False
+
+    def _start(self, lane: _Lane, item: _Item) -> None:
+        body: Optional[bytes]
+        if callable(item.body):
+            try:
+                body = item.body()
+            except Exception:
+                self._forget_if_idle(item.node.key, lane)
+                item.done.errback(Failure())
+                return
+            if body is None:
+                self._forget_if_idle(item.node.key, lane)
+                item.done.callback(NOT_SENT)
+                return
+        else:
+            body = item.body
+        self.in_flight += 1
+        lane.started(item, +1)
+        sent: Deferred[int] = defer.maybeDeferred(self._send, item.node, body)
+        sent.addBoth(self._done, lane, item)
+
+    def _done(self, result: "Union[int, Failure]", lane: _Lane, item: _Item) -> None:
+        self.in_flight -= 1
+        lane.started(item, -1)
+        self._forget_if_idle(item.node.key, lane)
+        if isinstance(result, Failure):
+            item.done.errback(result)
+        else:
+            item.done.callback(result)
+        self._pump()
+
+    def _forget_if_idle(self, node_key: NodeKey, lane: _Lane) -> None:
+        if lane.idle and self._lanes.get(node_key) is lane:
+            del self._lanes[node_key]

@@ -1,0 +1,226 @@
+"""The outbox: window, per-node order by key and group, fair turns, drop_all, built bodies (plain Deferreds, task.Clock)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from dmq.fanout import NOT_SENT, Outbox
+from dmq.node import Node
+from tests.helpers import ManualSend
+
+A = Node("127.0.0.1", 5060)
+B = Node("127.0.0.1", 5061)
+
+
+class OutboxTests(SynchronousTestCase):
+    """One outbox on a wire the test answers by hand."""
+
+    def setUp(self) -> None:
+        self.wire = ManualSend()
+        self.outbox = Outbox(self.wire, window=2)
+
+    def test_window_limits_messages_in_flight(self) -> None:
+        """With a window of 2, five messages go two at a time, each answer letting the next one out, in order."""
+        results = [self.outbox.send(A, b"m%d" % i) for i in range(5)]
+        self.assertEqual(self.wire.bodies(), [b"m0", b"m1"])
+        self.assertEqual((self.outbox.in_flight, self.outbox.queued), (2, 3))
+        self.wire.answer(b"m1", 408)
+        self.assertEqual(self.wire.bodies(), [b"m0", b"m1", b"m2"])
+        for body in (b"m0", b"m2", b"m3", b"m4"):
+            self.wire.answer(body)
+        self.assertEqual([self.successResultOf(d) for d in results], [200, 408, 200, 200, 200])
+        self.assertEqual((self.outbox.in_flight, self.outbox.queued), (0, 0))
+        self.assertEqual(self.outbox._lanes, {})
+
+    def test_window_change_applies_to_the_next_slot(self) -> None:
+        """A window lowered while messages are in flight lets no new one out until the count is below it."""
+        self.outbox.window = 4
+        for i in range(6):
+            self.outbox.send(A, b"m%d" % i)
+        self.outbox.window = 2
+        self.wire.answer(b"m0")
+        self.wire.answer(b"m1")
+        self.assertEqual(len(self.wire.sent), 4)
+        self.wire.answer(b"m2")
+        self.assertEqual(len(self.wire.sent), 5)
+
+    def test_one_message_per_key_in_flight(self) -> None:
+        """A second message of one key waits for the node's answer to the first; other keys overtake it."""
+        self.outbox.window = 10
+        first = self.outbox.send(A, b"a1", group="t", key="a")
+        self.outbox.send(A, b"a2", group="t", key="a")
+        self.outbox.send(A, b"b1", group="t", key="b")
+        self.assertEqual(self.wire.bodies(), [b"a1", b"b1"])
+        self.wire.answer(b"a1", 500)
+        self.assertEqual(self.successResultOf(first), 500)
+        self.assertEqual(self.wire.bodies(), [b"a1", b"b1", b"a2"])
+
+    def test_keys_are_per_node(self) -> None:
+        """A key in flight to one node does not hold back the same key to another node."""
+        self.outbox.send(A, b"a-to-A", group="t", key="a")
+        self.outbox.send(B, b"a-to-B", group="t", key="a")
+        self.assertEqual(self.wire.bodies(B), [b"a-to-B"])
+
+    def test_same_key_in_other_group_is_free(self) -> None:
+        """The same key in another group is another key."""
+        self.outbox.send(A, b"t:a", group="t", key="a")
+        self.outbox.send(A, b"u:a", group="u", key="a")
+        self.assertEqual(self.wire.bodies(), [b"t:a", b"u:a"])
+
+    def test_whole_group_waits_for_and_holds_back_its_group(self) -> None:
+        """An item for a whole group waits for the group's items in flight, and the group's later items wait for it; other groups pass."""
+        self.outbox.window = 10
+        self.outbox.send(A, b"t:a", group="t", key="a")
+        self.outbox.send(A, b"t:*", group="t")
+        self.outbox.send(A, b"t:b", group="t", key="b")
+        self.outbox.send(A, b"u:a", group="u", key="a")
+        self.assertEqual(self.wire.bodies(), [b"t:a", b"u:a"])
+        self.wire.answer(b"t:a")
+        self.assertEqual(self.wire.bodies(), [b"t:a", b"u:a", b"t:*"])
+        self.wire.answer(b"t:*")
+        self.assertEqual(self.wire.bodies()[-1], b"t:b")
+
+    def test_whole_group_waits_for_queued_items_of_its_group(self) -> None:
+        """An item for a whole group does not overtake an earlier item of its group that is still queued."""
+        self.outbox.window = 10
+        self.outbox.send(A, b"a1", group="t", key="a")
+        self.outbox.send(A, b"a2", group="t", key="a")  # queued behind a1
+        self.outbox.send(A, b"t:*", group="t")
+        self.wire.answer(b"a1")
+        self.assertEqual(self.wire.bodies(), [b"a1", b"a2"])
+        self.wire.answer(b"a2")
+        self.assertEqual(self.wire.bodies(), [b"a1", b"a2", b"t:*"])
+
+    def test_unordered_items_never_wait_for_keys(self) -> None:
+        """Items without a group go as soon as there is a slot, whatever is in flight."""
+        self.outbox.window = 10
+        self.outbox.send(A, b"t:*", group="t")
+        self.outbox.send(A, b"t:a", group="t", key="a")
+        self.outbox.send(A, b"free")
+        self.assertEqual(self.wire.bodies(), [b"t:*", b"free"])
+
+    def test_nodes_take_turns(self) -> None:
+        """With a window of 1 and a backlog for two nodes, the free slot alternates between them."""
+        self.outbox.window = 1
+        for i in range(3):
+            self.outbox.send(A, b"A%d" % i)
+        for i in range(3):
+            self.outbox.send(B, b"B%d" % i)
+        while len(self.wire.sent) < 6:
+            self.wire.sent[-1][2].callback(200)
+        self.assertEqual(self.wire.bodies(), [b"A0", b"B0", b"A1", b"B1", b"A2", b"B2"])
+
+    def test_lookahead_bounds_overtaking(self) -> None:
+        """Only the first `lookahead` queued items of a node are looked at for one that may overtake."""
+        outbox = Outbox(self.wire, window=10, lookahead=2)
+        outbox.send(A, b"a1", group="t", key="a")
+        outbox.send(A, b"a2", group="t", key="a")
+        outbox.send(A, b"a3", group="t", key="a")
+        outbox.send(A, b"b1", group="t", key="b")  # third in the queue: out of sight
+        self.assertEqual(self.wire.bodies(), [b"a1"])
+        self.wire.answer(b"a1")
+        self.assertEqual(self.wire.bodies(), [b"a1", b"a2", b"b1"])
+
+    def test_drop_all(self) -> None:
+        """drop_all answers every queued item 503 at once; what is in flight completes with the node's code."""
+        in_flight = [self.outbox.send(A, b"m0"), self.outbox.send(B, b"m1")]
+        queued = [self.outbox.send(A, b"m2"), self.outbox.send(B, b"m3", group="t", key="k")]
+        self.outbox.drop_all()
+        self.assertEqual([self.successResultOf(d) for d in queued], [NOT_SENT, NOT_SENT])
+        self.assertEqual((self.outbox.in_flight, self.outbox.queued), (2, 0))
+        self.wire.answer(b"m0", 200)
+        self.wire.answer(b"m1", 408)
+        self.assertEqual([self.successResultOf(d) for d in in_flight], [200, 408])
+        self.assertEqual(self.wire.bodies(), [b"m0", b"m1"])
+        self.assertEqual(self.outbox.in_flight, 0)
+
+    def test_built_body_is_built_when_its_turn_comes(self) -> None:
+        """A callable body is called only when a slot is free, so it carries the state of that moment."""
+        state = {"value": b"old"}
+        self.outbox.send(A, b"m0")
+        self.outbox.send(A, b"m1")
+        d = self.outbox.send(A, lambda: state["value"])
+        state["value"] = b"new"
+        self.assertEqual(self.outbox.queued, 1)
+        self.wire.answer(b"m0")
+        self.assertEqual(self.wire.bodies()[-1], b"new")
+        self.wire.answer(b"new", 200)
+        self.assertEqual(self.successResultOf(d), 200)
+
+    def test_withdrawn_body_uses_no_slot(self) -> None:
+        """A body callable returning None withdraws its item: answered 503 at once, and the next item takes the slot."""
+        self.outbox.window = 1
+        withdrawn = self.outbox.send(A, lambda: None)
+        self.outbox.send(A, b"next")
+        self.assertEqual(self.successResultOf(withdrawn), NOT_SENT)
+        self.assertEqual(self.wire.bodies(), [b"next"])
+        self.assertEqual(self.outbox.in_flight, 1)
+
+    def test_built_body_may_queue_more(self) -> None:
+        """A body callable may queue the next item for its node: the outbox sends it in the same turn when a slot is free."""
+        self.outbox.window = 3
+        chunks = [b"c0", b"c1", b"c2"]
+
+        def build() -> Optional[bytes]:
+            body = chunks.pop(0)
+            if chunks:
+                self.outbox.send(A, build)
+            return body
+
+        self.outbox.send(A, build)
+        self.assertEqual(self.wire.bodies(), [b"c0", b"c1", b"c2"])
+
+    def test_failing_body_or_send_fails_only_its_item(self) -> None:
+        """A body callable that raises, or a send that fails, fails that item's Deferred and frees its slot."""
+        self.outbox.window = 1
+
+        def broken() -> bytes:
+            raise RuntimeError("cannot build")
+
+        bad_body = self.outbox.send(A, broken)
+        self.failureResultOf(bad_body, RuntimeError)
+        later = self.outbox.send(A, b"ok")
+        [(_, _, d)] = self.wire.sent
+        d.errback(ConnectionError("gone"))
+        self.failureResultOf(later, ConnectionError)
+        self.assertEqual(self.outbox.in_flight, 0)
+        after = self.outbox.send(A, b"after")
+        self.wire.answer(b"after")
+        self.assertEqual(self.successResultOf(after), 200)
+
+    def test_bad_arguments(self) -> None:
+        """A key without a group, or a window below 1, is a ValueError."""
+        with self.assertRaises(ValueError):
+            self.outbox.send(A, b"x", key="a")
+        with self.assertRaises(ValueError):
+            Outbox(self.wire, window=0)
+
+
+class PacedOverTimeTests(SynchronousTestCase):
+    """The outbox on a wire whose nodes answer after a delay of the clock."""
+
+    def test_burst_is_spread_over_answers(self) -> None:
+        """Twenty messages to two nodes answering after 0.125 s each, window 4: never more than 4 unanswered, all answered in five rounds."""
+        clock = Clock()
+        peak = [0]
+        outbox: Outbox
+
+        def send(node: Node, body: bytes) -> "Deferred[int]":
+            peak[0] = max(peak[0], outbox.in_flight)  # this one counted already
+            return task.deferLater(clock, 0.125, lambda: 200)
+
+        outbox = Outbox(send, window=4)
+        results: list[Any] = []
+        for i in range(10):
+            for node in (A, B):
+                outbox.send(node, b"m%d" % i, group="t", key=i).addCallback(results.append)
+        clock.pump([0.125] * 4)
+        self.assertEqual(len(results), 16)
+        clock.advance(0.125)
+        self.assertEqual(results, [200] * 20)
+        self.assertEqual(peak[0], 4)
