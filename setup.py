@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=["dmq", "dmq.sip", "dmq.peers", "dmq.replicated", "twisted.plugins"],
+    packages=["dmq", "dmq.sip", "dmq.peers", "dmq.peers.htable", "dmq.replicated", "twisted.plugins"],
     package_data={"twisted.plugins": ["dmq_plugin.py"]},
     install_requires=[
         "twisted>=23.10",

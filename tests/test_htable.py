@@ -630,7 +630,7 @@ class SyncTests(SynchronousTestCase):
         peak = 0
         for _ in range(3000):
             cluster.clock.advance(0.001)
-            peak = max(peak, a._sync_in_flight)
+            peak = max(peak, a._answers.in_flight)
         self.assertEqual(peak, 2)
         self.assertGreater(a.stats["sync_chunks_sent"], 3)
         self.assertEqual(len(b.dump("t")), 4000)
@@ -686,7 +686,7 @@ class SyncTests(SynchronousTestCase):
         svc = cluster.svcs[5172]
         deliver(svc, kdmq(b'{"action":1}'))
         deliver(svc, kdmq(b'{"action":1}'))
-        self.assertEqual(len(a._sync_sessions), 1)
+        self.assertEqual(len(a._answers.sessions), 1)
         self.assertEqual(a.stats["sync_requests"], 2)
 
     def test_sync_for_one_table(self) -> None:
