@@ -566,6 +566,8 @@ class KamailioNode:
         tables: Sequence[str] = DEFAULT_TABLES,
         transports: Sequence[str] = ("udp",),
         extra_modparams: Iterable[tuple[str, str, str | int]] = (),
+        extra_modules: Sequence[str] = (),
+        routes: str = "",
         enable_dmq: bool = True,
         dmq_init_sync: bool = True,
         shm_mb: int = 256,
@@ -580,7 +582,11 @@ class KamailioNode:
         ``seeds`` are ``sip:HOST:PORT`` URIs (or nodes) written as ``notification_address``;
         ``tables`` are htable definitions (``name=>size=8;dmqreplicate=1;``); ``transports``
         is any of ``"udp"`` and ``"tcp"``, both on ``port``; ``extra_modparams`` are
-        ``(module, param, value)`` triples appended after the others.
+        ``(module, param, value)`` triples appended after the others; ``extra_modules``
+        are loaded after the base modules, in order (``"usrloc"``, ``"registrar"``, ...);
+        ``routes`` is config text run in ``request_route`` for anything that is not a KDMQ,
+        before the script's own MESSAGE handling (``exit`` there to answer yourself), and may
+        be followed by more route blocks after a line ``#!ROUTES``.
         """
         unknown = set(transports) - {"udp", "tcp"}
         if unknown or not transports:
@@ -598,6 +604,8 @@ class KamailioNode:
         self.tables = list(tables)
         self.transports = tuple(transports)
         self.extra_modparams = list(extra_modparams)
+        self.extra_modules = tuple(extra_modules)
+        self.routes = routes
         self.enable_dmq = enable_dmq
         self.dmq_init_sync = dmq_init_sync
         self.shm_mb = shm_mb
@@ -676,7 +684,7 @@ class KamailioNode:
             lines.append(f"tcp_children={self.children}")
         lines.extend(f"listen={proto}:{self.host}:{self.port}" for proto in self.transports)
         lines.append(f'mpath="{mpath}/"')
-        lines.extend(f'loadmodule "{name}.so"' for name in BASE_MODULES)
+        lines.extend(f'loadmodule "{name}.so"' for name in (*BASE_MODULES, *self.extra_modules))
         params: list[tuple[str, str, str | int]] = [
             ("tm", "fr_timer", self.fr_timer_ms),
             ("ctl", "binrpc", f"unix:{self.ctl_socket}"),
@@ -692,6 +700,7 @@ class KamailioNode:
         params.extend(("htable", "htable", table) for table in self.tables)
         params.extend(self.extra_modparams)
         lines.extend(f'modparam("{m}", "{p}", {_modparam_value(v)})' for m, p, v in params)
+        own_route, _, more_routes = self.routes.partition("#!ROUTES")
         lines.append(
             """
 request_route {
@@ -699,6 +708,9 @@ request_route {
         dmq_handle_message();
         exit;
     }
+"""
+            + own_route
+            + """
     if (is_method("MESSAGE") && $rU == "bcast") {
         if (dmq_bcast_message("custom1", "$rb", "text/plain")) {
             sl_send_reply("200", "OK");
@@ -718,6 +730,7 @@ request_route {
     sl_send_reply("404", "Not here");
 }
 """
+            + more_routes
         )
         return "\n".join(lines)
 
