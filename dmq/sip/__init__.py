@@ -3,6 +3,7 @@ The SIP layer of dmq: a pure codec (:mod:`dmq.sip.message`, :mod:`dmq.sip.uri`,
 :mod:`dmq.sip.headers`), and, built on it, transports and transactions.
 """
 
+from dmq.errors import SIPParseError
 from dmq.sip.headers import NameAddr, Via
 from dmq.sip.message import (
     Headers,
@@ -13,7 +14,7 @@ from dmq.sip.message import (
     make_response,
     parse_message,
 )
-from dmq.sip.uri import SIPURI, SIPParseError
+from dmq.sip.uri import SIPURI
 
 __all__ = [
     "Headers",
