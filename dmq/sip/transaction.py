@@ -33,7 +33,8 @@ from zope.interface import implementer
 
 from dmq.errors import MessageTooLarge, TransactionTimeout, TransportError
 from dmq.interfaces import IMessageHandler
-from dmq.sip.address import Address
+# Source is imported from here by the layers above; it is defined with Address.
+from dmq.sip.address import Address, Source
 from dmq.sip.message import REASONS, Request, Response, make_response
 from dmq.sip.uri import SIPParseError
 
@@ -74,17 +75,6 @@ class State(enum.Enum):
     PROCEEDING = "proceeding"
     COMPLETED = "completed"
     TERMINATED = "terminated"
-
-
-@dataclass(frozen=True)
-class Source:
-    """
-    Where a message came from: the remote address and, for a stream, the
-    connection it arrived on (responses go back over it while it is open).
-    """
-
-    address: Address
-    connection: Any = None
 
 
 @dataclass

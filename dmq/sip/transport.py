@@ -50,14 +50,13 @@ from zope.interface import implementer
 
 from dmq.errors import MessageTooLarge, TransportError
 from dmq.interfaces import ISIPTransport
-from dmq.sip.address import UDP_MAX_SIZE, Address
+from dmq.sip.address import UDP_MAX_SIZE, Address, Source
 from dmq.sip.message import (
     MAX_HEADERS,
     MAX_LINE_LENGTH,
     REASONS,
     parse_message,
 )
-from dmq.sip.transaction import Source
 from dmq.sip.uri import SIPParseError
 
 __all__ = [
