@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`dmq.sip.message`: parsing, serialising and building SIP messages.
+"""Unit tests for the SIP codec (:mod:`dmq.sip.message`, ``parse``, ``build``): parsing, serialising, building.
 
 The Kamailio 5.6.3 captures in ``tests/data/captures/`` (see the README there)
 are the reference for what a real peer sends and answers.
@@ -24,16 +24,10 @@ from dmq.sip import (
     make_response,
     parse_message,
 )
-from dmq.sip.message import (
-    MAX_HEADERS,
-    MAX_LINE_LENGTH,
-    MAX_MESSAGE_SIZE,
-    REASONS,
-    new_branch,
-    new_call_id,
-    new_tag,
-    response_tag,
-)
+from dmq.sip.build import new_branch, new_call_id, new_tag, reason_with, response_tag, via_over, via_value
+from dmq.sip.headers import parse_vias
+from dmq.sip.message import REASONS
+from dmq.sip.parse import MAX_HEADERS, MAX_LINE_LENGTH, MAX_MESSAGE_SIZE
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 
@@ -918,6 +912,36 @@ def test_new_ids():
     assert len({new_tag() for _ in range(100)}) == 100
     call_ids = {new_call_id("127.0.0.1") for _ in range(100)}
     assert len(call_ids) == 100 and all(c.endswith("@127.0.0.1") for c in call_ids)
+
+
+def test_via_value_layout():
+    """via_value writes SIP/2.0/<TRANSPORT> sent-by;branch=..., with a new branch unless given."""
+    assert via_value("tcp", "10.0.0.1:5060", "z9hG4bKx") == "SIP/2.0/TCP 10.0.0.1:5060;branch=z9hG4bKx"
+    fresh = [parse_vias(via_value("udp", "[::1]:5060"))[0] for _ in range(2)]
+    assert [(v.transport, v.host, v.port) for v in fresh] == [("UDP", "[::1]", 5060)] * 2
+    assert fresh[0].branch.startswith("z9hG4bK") and fresh[0].branch != fresh[1].branch
+    with pytest.raises(SIPParseError):
+        via_value("udp", "10.0.0.1\r\nX: injected")
+
+
+def test_via_over_changes_only_the_top_via_transport():
+    """via_over copies a request with its top Via naming another transport; the rest, other Vias included, stays."""
+    built = _kamailio_like()
+    built.headers.add("Via", "SIP/2.0/UDP 10.9.9.9;branch=z9hG4bKlower")
+    moved = via_over(built, "tcp")
+    assert [(v.transport, v.sent_by, v.branch) for v in moved.vias] == [
+        ("TCP", "127.0.0.1:5172", built.branch), ("UDP", "10.9.9.9", "z9hG4bKlower")]
+    assert moved.to_bytes() == built.to_bytes().replace(b"SIP/2.0/UDP 127.0.0.1:5172", b"SIP/2.0/TCP 127.0.0.1:5172")
+    assert built.vias[0].transport == "UDP"
+
+
+def test_reason_with_detail():
+    """reason_with adds the fault to the code's phrase (or a given one) as one bounded printable line."""
+    assert reason_with(400, "CSeq method 'X'") == "Bad Request (CSeq method 'X')"
+    assert reason_with("Forbidden", "") == "Forbidden"
+    assert reason_with(413, "a\r\n\tb\x00") == "Request Entity Too Large (a b?)"
+    long = reason_with(400, "x" * 500)
+    assert long.startswith("Bad Request (x") and long.endswith("...)") and len(long) < 140
 
 
 # ---------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dmq.sip import SIPURI, Headers, Request, Response, SIPParseError, parse_message
-from dmq.sip.message import MAX_HEADERS, MAX_LINE_LENGTH, MAX_MESSAGE_SIZE, canonical_key
+from dmq.sip.fields import canonical_key
+from dmq.sip.parse import MAX_HEADERS, MAX_LINE_LENGTH, MAX_MESSAGE_SIZE
 
 # Example counts: about 7,000 examples in all, the file in about 20 s.  Drawing
 # a whole message costs hypothesis some 10 ms here, random bytes far less.
@@ -695,7 +696,7 @@ START_PIECES = ["KDMQ", "INVITE", "kdmq", "%", " ", "  ", "sip:", "sips:", "tel:
 @given(st.one_of(_pieces(START_PIECES), st.builds(lambda m, u: f"{m} {u} SIP/2.0", methods, uri_samples)))
 def test_plain_request_line_path_agrees(line):
     """A request line the fast path takes gives the same method and URI by the general path."""
-    from dmq.sip.message import _PLAIN_REQUEST_LINE_RE, _parse_start_line
+    from dmq.sip.parse import _PLAIN_REQUEST_LINE_RE, _parse_start_line
 
     m = _PLAIN_REQUEST_LINE_RE.fullmatch(line)
     if m is not None:

@@ -35,7 +35,8 @@ from dmq.errors import MessageTooLarge, TransactionTimeout, TransportError
 from dmq.interfaces import IMessageHandler
 # Source is imported from here by the layers above; it is defined with Address.
 from dmq.sip.address import Address, Source
-from dmq.sip.message import REASONS, Request, Response, make_response
+from dmq.sip.build import make_response
+from dmq.sip.message import REASONS, Request, Response
 from dmq.sip.uri import SIPParseError
 
 __all__ = [

@@ -51,12 +51,8 @@ from zope.interface import implementer
 from dmq.errors import MessageTooLarge, TransportError
 from dmq.interfaces import ISIPTransport
 from dmq.sip.address import UDP_MAX_SIZE, Address, Source
-from dmq.sip.message import (
-    MAX_HEADERS,
-    MAX_LINE_LENGTH,
-    REASONS,
-    parse_message,
-)
+from dmq.sip.message import REASONS
+from dmq.sip.parse import MAX_HEADERS, MAX_LINE_LENGTH, parse_message
 from dmq.sip.uri import SIPParseError
 
 __all__ = [
