@@ -1,6 +1,7 @@
 """
 Build SIP messages: requests in the layout Kamailio's DMQ uses, responses to
-requests, ``Via`` values, reason phrases; new branches, tags and Call-IDs.
+requests (parsed, or raw bytes that would not parse), ``Via`` values, reason
+phrases; new branches, tags and Call-IDs.
 
 Pure code: no Twisted, no I/O.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "new_tag",
     "new_call_id",
     "response_tag",
+    "error_response",
     "REASONS",
 ]
 
@@ -244,3 +246,47 @@ def build_request(
     request.check()
     request._cache["branch"] = branch  # known: spares the client transaction a Via parse
     return request
+
+
+_COPY_FOR_ERROR = {
+    b"via": b"Via", b"v": b"Via", b"from": b"From", b"f": b"From", b"to": b"To",
+    b"t": b"To", b"call-id": b"Call-ID", b"i": b"Call-ID", b"cseq": b"CSeq",
+}
+
+
+def error_response(data: Union[bytes, list[bytes]], code: int, reason: str) -> Optional[bytes]:
+    """
+    A best-effort stateless error response to a request that could not be
+    parsed, copying its ``Via``, ``From``, ``To``, ``Call-ID`` and ``CSeq``
+    lines as they are.
+
+    :param data: the raw message, or its start line and header lines.
+    :returns: the response bytes, or ``None`` when the input is not a
+        request or has no usable ``Via`` (then nothing should be sent).
+    """
+    if isinstance(data, bytes):
+        head = data.split(b"\r\n\r\n", 1)[0]
+        lines = head.split(b"\r\n")
+    else:
+        lines = data
+    if not lines or lines[0][:4].upper() == b"SIP/" or b" SIP/2.0" not in lines[0].upper():
+        return None
+    if lines[0].split(b" ", 1)[0] == b"ACK":
+        return None
+    out = [b"SIP/2.0 %d %s" % (code, reason.encode("ascii", "replace"))]
+    has_via = False
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        canonical = _COPY_FOR_ERROR.get(name.strip().lower())
+        if not colon or canonical is None:
+            continue
+        value = value.strip()
+        if canonical == b"Via":
+            if not value.upper().startswith(b"SIP/2.0/"):
+                continue
+            has_via = True
+        out.append(canonical + b": " + value)
+    if not has_via:
+        return None
+    out.append(b"Content-Length: 0")
+    return b"\r\n".join(out) + b"\r\n\r\n"
