@@ -183,7 +183,7 @@ def make_response(
     length = str(len(body))
     lines.append("Content-Length: " + length)
     index["content-length"] = [length]
-    return Response(code, reason, Headers._from_lines(lines, index), body)
+    return Response(code, reason, Headers._prepared(index, lines=lines), body)
 
 
 def build_request(
@@ -242,7 +242,7 @@ def build_request(
     index: dict[str, list[str]] = {}
     for name, value in items:
         index.setdefault(canonical_key(name), []).append(value)
-    request = Request(method, uri, Headers._from_items(items, index), body)
+    request = Request(method, uri, Headers._prepared(index, items=items), body)
     request.check()
     request._cache["branch"] = branch  # known: spares the client transaction a Via parse
     return request

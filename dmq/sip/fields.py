@@ -118,26 +118,20 @@ class Headers:
             self.add(name, value)
 
     @classmethod
-    def _from_items(cls, items: list[tuple[str, str]], index: dict[str, list[str]]) -> "Headers":
+    def _prepared(
+        cls,
+        index: dict[str, list[str]],
+        items: Optional[list[tuple[str, str]]] = None,
+        lines: Optional[list[str]] = None,
+    ) -> "Headers":
         """
-        Headers over checked ``(name, value)`` pairs and their index (values
-        by canonical key), taken as they are: for a message being built.
+        Headers over checked ``(name, value)`` pairs or ``Name: value`` lines
+        and their index (values by canonical key), taken as they are: for a
+        message built, parsed or answered.  Given lines, the pairs are split
+        from them only when something asks for them.
         """
         headers = cls.__new__(cls)
         headers._list = items
-        headers._raw = None
-        headers._index = index
-        return headers
-
-    @classmethod
-    def _from_lines(cls, lines: list[str], index: dict[str, list[str]]) -> "Headers":
-        """
-        Headers over checked ``Name: value`` lines and their index, taken as
-        they are: for a message parsed or answered, whose ``(name, value)``
-        pairs are split from the lines only when something asks for them.
-        """
-        headers = cls.__new__(cls)
-        headers._list = None
         headers._raw = lines
         headers._index = index
         return headers

@@ -292,7 +292,7 @@ def parse_message(
         index = _index_headers(lines)
         if index is None:  # pragma: no cover - _slow_lines leaves no continuation line
             raise SIPParseError("continuation line in the headers")
-    message.headers = Headers._from_lines(lines, index)
+    message.headers = Headers._prepared(index, lines=lines)
     values = index.get("content-length")
     if values is None:
         message._body = rest
