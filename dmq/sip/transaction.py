@@ -35,7 +35,7 @@ from dmq.interfaces import IMessageHandler, ISIPTransport
 # Source is imported from here by the layers above; it is defined with Address.
 from dmq.sip.address import Address, Source
 from dmq.sip.build import make_response, reason_with, via_over
-from dmq.sip.dispatch import now_or_later
+from dmq.sip.handler import now_or_later
 from dmq.sip.expiry import ExpiringMap
 from dmq.sip.message import Request, Response
 

@@ -1,5 +1,7 @@
 """
-Calling a handler that answers now or later: a value, or a Deferred of one.
+Calling a request handler that answers now or later: with a value, or with
+a Deferred of one (the transaction layer calls its transaction user this
+way).
 """
 
 from __future__ import annotations
