@@ -1155,3 +1155,30 @@ def test_numbers_with_thousands_of_digits(header: str) -> None:
         message = parse_message(data)
         message.content_length
         message.max_forwards
+
+
+def test_names_kept_where_other_modules_import_them():
+    """The codec's names moved to other modules are still importable from where the rest of dmq imports them."""
+    import dmq.errors
+    import dmq.sip
+    import dmq.sip.address
+    import dmq.sip.build
+    import dmq.sip.message
+    import dmq.sip.parse
+    import dmq.sip.tls
+    import dmq.sip.transaction
+    import dmq.sip.transport
+    import dmq.sip.udp
+    import dmq.sip.uri
+
+    for name in ("build_request", "make_response", "new_branch", "new_tag", "new_call_id", "response_tag"):
+        assert getattr(dmq.sip.message, name) is getattr(dmq.sip.build, name)
+    for name in ("parse_message", "MAX_MESSAGE_SIZE", "MAX_HEADERS", "MAX_LINE_LENGTH"):
+        assert getattr(dmq.sip.message, name) is getattr(dmq.sip.parse, name)
+    assert dmq.sip.uri.SIPParseError is dmq.sip.SIPParseError is dmq.errors.SIPParseError
+    assert dmq.sip.transaction.Source is dmq.sip.address.Source
+    assert dmq.sip.transport.TLSSettings is dmq.sip.tls.TLSSettings
+    assert dmq.sip.transport.error_response is dmq.sip.build.error_response
+    assert dmq.sip.transport.MAX_DATAGRAM is dmq.sip.udp.MAX_DATAGRAM
+    with pytest.raises(AttributeError):
+        dmq.sip.message.no_such_name  # noqa: B018

@@ -12,8 +12,8 @@ from dmq.errors import MessageTooLarge, SIPParseError, TransactionTimeout, Trans
 from dmq.interfaces import IMessageHandler, ISIPTransport
 from dmq.sip import SIPURI, build_request, make_response, parse_message
 from dmq.sip.address import Address
-from dmq.sip.handler import now_or_later
 from dmq.sip.expiry import ExpiringMap
+from dmq.sip.handler import now_or_later
 from dmq.sip.message import Request, Response
 from dmq.sip.transaction import LARGE_REQUEST, Source, TransactionLayer
 from dmq.testing import FakeSIPTransport

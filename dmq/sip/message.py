@@ -425,9 +425,9 @@ def check_headers(message: Message, index: dict[str, list[str]], method: Optiona
         cache["max-forwards"] = hops
 
 
-# These names lived here before the codec was split in three; the modules that
-# define them import this one, hence the lookup on first use.
-_MOVED = {
+# Names still imported from here but defined in dmq.sip.parse and
+# dmq.sip.build, which import this module: looked up on first use.
+_DEFINED_IN = {
     "parse_message": "dmq.sip.parse",
     "MAX_MESSAGE_SIZE": "dmq.sip.parse",
     "MAX_HEADERS": "dmq.sip.parse",
@@ -443,7 +443,7 @@ _MOVED = {
 
 def __getattr__(name: str) -> Any:
     """``parse_message``, ``build_request``, ... from the modules that define them."""
-    module = _MOVED.get(name)
+    module = _DEFINED_IN.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
