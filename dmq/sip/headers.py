@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 from typing import Mapping, Optional, Union
 
+from dmq.errors import SIPParseError
 from dmq.sip.uri import (
     PLAIN_HOST_PATTERN,
     PLAIN_SIP_URI_PATTERN,
     PORT_PATTERN,
     SIPURI,
-    SIPParseError,
     _check_host,
     _check_port,
     match_sip_uri,
