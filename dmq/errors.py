@@ -1,14 +1,14 @@
 """
-Exceptions raised across dmq.
+Exceptions raised across dmq, and :func:`one_line` for the text they carry.
 
 Every failure a caller of :meth:`dmq.DMQService.send_message` can see carries a
 SIP status ``code``, so a failed Deferred and a final response can be handled
 alike (a timeout is a 408, as Kamailio's ``tm`` reports it).
+
+This is the bottom floor of the package: it imports nothing of dmq.
 """
 
 from __future__ import annotations
-
-from dmq.sip.uri import SIPParseError
 
 __all__ = [
     "DMQError",
@@ -30,6 +30,20 @@ class DMQError(Exception):
     """
 
     code = 500
+
+
+class SIPParseError(ValueError):
+    """
+    A SIP message, header or URI is not well formed.
+
+    :ivar code: the SIP status code a server should answer with (400 by
+        default; 505 for an unsupported SIP version, 413 for an oversized
+        message, 416 for an unsupported URI scheme).
+    """
+
+    def __init__(self, message: str, code: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class TransactionTimeout(DMQError):

@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`dmq.sip.message`: parsing, serialising and building SIP messages.
+"""Unit tests for the SIP codec (:mod:`dmq.sip.message`, ``parse``, ``build``): parsing, serialising, building.
 
 The Kamailio 5.6.3 captures in ``tests/data/captures/`` (see the README there)
 are the reference for what a real peer sends and answers.
@@ -24,16 +24,10 @@ from dmq.sip import (
     make_response,
     parse_message,
 )
-from dmq.sip.message import (
-    MAX_HEADERS,
-    MAX_LINE_LENGTH,
-    MAX_MESSAGE_SIZE,
-    REASONS,
-    new_branch,
-    new_call_id,
-    new_tag,
-    response_tag,
-)
+from dmq.sip.build import new_branch, new_call_id, new_tag, reason_with, response_tag, via_over, via_value
+from dmq.sip.headers import parse_vias
+from dmq.sip.message import REASONS
+from dmq.sip.parse import MAX_HEADERS, MAX_LINE_LENGTH, MAX_MESSAGE_SIZE
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 
@@ -920,6 +914,36 @@ def test_new_ids():
     assert len(call_ids) == 100 and all(c.endswith("@127.0.0.1") for c in call_ids)
 
 
+def test_via_value_layout():
+    """via_value writes SIP/2.0/<TRANSPORT> sent-by;branch=..., with a new branch unless given."""
+    assert via_value("tcp", "10.0.0.1:5060", "z9hG4bKx") == "SIP/2.0/TCP 10.0.0.1:5060;branch=z9hG4bKx"
+    fresh = [parse_vias(via_value("udp", "[::1]:5060"))[0] for _ in range(2)]
+    assert [(v.transport, v.host, v.port) for v in fresh] == [("UDP", "[::1]", 5060)] * 2
+    assert fresh[0].branch.startswith("z9hG4bK") and fresh[0].branch != fresh[1].branch
+    with pytest.raises(SIPParseError):
+        via_value("udp", "10.0.0.1\r\nX: injected")
+
+
+def test_via_over_changes_only_the_top_via_transport():
+    """via_over copies a request with its top Via naming another transport; the rest, other Vias included, stays."""
+    built = _kamailio_like()
+    built.headers.add("Via", "SIP/2.0/UDP 10.9.9.9;branch=z9hG4bKlower")
+    moved = via_over(built, "tcp")
+    assert [(v.transport, v.sent_by, v.branch) for v in moved.vias] == [
+        ("TCP", "127.0.0.1:5172", built.branch), ("UDP", "10.9.9.9", "z9hG4bKlower")]
+    assert moved.to_bytes() == built.to_bytes().replace(b"SIP/2.0/UDP 127.0.0.1:5172", b"SIP/2.0/TCP 127.0.0.1:5172")
+    assert built.vias[0].transport == "UDP"
+
+
+def test_reason_with_detail():
+    """reason_with adds the fault to the code's phrase (or a given one) as one bounded printable line."""
+    assert reason_with(400, "CSeq method 'X'") == "Bad Request (CSeq method 'X')"
+    assert reason_with("Forbidden", "") == "Forbidden"
+    assert reason_with(413, "a\r\n\tb\x00") == "Request Entity Too Large (a b?)"
+    long = reason_with(400, "x" * 500)
+    assert long.startswith("Bad Request (x") and long.endswith("...)") and len(long) < 140
+
+
 # ---------------------------------------------------------------------------
 # Headers
 # ---------------------------------------------------------------------------
@@ -1131,3 +1155,30 @@ def test_numbers_with_thousands_of_digits(header: str) -> None:
         message = parse_message(data)
         message.content_length
         message.max_forwards
+
+
+def test_names_kept_where_other_modules_import_them():
+    """The codec's names moved to other modules are still importable from where the rest of dmq imports them."""
+    import dmq.errors
+    import dmq.sip
+    import dmq.sip.address
+    import dmq.sip.build
+    import dmq.sip.message
+    import dmq.sip.parse
+    import dmq.sip.tls
+    import dmq.sip.transaction
+    import dmq.sip.transport
+    import dmq.sip.udp
+    import dmq.sip.uri
+
+    for name in ("build_request", "make_response", "new_branch", "new_tag", "new_call_id", "response_tag"):
+        assert getattr(dmq.sip.message, name) is getattr(dmq.sip.build, name)
+    for name in ("parse_message", "MAX_MESSAGE_SIZE", "MAX_HEADERS", "MAX_LINE_LENGTH"):
+        assert getattr(dmq.sip.message, name) is getattr(dmq.sip.parse, name)
+    assert dmq.sip.uri.SIPParseError is dmq.sip.SIPParseError is dmq.errors.SIPParseError
+    assert dmq.sip.transaction.Source is dmq.sip.address.Source
+    assert dmq.sip.transport.TLSSettings is dmq.sip.tls.TLSSettings
+    assert dmq.sip.transport.error_response is dmq.sip.build.error_response
+    assert dmq.sip.transport.MAX_DATAGRAM is dmq.sip.udp.MAX_DATAGRAM
+    with pytest.raises(AttributeError):
+        dmq.sip.message.no_such_name  # noqa: B018

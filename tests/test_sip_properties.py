@@ -5,12 +5,11 @@
 (b) Any input, random or a damaged valid message, makes the parser, its
     ``strict`` mode and every lazy accessor raise nothing but ``SIPParseError``;
     whatever parses serialises to bytes that parse to the same message.
-(c) No input takes more than 50 ms: a line of up to max_line characters
-    aimed at each regex of the codec takes parse_message and every lazy
-    accessor under 50 ms; whole messages up to the caps (up to max_size bytes,
-    max_headers long lines) take parse_message under 50 ms.  (The accessors'
-    cost grows with the number of Via values and parameters: about 100 ms for
-    a megabyte of them, linear; transports cap header sections far lower.)
+(c) Adversarial sizes: a line of up to max_line characters aimed at each
+    regex of the codec, up to max_headers such lines, and whole messages up
+    to the caps (max_size bytes) make the parser and every lazy accessor
+    raise nothing but SIPParseError; inputs at the caps get the outcome the
+    caps say (parsed, or refused with 413 or 400).
 (d) Each fast path of the codec (plain request line, SIP URI, Via, name-addr,
     CSeq, Max-Forwards) accepts exactly what the general path accepts, with
     the same result.
@@ -19,15 +18,16 @@
 from __future__ import annotations
 
 import string
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dmq.sip import SIPURI, Headers, Request, Response, SIPParseError, parse_message
-from dmq.sip.message import MAX_HEADERS, MAX_LINE_LENGTH, MAX_MESSAGE_SIZE, canonical_key
+from dmq.sip.fields import canonical_key
+from dmq.sip.parse import MAX_HEADERS, MAX_LINE_LENGTH, MAX_MESSAGE_SIZE
 
 # Example counts: about 7,000 examples in all, the file in about 20 s.  Drawing
 # a whole message costs hypothesis some 10 ms here, random bytes far less.
@@ -37,9 +37,6 @@ _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
 def _examples(n: int) -> settings:
     return settings(max_examples=n, deadline=None, suppress_health_check=_QUIET)
 
-
-TIME_LIMIT = 0.050
-"""Seconds one parse (with every accessor) may take."""
 
 # ---------------------------------------------------------------------------
 # Building blocks
@@ -427,20 +424,8 @@ def test_mutated_messages(generated, edits):
 
 
 # ---------------------------------------------------------------------------
-# (c) Time
+# (c) Adversarial sizes
 # ---------------------------------------------------------------------------
-
-
-def _parse_time(data: bytes) -> float:
-    """Seconds to parse ``data`` and touch every accessor (best of three when slow, to skip noise)."""
-    best = float("inf")
-    for _ in range(5):
-        start = time.process_time()
-        _exercise(data)
-        best = min(best, time.process_time() - start)
-        if best < TIME_LIMIT:
-            break
-    return best
 
 
 START = "KDMQ sip:htable@127.0.0.1:5171 SIP/2.0"
@@ -508,8 +493,8 @@ TAILS = ["", "!", "\x00", "<", ">", '"', "@", ";", ":", " x", "\\", "=", ",", "\
     st.one_of(st.integers(1, 40), st.sampled_from([500, 2000, 8000, MAX_LINE_LENGTH])),
     st.sampled_from(TAILS),
 )
-def test_adversarial_long_lines_parse_quickly(slot, unit, count, tail):
-    """A line of up to max_line characters of one repeated unit, in any slot, parses in under 50 ms."""
+def test_adversarial_long_lines(slot, unit, count, tail):
+    """A line of up to max_line characters of one repeated unit, in any slot, raises only SIPParseError."""
     where, template = SLOTS[slot]
     room = MAX_LINE_LENGTH - len(template) - len(tail)
     text = template.format(unit * max(1, min(count, room // len(unit))) + tail)
@@ -523,8 +508,9 @@ def test_adversarial_long_lines_parse_quickly(slot, unit, count, tail):
     else:
         headers[where] = text
     data = ("\r\n".join([start, *headers.values()]) + "\r\n\r\n").encode("utf-8", "surrogateescape")
-    elapsed = _parse_time(data)
-    assert elapsed < TIME_LIMIT, f"{slot} {unit!r}x{count} {tail!r}: {elapsed * 1000:.1f} ms"
+    message = _exercise(data)
+    if message is not None:
+        _reparse_is_stable(message)
 
 
 @_examples(80)
@@ -534,8 +520,8 @@ def test_adversarial_long_lines_parse_quickly(slot, unit, count, tail):
     st.sampled_from(TAILS),
     st.integers(1, MAX_HEADERS - 10),
 )
-def test_many_adversarial_lines_parse_quickly(slot, unit, tail, lines):
-    """Up to the header-count cap of long adversarial lines (about 16 KiB each) parses in under 50 ms."""
+def test_many_adversarial_lines(slot, unit, tail, lines):
+    """Up to the header-count cap of long adversarial lines (about 16 KiB each) raise only SIPParseError."""
     _, template = SLOTS[slot]
     room = min(MAX_LINE_LENGTH, MAX_MESSAGE_SIZE // (lines + 8)) - len(template) - len(tail) - 2
     text = template.format(unit * max(1, room // len(unit)) + tail)
@@ -543,51 +529,50 @@ def test_many_adversarial_lines_parse_quickly(slot, unit, tail, lines):
         text = "X-" + text if ":" in text.split(" ", 1)[0] else "X: " + text
     data = ("\r\n".join([START, *HEADERS.values(), *[text] * lines]) + "\r\n\r\n").encode("utf-8", "surrogateescape")
     assume(len(data) <= MAX_MESSAGE_SIZE)
-    elapsed = _parse_time_message_only(data)
-    assert elapsed < TIME_LIMIT, f"{slot} {unit!r} {tail!r} x{lines}: {elapsed * 1000:.1f} ms"
-
-
-def _parse_time_message_only(data: bytes) -> float:
-    """Seconds for parse_message alone (best of three when slow)."""
-    best = float("inf")
-    for _ in range(5):
-        start = time.process_time()
-        try:
-            parse_message(data)
-        except SIPParseError:
-            pass
-        best = min(best, time.process_time() - start)
-        if best < TIME_LIMIT:
-            break
-    return best
+    outcome = _outcome(parse_message, data)
+    assert outcome is SIPParseError or isinstance(outcome, (Request, Response))
 
 
 def _wire(*lines: str, body: bytes = b"") -> bytes:
     return ("\r\n".join([START, *HEADERS.values(), *lines]) + "\r\n\r\n").encode() + body
 
 
+PARSED = "parsed"
+# Each case: the input, about max_size bytes in the worst shape for one step
+# of the parser, and what the caps say of it: parsed, or the code refusing it.
 SIZE_CAP_CASES = {
-    "body of 1 MiB": _wire("Content-Length: 1048000", body=b"x" * 1048000),
-    "body without Content-Length": _wire(body=b"\r\n" * 524000),
-    "CRLFs before the start line": b"\r\n" * 524000 + _wire(),
-    "many continuation lines": _wire("Subject: x" + "\r\n y" * 262000),
-    "blank continuation lines": _wire("Subject: x" + "\r\n\t" * 349000),
-    "long blank run before a fold": _wire("Subject: x" + " " * 1040000 + "\r\n y"),
-    "many header lines": _wire(*["X: " + "y" * 8000] * 120),
-    "bare LF lines": ("\n".join([START, *HEADERS.values(), *["X: " + "y" * 8000] * 120]) + "\n\n").encode(),
-    "LF LF only": b"KDMQ sip:a@b SIP/2.0" + b"\n\r" * 524000,
-    "no blank line": b"KDMQ sip:a@b SIP/2.0\r\n" + b"X: y\r\n" * 174000,
-    "one huge line": _wire("X: " + "y" * 1048000),
-    "huge start line": _wire().replace(b"sip:htable", b"sip:" + b"a" * 1048000, 1),
+    # Under max_size: the body is kept whole, with or without Content-Length.
+    "body of 1 MiB": (_wire("Content-Length: 1048000", body=b"x" * 1048000), PARSED),
+    "body without Content-Length": (_wire(body=b"\r\n" * 524000), PARSED),
+    # CRLFs before the start line are skipped (RFC 3261 7.5).
+    "CRLFs before the start line": (b"\r\n" * 524000 + _wire(), PARSED),
+    # Continuation lines count against max_headers.
+    "many continuation lines": (_wire("Subject: x" + "\r\n y" * 262000), 413),
+    "blank continuation lines": (_wire("Subject: x" + "\r\n\t" * 349000), 413),
+    # Unfolded, the blanks become one space: a short line.
+    "long blank run before a fold": (_wire("Subject: x" + " " * 1040000 + "\r\n y"), PARSED),
+    # Within max_headers lines and max_line characters each.
+    "many header lines": (_wire(*["X: " + "y" * 8000] * 120), PARSED),
+    "bare LF lines": (("\n".join([START, *HEADERS.values(), *["X: " + "y" * 8000] * 120]) + "\n\n").encode(), PARSED),
+    # The header section ends at the first LF CR LF: no header at all.
+    "LF LF only": (b"KDMQ sip:a@b SIP/2.0" + b"\n\r" * 524000, 400),
+    "no blank line": (b"KDMQ sip:a@b SIP/2.0\r\n" + b"X: y\r\n" * 174000, 400),
+    # Over max_line.
+    "one huge line": (_wire("X: " + "y" * 1048000), 413),
+    "huge start line": (_wire().replace(b"sip:htable", b"sip:" + b"a" * 1048000, 1), 413),
 }
 
 
-def test_messages_at_the_size_cap_parse_quickly():
-    """Inputs of about max_size bytes (the worst shapes for each step) are parsed or refused in under 50 ms."""
-    for name, data in SIZE_CAP_CASES.items():
-        assert len(data) <= MAX_MESSAGE_SIZE, name
-        elapsed = _parse_time_message_only(data)
-        assert elapsed < TIME_LIMIT, f"{name}: {elapsed * 1000:.1f} ms"
+@pytest.mark.parametrize("name", sorted(SIZE_CAP_CASES))
+def test_messages_at_the_size_cap(name):
+    """An input of about max_size bytes in the worst shape for one parser step gets the outcome the caps say."""
+    data, expected = SIZE_CAP_CASES[name]
+    assert len(data) <= MAX_MESSAGE_SIZE
+    try:
+        outcome: object = parse_message(data)
+    except SIPParseError as e:
+        outcome = e.code
+    assert (PARSED if isinstance(outcome, (Request, Response)) else outcome) == expected
 
 
 # ---------------------------------------------------------------------------
@@ -695,7 +680,7 @@ START_PIECES = ["KDMQ", "INVITE", "kdmq", "%", " ", "  ", "sip:", "sips:", "tel:
 @given(st.one_of(_pieces(START_PIECES), st.builds(lambda m, u: f"{m} {u} SIP/2.0", methods, uri_samples)))
 def test_plain_request_line_path_agrees(line):
     """A request line the fast path takes gives the same method and URI by the general path."""
-    from dmq.sip.message import _PLAIN_REQUEST_LINE_RE, _parse_start_line
+    from dmq.sip.parse import _PLAIN_REQUEST_LINE_RE, _parse_start_line
 
     m = _PLAIN_REQUEST_LINE_RE.fullmatch(line)
     if m is not None:

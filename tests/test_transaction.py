@@ -8,10 +8,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from dmq.errors import MessageTooLarge, TransactionTimeout, TransportError
+from dmq.errors import MessageTooLarge, SIPParseError, TransactionTimeout, TransportError
 from dmq.interfaces import IMessageHandler, ISIPTransport
 from dmq.sip import SIPURI, build_request, make_response, parse_message
 from dmq.sip.address import Address
+from dmq.sip.expiry import ExpiringMap
+from dmq.sip.handler import now_or_later
 from dmq.sip.message import Request, Response
 from dmq.sip.transaction import LARGE_REQUEST, Source, TransactionLayer
 from dmq.testing import FakeSIPTransport
@@ -119,7 +121,7 @@ class ClientTransactionTests(SynchronousTestCase):
         clock.advance(4.9)
         self.assertEqual(len(layer.completed_clients), 1)
         clock.advance(0.1)
-        self.assertEqual(layer.completed_clients, set())
+        self.assertEqual(len(layer.completed_clients), 0)
         transport.receive(response, PEER)
         self.assertEqual(layer.stats.stray_responses, 1)
 
@@ -306,7 +308,7 @@ class ServerTransactionTests(SynchronousTestCase):
         self.assertEqual(len(calls), 1)
         self.assertEqual(len(layer.completed_servers), 1)
         clock.advance(0.1)
-        self.assertEqual(layer.completed_servers, {})
+        self.assertEqual(len(layer.completed_servers), 0)
         self.assertEqual(clock.getDelayedCalls(), [])
         transport.receive(data, PEER)
         self.assertEqual(len(calls), 2)
@@ -344,7 +346,7 @@ class ServerTransactionTests(SynchronousTestCase):
         clock, transport, layer = make_layer(("udp", "tcp"), handler=lambda r, s: make_response(r, 200))
         transport.receive(kdmq(transport="TCP").to_bytes(), Source(PEER_TCP, connection="conn"))
         self.assertEqual(layer.servers, {})
-        self.assertEqual(layer.completed_servers, {})
+        self.assertEqual(len(layer.completed_servers), 0)
         self.assertEqual(transport.sent[0].connection, "conn")
         self.assertEqual(transport.sent[0].address, Address("tcp", "127.0.0.1", 5070))
 
@@ -403,3 +405,91 @@ class ServerTransactionTests(SynchronousTestCase):
         other = old.replace(b"CSeq: 10 KDMQ", b"CSeq: 11 KDMQ")
         transport.receive(other, PEER)
         self.assertEqual(len(calls), 2)
+
+    def test_handler_deferred_failure_is_500(self) -> None:
+        """A handler whose Deferred fails gets the request answered 500 when it fails."""
+        pending: Deferred[Response] = Deferred()
+        clock, transport, layer = make_layer(handler=lambda request, source: pending)
+        transport.receive(kdmq().to_bytes(), PEER)
+        self.assertEqual(transport.sent, [])
+        pending.errback(RuntimeError("later boom"))
+        self.assertEqual(transport.sent[0].message.code, 500)  # type: ignore[union-attr]
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_parse_error_keeps_its_code_and_names_the_fault(self) -> None:
+        """A SIPParseError from the handler answers its own code, the fault in the reason on one line."""
+
+        def handler(request: Request, source: Source) -> Response:
+            raise SIPParseError("too big\r\nto tell", code=413)
+
+        clock, transport, layer = make_layer(handler=handler)
+        transport.receive(kdmq().to_bytes(), PEER)
+        response = transport.sent[0].message
+        assert isinstance(response, Response)
+        self.assertEqual((response.code, response.reason), (413, "Request Entity Too Large (too big to tell)"))
+
+
+class NowOrLaterTests(SynchronousTestCase):
+    """now_or_later: one way to call a handler that answers now or later."""
+
+    def test_value_answers_at_once(self) -> None:
+        """A value goes to on_result at once, and what that returns comes back without a Deferred."""
+        self.assertEqual(now_or_later(lambda: 2, lambda v: v * 10, lambda f: -1), 20)
+
+    def test_deferred_answers_when_it_fires(self) -> None:
+        """A Deferred's result goes to on_result when it fires; a failure of it to on_failure."""
+        ok: Deferred[int] = Deferred()
+        d = now_or_later(lambda: ok, lambda v: v * 10, lambda f: -1)
+        assert isinstance(d, Deferred)
+        self.assertNoResult(d)
+        ok.callback(3)
+        self.assertEqual(self.successResultOf(d), 30)
+        bad: Deferred[int] = Deferred()
+        d = now_or_later(lambda: bad, lambda v: v * 10, lambda f: f.getErrorMessage())
+        bad.errback(ValueError("no"))
+        self.assertEqual(self.successResultOf(d), "no")
+
+    def test_raises_go_to_on_failure(self) -> None:
+        """A raise in the call or in on_result goes to on_failure, on either path."""
+
+        def boom() -> int:
+            raise KeyError("call")
+
+        def bad_result(value: int) -> str:
+            raise KeyError(f"result {value}")
+
+        self.assertEqual(now_or_later(boom, str, lambda f: f.getErrorMessage()), "'call'")
+        self.assertEqual(now_or_later(lambda: 1, bad_result, lambda f: f.getErrorMessage()), "'result 1'")
+        later: Deferred[int] = Deferred()
+        d = now_or_later(lambda: later, bad_result, lambda f: f.getErrorMessage())
+        later.callback(2)
+        self.assertEqual(self.successResultOf(d), "'result 2'")
+
+
+class ExpiringMapTests(SynchronousTestCase):
+    """ExpiringMap: what completed transactions leave behind, on the clock."""
+
+    def test_entries_expire_in_order(self) -> None:
+        """Each entry lives its lifetime from when it was put; then no timer is left."""
+        clock = Clock()
+        kept: ExpiringMap[str, int] = ExpiringMap(clock, 10.0)
+        kept.put("a", 1)
+        clock.advance(4)
+        kept.put("b", 2)
+        clock.advance(5.9)
+        self.assertEqual((kept.get("a"), kept.get("b"), len(kept)), (1, 2, 2))
+        clock.advance(0.1)
+        self.assertNotIn("a", kept)
+        self.assertEqual(kept.get("b"), 2)
+        clock.advance(4)
+        self.assertEqual((len(kept), clock.getDelayedCalls()), (0, []))
+
+    def test_limit_forgets_the_oldest(self) -> None:
+        """Past the limit the oldest entries go first; clear forgets all and stops the timer."""
+        clock = Clock()
+        kept: ExpiringMap[int, None] = ExpiringMap(clock, 10.0, limit=2)
+        for key in range(4):
+            kept.put(key, None)
+        self.assertEqual([key in kept for key in range(4)], [False, False, True, True])
+        kept.clear()
+        self.assertEqual((len(kept), clock.getDelayedCalls()), (0, []))

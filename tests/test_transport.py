@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import random
 import socket
-import time
 import tracemalloc
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import pytest
 import pytest_twisted
@@ -25,6 +24,7 @@ from dmq.sip.message import Request, Response
 from dmq.sip.transaction import Source, TransactionLayer
 from dmq.sip.transport import SIPStreamProtocol, SIPTransport, TLSSettings, error_response
 from tests.certs import CertificateAuthority
+from tests.helpers import free_port
 
 
 class Collector:
@@ -166,29 +166,34 @@ def test_error_response_copies_identity() -> None:
 # ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port free for UDP and TCP on 127.0.0.1."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
+T1 = 0.05
+"""The nodes' T1: a request times out after 64 * T1 = 3.2 s."""
+
+
+@defer.inlineCallbacks
+def until(reactor: Any, condition: Callable[[], bool], timeout: float = 10.0) -> Any:
+    """Wait for socket events until ``condition()`` holds; fail after ``timeout`` seconds without."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        assert reactor.seconds() < deadline, "condition not reached"
+        yield task.deferLater(reactor, 0.01, lambda: None)
 
 
 class Node:
-    """A transport plus transaction layer answering every request 200."""
+    """
+    A transport plus transaction layer answering every request 200.
 
-    def __init__(self, reactor: Any, **kw: Any) -> None:
-        self.port = kw.pop("port", None) or free_port()
+    With a ``clock`` the timers (retransmissions, timeouts, idle connections)
+    run on it, while the sockets run on the reactor.
+    """
+
+    def __init__(self, reactor: Any, clock: Any = None, **kw: Any) -> None:
+        self.port = kw.pop("port", None) or free_port("udp+tcp")
+        if kw.get("tls") is not None:
+            kw.setdefault("tls_port", free_port("tcp"))
         self.requests: list[Request] = []
-        self.transport = SIPTransport(None, reactor, host="127.0.0.1", port=self.port, **kw)
-        t1 = kw.pop("t1", 0.05)
-        self.layer = TransactionLayer(self.transport, self.handle, reactor=reactor, t1=t1, t2=0.4, t4=0.5)
+        self.transport = SIPTransport(None, reactor, host="127.0.0.1", port=self.port, clock=clock, **kw)
+        self.layer = TransactionLayer(self.transport, self.handle, reactor=clock or reactor, t1=T1, t2=0.4, t4=0.5)
         self.transport.controller = self.layer
 
     def handle(self, request: Request, source: Source) -> Response:
@@ -247,13 +252,18 @@ class Dropper(DatagramProtocol):
 
 @pytest_twisted.inlineCallbacks
 def test_udp_retransmission_survives_loss(reactor: Any) -> Any:
-    """A request to a port that drops the first two datagrams still gets its response."""
-    a = Node(reactor)
+    """A request to a port that drops the first two datagrams gets its response from the second retransmission."""
+    clock = Clock()
+    a = Node(reactor, clock)
     yield a.transport.listen()
     dropper = Dropper(2)
     port = reactor.listenUDP(0, dropper, interface="127.0.0.1")
     try:
-        response = yield a.request(port.getHost().port)
+        d = a.request(port.getHost().port)
+        for seen, interval in ((1, T1), (2, 2 * T1)):
+            yield until(reactor, lambda: dropper.seen == seen)
+            clock.advance(interval)
+        response = yield d
         assert response.code == 200
         assert dropper.seen == 3
         assert a.layer.stats.retransmissions == 2
@@ -264,16 +274,20 @@ def test_udp_retransmission_survives_loss(reactor: Any) -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_udp_silent_port_times_out(reactor: Any) -> Any:
-    """A request to a silent port fails as a timeout (408) after 64*T1."""
-    a = Node(reactor)
+    """A request to a silent port is retransmitted on the layer's clock and fails as a timeout (408) at 64*T1."""
+    clock = Clock()
+    a = Node(reactor, clock)
     yield a.transport.listen()
     silent = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
-    started = reactor.seconds()
     try:
+        d = a.request(silent.getHost().port)
+        clock.advance(64 * T1 - 0.01)
+        assert not d.called
+        assert a.layer.stats.retransmissions > 0
+        clock.advance(0.02)
         with pytest.raises(TransactionTimeout) as info:
-            yield a.request(silent.getHost().port)
+            yield d
         assert info.value.code == 408
-        assert reactor.seconds() - started >= 64 * 0.05 - 0.01
     finally:
         yield silent.stopListening()
         yield a.stop()
@@ -304,7 +318,7 @@ def test_tcp_refused_is_transport_error(reactor: Any) -> Any:
     yield a.transport.listen()
     try:
         with pytest.raises(TransportError):
-            yield a.request(free_port(), "tcp")
+            yield a.request(free_port("tcp"), "tcp")
     finally:
         yield a.stop()
 
@@ -327,16 +341,18 @@ def test_large_request_over_tcp(reactor: Any) -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_idle_connection_closed(reactor: Any) -> Any:
-    """An idle TCP connection is closed after the idle timeout."""
-    a, b = Node(reactor, tcp=True, idle_timeout=0.2), Node(reactor, tcp=True, idle_timeout=0.2)
+    """A TCP connection idle for the idle timeout of the transports' clock is closed on both sides."""
+    clock = Clock()
+    a, b = (Node(reactor, clock, tcp=True, idle_timeout=300) for _ in range(2))
     yield a.transport.listen()
     yield b.transport.listen()
     try:
         yield a.request(b.port, "tcp")
-        assert a.transport.connection_count == 1
-        yield task.deferLater(reactor, 0.5, lambda: None)
-        assert a.transport.connection_count == 0
-        assert b.transport.connection_count == 0
+        assert (a.transport.connection_count, b.transport.connection_count) == (1, 1)
+        clock.advance(299)
+        assert all(c.usable for c in a.transport.connections.values())
+        clock.advance(1)
+        yield until(reactor, lambda: a.transport.connection_count == b.transport.connection_count == 0)
     finally:
         yield a.stop()
         yield b.stop()
@@ -349,7 +365,7 @@ def test_connection_limit(reactor: Any) -> Any:
     yield b.transport.listen()
     clients = [socket.create_connection(("127.0.0.1", b.port)) for _ in range(3)]
     try:
-        yield task.deferLater(reactor, 0.2, lambda: None)
+        yield until(reactor, lambda: b.transport.stats["connections_refused"] == 2)
         assert b.transport.connection_count == 1
         assert b.transport.stats["connections_refused"] == 2
     finally:
@@ -425,9 +441,7 @@ def test_tcp_random_cuts_over_socket(reactor: Any) -> Any:
             pos += step
             if rng.random() < 0.05:
                 yield task.deferLater(reactor, 0, lambda: None)
-        deadline = time.monotonic() + 10
-        while len(b.requests) < 1000 and time.monotonic() < deadline:
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield until(reactor, lambda: len(b.requests) >= 1000)
         assert [r.to_bytes() for r in b.requests] == messages
     finally:
         sock.close()
@@ -518,7 +532,7 @@ def test_udp_needs_ip_addresses(reactor: Any) -> Any:
 @pytest_twisted.inlineCallbacks
 def test_udp_refuses_datagrams_over_the_limit(reactor: Any) -> Any:
     """A datagram above udp_max_size is refused with MessageTooLarge (513); one at the limit leaves."""
-    a = Node(reactor, udp_max_size=2048)
+    a = Node(reactor, Clock(), udp_max_size=2048)  # a clock never advanced: no retransmission
     collector = Dropper(0)
     port = reactor.listenUDP(0, collector, interface="127.0.0.1", maxPacketSize=65535)
     yield a.transport.listen()

@@ -1,19 +1,16 @@
 """
-The SIP layer of dmq: a pure codec (:mod:`dmq.sip.message`, :mod:`dmq.sip.uri`,
-:mod:`dmq.sip.headers`), and, built on it, transports and transactions.
+The SIP layer of dmq: a pure codec (:mod:`dmq.sip.uri`, :mod:`dmq.sip.headers`,
+:mod:`dmq.sip.fields`, :mod:`dmq.sip.message`, :mod:`dmq.sip.parse`,
+:mod:`dmq.sip.build`), and, built on it, transports and transactions.
 """
 
+from dmq.errors import SIPParseError
+from dmq.sip.build import build_request, make_response
+from dmq.sip.fields import Headers
 from dmq.sip.headers import NameAddr, Via
-from dmq.sip.message import (
-    Headers,
-    Message,
-    Request,
-    Response,
-    build_request,
-    make_response,
-    parse_message,
-)
-from dmq.sip.uri import SIPURI, SIPParseError
+from dmq.sip.message import Message, Request, Response
+from dmq.sip.parse import parse_message
+from dmq.sip.uri import SIPURI
 
 __all__ = [
     "Headers",

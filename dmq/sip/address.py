@@ -7,14 +7,11 @@ Pure code: no Twisted, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from dmq.sip.uri import SIPURI
 
-__all__ = ["Address", "TRANSPORTS", "RELIABLE", "UDP_MAX_SIZE", "UDP_HARD_LIMIT"]
-
-TRANSPORTS = ("udp", "tcp", "tls")
-"""The transports dmq speaks."""
+__all__ = ["Address", "Source", "RELIABLE", "UDP_MAX_SIZE", "UDP_HARD_LIMIT"]
 
 RELIABLE = frozenset(["tcp", "tls"])
 """Transports that retransmit by themselves (no SIP-level retransmissions)."""
@@ -67,3 +64,14 @@ class Address:
 
     def __str__(self) -> str:
         return f"{self.transport}:{self.host_port}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """
+    Where a message came from: the remote address and, for a stream, the
+    connection it arrived on (responses go back over it while it is open).
+    """
+
+    address: Address
+    connection: Any = None

@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 from typing import Mapping, Optional, Union
 
+from dmq.errors import SIPParseError
 from dmq.sip.uri import (
     PLAIN_HOST_PATTERN,
     PLAIN_SIP_URI_PATTERN,
     PORT_PATTERN,
     SIPURI,
-    SIPParseError,
     _check_host,
     _check_port,
     match_sip_uri,
@@ -32,9 +32,7 @@ _QUOTED = r'"(?:[^"\\\r\n]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
 _GEN_VALUE = rf"(?:{_QUOTED}|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*|{_TOKEN})"
 _PARAMS = rf"(?:[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*{_GEN_VALUE})?)*"
 
-_PARAMS_RE = re.compile(_PARAMS)
 _PARAM_RE = re.compile(rf"[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_GEN_VALUE}))?")
-_TOKEN_RE = re.compile(_TOKEN)
 
 _VIA_RE = re.compile(
     rf"({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+"

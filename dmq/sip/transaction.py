@@ -21,9 +21,8 @@ and the client reports its own timeout rather than waiting for one.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -31,11 +30,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dmq.errors import MessageTooLarge, TransactionTimeout, TransportError
-from dmq.interfaces import IMessageHandler
-from dmq.sip.address import Address
-from dmq.sip.message import REASONS, Request, Response, make_response
-from dmq.sip.uri import SIPParseError
+from dmq.errors import MessageTooLarge, SIPParseError, TransactionTimeout, TransportError
+from dmq.interfaces import IMessageHandler, ISIPTransport
+# Source is imported from here by the layers above; it is defined with Address.
+from dmq.sip.address import Address, Source
+from dmq.sip.build import make_response, reason_with, via_over
+from dmq.sip.handler import now_or_later
+from dmq.sip.expiry import ExpiringMap
+from dmq.sip.message import Request, Response
 
 __all__ = [
     "TransactionLayer",
@@ -74,17 +76,6 @@ class State(enum.Enum):
     PROCEEDING = "proceeding"
     COMPLETED = "completed"
     TERMINATED = "terminated"
-
-
-@dataclass(frozen=True)
-class Source:
-    """
-    Where a message came from: the remote address and, for a stream, the
-    connection it arrived on (responses go back over it while it is open).
-    """
-
-    address: Address
-    connection: Any = None
 
 
 @dataclass
@@ -144,9 +135,7 @@ class ClientTransaction:
         self._send()  # last: a send may fail at once and end the transaction
 
     def _send(self) -> None:
-        d = self.layer.transport.send(self.data, self.address)
-        if d is not None:
-            d.addErrback(self._on_transport_error)
+        self.layer.transport.send(self.data, self.address).addErrback(self._on_transport_error)
 
     def _on_timer_e(self) -> None:
         self._timer_e = None
@@ -182,8 +171,10 @@ class ClientTransaction:
                 address=self.address,
                 reason=failure.getErrorMessage(),
             )
-            self.layer._rekey(self, data, address)
             self._cancel_timers()
+            self.data, self.address = data, address
+            self.state = State.TRYING
+            self._interval = self.layer.t1
             self.start()
             return
         self.layer.stats.transport_errors += 1
@@ -205,7 +196,7 @@ class ClientTransaction:
         self._terminate()
         if not self.address.reliable:
             # Timer K: retransmitted copies of the response are absorbed for T4.
-            self.layer._retain_client(self.key)
+            self.layer.completed_clients.put(self.key, None)
         self.deferred.callback(response)
 
     def _cancel_timers(self) -> None:
@@ -271,7 +262,8 @@ class ServerTransaction:
         self.state = State.TERMINATED
         self.layer._server_done(self)
         if not self.source.address.reliable:
-            self.layer._retain_server(self.key, data, address)
+            # Timer J: retransmissions of the request get these bytes again.
+            self.layer.completed_servers.put(self.key, (data, address))
 
 
 @implementer(IMessageHandler)
@@ -280,12 +272,12 @@ class TransactionLayer:
     The controller the transports call, and the place the transaction user
     sends requests through.
 
-    :param transport: an object with ``send(data, address, connection=None)``
-        returning a Deferred (or None) that fails with :class:`TransportError`
-        when the data cannot be sent, and ``supports(transport_name) -> bool``.
+    :param transport: the :class:`~dmq.interfaces.ISIPTransport` messages
+        go out through.
     :param request_handler: called with each new request and its
         :class:`Source`; returns a :class:`Response` or a Deferred firing with
-        one.  An exception or failure becomes a 500.
+        one.  An exception or failure becomes a 500 (a
+        :class:`~dmq.errors.SIPParseError` its own code, naming the fault).
     :param reactor: the ``IReactorTime`` all timers use.
     :param t1: RFC 3261 T1, the round-trip estimate (seconds).
     :param t2: the cap on the retransmission interval.
@@ -296,7 +288,7 @@ class TransactionLayer:
 
     def __init__(
         self,
-        transport: Any,
+        transport: ISIPTransport,
         request_handler: Optional[RequestHandler] = None,
         reactor: Optional[IReactorTime] = None,
         t1: float = T1,
@@ -320,13 +312,12 @@ class TransactionLayer:
         self.stats = TransactionStats()
         self.clients: dict[tuple[str, str], ClientTransaction] = {}
         self.servers: dict[tuple[object, ...], ServerTransaction] = {}
-        # Completed transactions keep only what they need, in insertion order
-        # (every entry lives the same time), swept by one timer.
-        self.completed_servers: dict[tuple[object, ...], tuple[bytes, Address]] = {}
-        self.completed_clients: set[tuple[str, str]] = set()
-        self._server_expiry: deque[tuple[float, tuple[object, ...]]] = deque()
-        self._client_expiry: deque[tuple[float, tuple[str, str]]] = deque()
-        self._sweeper: Optional[IDelayedCall] = None
+        # What completed transactions leave behind: for Timer J the final
+        # answer and where it went, for Timer K only the key.
+        self.completed_servers: ExpiringMap[tuple[object, ...], tuple[bytes, Address]] = ExpiringMap(
+            reactor, 64 * t1, max_completed
+        )
+        self.completed_clients: ExpiringMap[tuple[str, str], None] = ExpiringMap(reactor, t4)
 
     # -- outbound ----------------------------------------------------------
 
@@ -354,7 +345,7 @@ class TransactionLayer:
             if size > LARGE_REQUEST and self.transport.supports("tcp"):
                 if size <= limit:
                     fallback = (data, address)
-                data = _via_over(request, "TCP").to_bytes()
+                data = via_over(request, "tcp").to_bytes()
                 address = Address("tcp", address.host, address.port)
                 self.stats.sent_over_tcp_for_size += 1
             elif size > limit:
@@ -376,12 +367,6 @@ class TransactionLayer:
         if not branch:
             raise ValueError("a request to send needs a branch in its top Via")
         return (branch, request.cseq[1])
-
-    def _rekey(self, transaction: ClientTransaction, data: bytes, address: Address) -> None:
-        transaction.data = data
-        transaction.address = address
-        transaction.state = State.TRYING
-        transaction._interval = self.t1
 
     def _client_done(self, transaction: ClientTransaction) -> None:
         if self.clients.get(transaction.key) is transaction:
@@ -448,30 +433,21 @@ class TransactionLayer:
         done = self.completed_servers.get(key)
         if done is not None:
             self.stats.retransmitted_requests += 1
-            d = self.transport.send(done[0], done[1], source.connection)
-            if d is not None:
-                d.addErrback(lambda f: None)
+            # A resend that fails needs no word: the next retransmission tries again.
+            self.transport.send(done[0], done[1], source.connection).addErrback(lambda f: None)
             return
         self.stats.requests_received += 1
         transaction = ServerTransaction(self, key, request, source)
         self.servers[key] = transaction
-        if self.request_handler is None:
+        handler = self.request_handler
+        if handler is None:
             transaction.respond(make_response(request, 501))
             return
-        # Called directly (no Deferred) unless the handler answers later.
-        try:
-            result = self.request_handler(request, source)
-        except Exception:
-            self._handler_failed(Failure(), transaction)
-            return
-        if isinstance(result, Deferred):
-            result.addCallback(transaction.respond)
-            result.addErrback(self._handler_failed, transaction)
-            return
-        try:
-            transaction.respond(result)
-        except Exception:
-            self._handler_failed(Failure(), transaction)
+        now_or_later(
+            lambda: handler(request, source),
+            transaction.respond,
+            lambda failure: self._handler_failed(failure, transaction),
+        )
 
     def _handler_failed(self, failure: Failure, transaction: ServerTransaction) -> None:
         self.stats.handler_errors += 1
@@ -482,7 +458,7 @@ class TransactionLayer:
                 source=transaction.source.address,
                 reason=str(error),
             )
-            transaction.respond(make_response(transaction.request, error.code, _reason_from(error)))
+            transaction.respond(make_response(transaction.request, error.code, reason_with(error.code, str(error))))
             return
         log.failure(
             "handler failed on {method} from {source}",
@@ -512,60 +488,14 @@ class TransactionLayer:
 
     def _send_response(self, data: bytes, request: Request, source: Source) -> Address:
         address = self.response_address(request, source)
-        d = self.transport.send(data, address, source.connection)
-        if d is not None:
-            d.addErrback(
-                lambda f: log.info(
-                    "cannot send response to {address}: {reason}",
-                    address=address,
-                    reason=f.getErrorMessage(),
-                )
+        self.transport.send(data, address, source.connection).addErrback(
+            lambda f: log.info(
+                "cannot send response to {address}: {reason}",
+                address=address,
+                reason=f.getErrorMessage(),
             )
+        )
         return address
-
-    def _retain_server(self, key: tuple[object, ...], data: bytes, address: Address) -> None:
-        """
-        Timer J: answer retransmissions with ``data`` for 64*T1.  Past
-        ``max_completed`` answers kept, the oldest go first: under a flood,
-        memory stays bounded and only very late retransmissions are handled
-        as new requests.
-        """
-        completed = self.completed_servers
-        completed[key] = (data, address)
-        expiry = self._server_expiry
-        expiry.append((self.clock.seconds() + 64 * self.t1, key))
-        while len(completed) > self.max_completed and expiry:
-            completed.pop(expiry.popleft()[1], None)
-        self._schedule_sweep()
-
-    def _retain_client(self, key: tuple[str, str]) -> None:
-        """Timer K: absorb retransmitted responses for T4."""
-        self.completed_clients.add(key)
-        self._client_expiry.append((self.clock.seconds() + self.t4, key))
-        self._schedule_sweep()
-
-    def _schedule_sweep(self) -> None:
-        heads = [q[0][0] for q in (self._server_expiry, self._client_expiry) if q]
-        if not heads:
-            return
-        first = min(heads)
-        sweeper = self._sweeper
-        if sweeper is not None and sweeper.active():
-            if sweeper.getTime() <= first:
-                return
-            sweeper.cancel()
-        self._sweeper = self.clock.callLater(max(0.0, first - self.clock.seconds()), self._sweep)
-
-    def _sweep(self) -> None:
-        """Forget completed transactions whose Timer J or K ran out."""
-        self._sweeper = None
-        now = self.clock.seconds()
-        servers, clients = self._server_expiry, self._client_expiry
-        while servers and servers[0][0] <= now:
-            self.completed_servers.pop(servers.popleft()[1], None)
-        while clients and clients[0][0] <= now:
-            self.completed_clients.discard(clients.popleft()[1])
-        self._schedule_sweep()
 
     def stop(self) -> None:
         """Cancel every timer; pending requests fail with a transport error."""
@@ -578,30 +508,4 @@ class TransactionLayer:
         self.servers.clear()
         self.completed_servers.clear()
         self.completed_clients.clear()
-        self._server_expiry.clear()
-        self._client_expiry.clear()
-        if self._sweeper is not None and self._sweeper.active():
-            self._sweeper.cancel()
-        self._sweeper = None
 
-
-def _reason_from(error: SIPParseError) -> str:
-    """A reason phrase carrying the parse error (one line, bounded)."""
-    text = " ".join(str(error).split())
-    text = "".join(ch for ch in text if 32 <= ord(ch) < 127)
-    if error.code == 400:
-        return f"Bad Request ({text[:120]})"
-    return REASONS.get(error.code, "Bad Request")
-
-
-def _via_over(request: Request, transport: str) -> Request:
-    """A copy of ``request`` whose top Via names ``transport``."""
-    copy = Request(request.method, request.uri, None, request.body)
-    first = True
-    for name, value in request.headers:
-        if first and name.lower() in ("via", "v"):
-            protocol, _, rest = value.partition(" ")
-            value = f"{protocol.rpartition('/')[0]}/{transport} {rest}"
-            first = False
-        copy.headers.add(name, value)
-    return copy

@@ -13,6 +13,8 @@ import re
 from typing import Mapping, Optional
 from urllib.parse import unquote
 
+from dmq.errors import SIPParseError
+
 __all__ = [
     "SIPParseError",
     "SIPURI",
@@ -26,20 +28,6 @@ __all__ = [
     "split_params",
     "unescape",
 ]
-
-
-class SIPParseError(ValueError):
-    """
-    A SIP message, header or URI is not well formed.
-
-    :ivar code: the SIP status code a server should answer with (400 by
-        default; 505 for an unsupported SIP version, 413 for an oversized
-        message, 416 for an unsupported URI scheme).
-    """
-
-    def __init__(self, message: str, code: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # RFC 3261 section 25.1 character sets (inside a regex class); "%" admits

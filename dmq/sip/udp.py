@@ -1,0 +1,86 @@
+"""
+SIP over UDP: one message per datagram.
+
+:class:`SIPDatagramProtocol` parses each datagram and hands the message to
+its owner's controller.  Nothing raises out of ``datagramReceived``: a
+request that cannot be parsed but has a usable ``Via`` gets an error answer
+naming the fault, anything else is dropped with a log line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from dmq.errors import SIPParseError
+from dmq.sip.address import Address, Source
+from dmq.sip.build import error_response, reason_with
+from dmq.sip.parse import parse_message
+
+__all__ = ["SIPDatagramProtocol", "DatagramOwner", "MAX_DATAGRAM"]
+
+log = Logger()
+
+MAX_DATAGRAM = 65535
+"""Largest UDP message accepted."""
+
+
+class DatagramOwner(Protocol):
+    """
+    What :class:`SIPDatagramProtocol` uses of its owner (a
+    :class:`~dmq.sip.transport.SIPTransport`): the controller that gets
+    ``message_received(message, source)`` for every parsed message, and the
+    counters (``rejected`` counts input that did not parse).
+    """
+
+    controller: Any
+    stats: dict[str, int]
+
+
+class SIPDatagramProtocol(DatagramProtocol):
+    """
+    SIP over UDP: parse each datagram and hand it to the controller.
+
+    :param owner: the :class:`DatagramOwner`, a
+        :class:`~dmq.sip.transport.SIPTransport`.
+    """
+
+    def __init__(self, owner: DatagramOwner) -> None:
+        self.owner = owner
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
+        """Parse and dispatch one datagram; never raises."""
+        owner = self.owner
+        source = Source(Address("udp", addr[0], addr[1]))
+        try:
+            message = parse_message(data, max_size=MAX_DATAGRAM)
+        except SIPParseError as e:
+            if data.strip(b"\r\n") == b"":
+                return  # a keep-alive
+            owner.stats["rejected"] += 1
+            self._reject(data, source, e)
+            return
+        try:
+            owner.controller.message_received(message, source)
+        except SIPParseError as e:
+            owner.stats["rejected"] += 1
+            self._reject(data, source, e)
+        except Exception:
+            log.failure("controller failed on a datagram from {source}", source=source.address)
+
+    def _reject(self, data: bytes, source: Source, e: SIPParseError) -> None:
+        answer = error_response(data, e.code, reason_with(e.code, str(e)))
+        log.info(
+            "rejected datagram from {source}: {reason}{answered}",
+            source=source.address,
+            reason=str(e),
+            answered=f" (answered {e.code})" if answer else " (dropped)",
+        )
+        if answer is not None and self.transport is not None:
+            try:
+                self.transport.write(answer, (source.address.host, source.address.port))
+            except Exception as write_error:
+                log.debug("cannot answer {source}: {error}", source=source.address, error=write_error)
+
