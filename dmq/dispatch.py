@@ -34,7 +34,9 @@ from twisted.python.failure import Failure
 
 from dmq.node import Node
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
-from dmq.sip.message import Request, Response, make_response
+from dmq.sip.build import make_response
+from dmq.sip.handler import now_or_later
+from dmq.sip.message import Request, Response
 from dmq.sip.transaction import Source
 from dmq.sip.uri import SIPURI, unescape
 
@@ -177,21 +179,21 @@ class Dispatcher:
                 server=self.server,
             )
 
-        # Called directly (no Deferred) unless the peer answers later.
-        try:
-            result = peer.handle_message(message)
-        except Exception:
-            return respond(failure_as_peer_response(Failure(), channel))
-        if isinstance(result, Deferred):
-            return self._answer_later(result, channel, request, respond)
-        try:
-            answer = as_peer_response(result)
-        except Exception:
-            answer = failure_as_peer_response(Failure(), channel)
+        answer = now_or_later(
+            lambda: peer.handle_message(message),
+            as_peer_response,
+            lambda failure: failure_as_peer_response(failure, channel),
+        )
+        if isinstance(answer, Deferred):
+            return self._answer_later(answer, channel, request, respond)
         return respond(answer)
 
     def _answer_later(
-        self, result: "Deferred[Any]", channel: str, request: Request, respond: Callable[[PeerResponse], Response]
+        self,
+        result: "Deferred[PeerResponse]",
+        channel: str,
+        request: Request,
+        respond: Callable[[PeerResponse], Response],
     ) -> "Deferred[Response]":
         """The response to a request whose peer answers later: its answer, or 503 when it takes too long."""
         pending = self.pending.get(channel, 0)
@@ -217,7 +219,6 @@ class Dispatcher:
                 timer.cancel()
                 answer.callback(respond(peer_answer))
 
-        result.addCallbacks(as_peer_response, failure_as_peer_response, errbackArgs=(channel,))
         result.addCallback(done)
         return answer
 

@@ -35,7 +35,8 @@ from dmq.nodelist import NodeList, TimeoutPolicy
 from dmq.notification import DEFAULT_CHANNEL, SEED_REFRESH, NotificationPeer
 from dmq.peer import Peer, PeerResponse
 from dmq.sip.address import UDP_HARD_LIMIT, UDP_MAX_SIZE, Address
-from dmq.sip.message import Request, Response, build_request, make_response, new_branch
+from dmq.sip.build import build_request, make_response, via_value
+from dmq.sip.message import Request, Response
 from dmq.sip.transaction import T1, T2, T4, Source, TransactionLayer
 from dmq.sip.transport import SIPTransport, TLSSettings
 from dmq.sip.uri import SIPURI
@@ -474,7 +475,7 @@ class DMQService(MultiService):
         for node in self.targets():
             address = Address.from_uri(node.uri)
             copy = Request(request.method, node.uri, None, request.body)
-            copy.headers.add("Via", f"SIP/2.0/{address.transport.upper()} {local.host}:{local.port};branch={new_branch()}")
+            copy.headers.add("Via", via_value(address.transport, f"{local.host}:{local.port}"))
             for name, value in request.headers:
                 key = name.lower()
                 if key in ("via", "v", "content-length", "l", "max-forwards", "route", "record-route"):

@@ -26,7 +26,8 @@ from zope.interface import implementer
 from dmq.errors import MessageTooLarge, TransportError
 from dmq.interfaces import ISIPTransport
 from dmq.sip.address import UDP_MAX_SIZE, Address
-from dmq.sip.message import Request, Response, parse_message
+from dmq.sip.message import Request, Response
+from dmq.sip.parse import parse_message
 from dmq.sip.transaction import Source
 from dmq.sip.uri import SIPParseError
 

@@ -21,7 +21,8 @@ from dmq.peer import PeerResponse
 from dmq.peers import Cell, Change, HTablePeer, HTableSpec, NoSuchTable
 from dmq.peers.htable import HTable, compile_posix_regex
 from dmq.sip.address import Address
-from dmq.sip.message import Request, Response, parse_message
+from dmq.sip.message import Request, Response
+from dmq.sip.parse import parse_message
 from dmq.testing import FakeCluster, FakeSIPTransport
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
