@@ -507,3 +507,8 @@ class HTablePeer(ReplicatedPeer):
     def rpc_methods(self) -> dict[str, Callable[..., Any]]:
         """The control methods, by Kamailio's names (see :class:`~dmq.peers.htable.rpc.HTableRPC`)."""
         return HTableRPC(self).methods()
+
+    def status(self) -> dict[str, Any]:
+        """A summary for the status page: the live items of each table."""
+        now = self.link.now()
+        return {"tables": {name: sum(1 for _ in table.live(now)) for name, table in self.tables.items()}}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from twisted.logger import Logger
 
 from dmq.errors import RPCError
+from dmq.hashing import core_case_hash
 from dmq.peers.htable.table import HTable
 from dmq.replicated.link import Outcome
 from dmq.replicated.rpc import rpc_args, rpc_call
@@ -112,25 +113,27 @@ class HTableRPC:
 
     def dump(self, *params: Any) -> list[dict[str, Any]]:
         """
-        ``htable.dump TABLE`` -> Kamailio's shape: a list of slots, here one
-        (``[]`` when the table is empty): ``[{"entry": 0, "size": N, "slot":
-        [{"name", "value", "type": "str"|"int", "expire": epoch s or 0}]}]``,
-        items sorted by name.
+        ``htable.dump TABLE`` -> Kamailio's shape: the non-empty slots in slot
+        order, each item in the slot Kamailio files it under
+        (``core_case_hash(name)`` over :data:`KAMAILIO_SLOTS` slots), items of a
+        slot sorted by name: ``[{"entry": SLOT, "size": N, "slot": [{"name",
+        "value", "type": "str"|"int", "expire": epoch s or 0}]}]``
+        (``expire`` is dmq's own); ``[]`` when the table is empty.
         """
         if not params or not isinstance(params[0], str):
             raise RPCError(500, "No htable name given")
         table = self._table(params[0])
-        items = sorted(table.live(self.peer.link.now()), key=lambda item: item[0])
-        slot = [
-            {
-                "name": key,
-                "value": cell.value,
-                "type": "str" if isinstance(cell.value, str) else "int",
-                "expire": int(math.ceil(cell.expire)) if cell.expire else 0,
-            }
-            for key, cell in items
-        ]
-        return [{"entry": 0, "size": len(slot), "slot": slot}] if slot else []
+        slots: dict[int, list[dict[str, Any]]] = {}
+        for key, cell in sorted(table.live(self.peer.link.now()), key=lambda item: item[0]):
+            slots.setdefault(core_case_hash(key, size=KAMAILIO_SLOTS), []).append(
+                {
+                    "name": key,
+                    "value": cell.value,
+                    "type": "str" if isinstance(cell.value, str) else "int",
+                    "expire": int(math.ceil(cell.expire)) if cell.expire else 0,
+                }
+            )
+        return [{"entry": entry, "size": len(slot), "slot": slot} for entry, slot in sorted(slots.items())]
 
     def list_tables(self, *params: Any) -> list[dict[str, Any]]:
         """``htable.listTables`` -> one object per table, Kamailio's fields plus ``items``."""
