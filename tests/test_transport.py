@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
-from dmq.errors import MessageTooLarge, TransactionTimeout, TransportError
+from dmq.errors import MessageTooLarge, SIPParseError, TransactionTimeout, TransportError
 from dmq.interfaces import ISIPTransport
 from dmq.sip import SIPURI, build_request, make_response, parse_message
 from dmq.sip.address import Address
@@ -159,6 +159,20 @@ def test_error_response_copies_identity() -> None:
     assert response.vias[0].branch is not None
     assert error_response(b"SIP/2.0 200 OK\r\n\r\n", 400, "x") is None
     assert error_response(b"garbage", 400, "x") is None
+
+
+def test_another_sip_version_is_answered_505() -> None:
+    """A request of SIP/3.0 is refused by the parser with 505 and answered 505 Version Not Supported (in SIP/2.0)."""
+    data = request_bytes(1, transport="UDP").replace(b" SIP/2.0\r\n", b" SIP/3.0\r\n", 1)
+    with pytest.raises(SIPParseError) as info:
+        parse_message(data)
+    assert info.value.code == 505
+    answer = error_response(data, 505, "Version Not Supported")
+    assert answer is not None and answer.startswith(b"SIP/2.0 505 Version Not Supported\r\n")
+    response = parse_message(answer)
+    assert isinstance(response, Response) and response.call_id == "call-1@127.0.0.1"
+    ack = data.replace(b"KDMQ ", b"ACK ", 1)
+    assert error_response(ack, 505, "Version Not Supported") is None
 
 
 # ---------------------------------------------------------------------------

@@ -269,9 +269,11 @@ def error_response(data: Union[bytes, list[bytes]], code: int, reason: str) -> O
         lines = head.split(b"\r\n")
     else:
         lines = data
-    if not lines or lines[0][:4].upper() == b"SIP/" or b" SIP/2.0" not in lines[0].upper():
+    start = lines[0].split(b" ") if lines else []
+    # A request line (any SIP version: the answer to SIP/3.0 is a 505), never a status line, never an ACK.
+    if len(start) < 3 or start[0][:4].upper() == b"SIP/" or not start[-1][:4].upper() == b"SIP/":
         return None
-    if lines[0].split(b" ", 1)[0] == b"ACK":
+    if start[0] == b"ACK":
         return None
     out = [b"SIP/2.0 %d %s" % (code, reason.encode("ascii", "replace"))]
     has_via = False
