@@ -22,6 +22,7 @@ metrics endpoint and the manhole.
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Any, Optional
 
 from twisted.application.internet import StreamServerEndpointService
@@ -102,6 +103,26 @@ class Options(usage.Options):
         given: dict[str, Any] = {s.key: self[s.option] for s in SETTINGS if s.cli and s.kind != "list"}
         given.update(self.lists)
         self.config = resolve(given, self["config"])
+        if not uses_tls(self.config):
+            leave_out_tls_library()
+
+
+def uses_tls(config: NodeConfig) -> bool:
+    """Whether the node speaks TLS anywhere: SIP over TLS, or an ``ssl:`` control, metrics or manhole endpoint."""
+    endpoints = (config.control, config.metrics, config.manhole)
+    return config.tls is not None or any(e is not None and e.lower().startswith("ssl:") for e in endpoints)
+
+
+def leave_out_tls_library() -> None:
+    """
+    Keep pyOpenSSL (and the cryptography it loads, some 13 MB) out of a node
+    that speaks no TLS.  Twisted's TCP support loads it whenever it can, for
+    TLS the node would never use; marking it absent before the reactor loads
+    makes Twisted do without, as on a system without pyOpenSSL.  Nothing
+    changes once the library or the reactor is loaded already.
+    """
+    if "OpenSSL" not in sys.modules and "twisted.internet.reactor" not in sys.modules:
+        sys.modules["OpenSSL"] = None  # type: ignore[assignment]
 
 
 # -- before listening ------------------------------------------------------------------------

@@ -583,3 +583,27 @@ def test_twistd_reports_a_port_in_use(tmp_path: Path, busy_udp: int) -> None:
         f"twistd dmq: --server-address sip:127.0.0.1:{busy_udp}: cannot listen on UDP 127.0.0.1 port {busy_udp}: in use"
     )
     assert not (tmp_path / "twistd.pid").exists()
+
+
+def test_a_node_without_tls_leaves_the_tls_library_out(tmp_path: Path) -> None:
+    """A twistd dmq node with no TLS setting never loads pyOpenSSL; one with a TLS certificate does."""
+    probe = (
+        "import sys\n"
+        "from twisted.scripts._twistd_unix import ServerOptions\n"
+        "options = ServerOptions()\n"
+        "options.parseOptions(sys.argv[1:])\n"
+        "from dmq.tap import makeService\n"
+        "makeService(options.subOptions)\n"
+        "from twisted.internet import reactor\n"
+        "print(sys.modules.get('OpenSSL') is not None)\n"
+    )
+    host, port = "127.0.0.1", free_port()
+    plain = subprocess.run(
+        [sys.executable, "-c", probe, "-n", "dmq", "--server-address", f"sip:{host}:{port}", "--control", "none"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )
+    assert plain.stdout.strip().splitlines()[-1] == "False", plain.stderr[-2000:]
+    from dmq.tap import uses_tls
+
+    assert uses_tls(NodeConfig(control="ssl:8443:privateKey=k.pem"))
+    assert not uses_tls(parse())

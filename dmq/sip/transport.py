@@ -24,15 +24,6 @@ from typing import Any, Optional, Union, cast
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import (
-    SSL4ServerEndpoint,
-    TCP4ClientEndpoint,
-    TCP4ServerEndpoint,
-    TCP6ClientEndpoint,
-    TCP6ServerEndpoint,
-    connectProtocol,
-    wrapClientTLS,
-)
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -166,11 +157,16 @@ class SIPTransport:
                     self.reactor.listenUDP(self.port, self._datagram, interface=self.host, maxPacketSize=MAX_DATAGRAM)
                 )
             if self.tcp:
+                # Endpoints (and the TLS library they bring) load only for streams.
+                from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+
                 server = (TCP6ServerEndpoint if ipv6 else TCP4ServerEndpoint)(
                     self.reactor, self.port, interface=self.host
                 )
                 self._ports.append((yield server.listen(SIPStreamFactory(self, "tcp"))))
             if self.tls is not None:
+                from twisted.internet.endpoints import SSL4ServerEndpoint
+
                 tls_server = SSL4ServerEndpoint(
                     self.reactor, self.tls_port, self.tls.server_options(), interface=self.host
                 )
@@ -272,6 +268,8 @@ class SIPTransport:
         if len(self._all) >= self.max_connections:
             self._connected(address, TransportError(f"connection limit ({self.max_connections}) reached"))
             return
+        from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
+
         endpoint_class = TCP6ClientEndpoint if ":" in address.host else TCP4ClientEndpoint
         endpoint: Any = endpoint_class(self.reactor, address.host, address.port, timeout=self.connect_timeout)
         if address.transport == "tls":
