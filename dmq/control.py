@@ -21,7 +21,8 @@ JSON-RPC codes: parse error -32700, invalid request -32600, bad params
 
 :class:`ControlAPI` does the JSON-RPC part without HTTP (so it is testable on
 its own); :class:`RPCResource` serves it with ``twisted.web``, optionally
-behind a bearer token.
+behind a bearer token (:class:`BearerToken`).  :func:`make_site` builds the
+control endpoint: ``/RPC`` and the node's status page (:mod:`dmq.status`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from dmq.service import DMQService
 
 __all__ = [
+    "BearerToken",
     "ControlAPI",
     "RPCResource",
     "make_site",
@@ -458,33 +460,61 @@ def _dump(answer: Any) -> bytes:
     return json.dumps(answer).encode("utf-8")
 
 
+class BearerToken:
+    """
+    The secret that guards the control endpoint, compared in constant time.
+
+    A client shows it as ``Authorization: Bearer <token>``; where a browser
+    must be able to open a page (the status page), also as ``?token=<token>``.
+
+    :param value: the token.
+    """
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self._expected = value.encode("utf-8")
+
+    def in_header(self, request: Request) -> bool:
+        """Whether ``request`` carries the token in its ``Authorization`` header."""
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._expected)
+
+    def in_query(self, request: Request) -> bool:
+        """Whether ``request`` carries the token as its one ``token`` query argument."""
+        args: dict[bytes, list[bytes]] = request.args or {}
+        given = args.get(b"token", [])
+        return len(given) == 1 and hmac.compare_digest(given[0], self._expected)
+
+    def refuse(self, request: Request) -> bytes:
+        """Answer ``request`` 401 (and log it); the body to return."""
+        log.info("rejected control request from {client}: bad or no token", client=str(request.getClientAddress()))
+        request.setResponseCode(401)
+        request.setHeader(b"www-authenticate", b'Bearer realm="dmq"')
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"a bearer token is needed\n"
+
+
 class RPCResource(Resource):
     """
     ``POST /RPC``: a JSON-RPC request in the body, the answer back as
     ``application/json`` (204 when it held only notifications).
 
     :param api: the :class:`ControlAPI` to answer with.
-    :param token: when given, every request needs ``Authorization: Bearer
-        <token>`` (else 401).
+    :param token: when given (text or a :class:`BearerToken`), every
+        request needs ``Authorization: Bearer <token>`` (else 401).
     :param max_body: requests above this many bytes get 413.
     """
 
     isLeaf = True
 
-    def __init__(self, api: ControlAPI, token: Optional[str] = None, max_body: int = MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self, api: ControlAPI, token: Union[str, "BearerToken", None] = None, max_body: int = MAX_REQUEST_BYTES
+    ) -> None:
         super().__init__()
         self.api = api
-        self.token = token
+        self.token = BearerToken(token) if isinstance(token, str) else token
         self.max_body = max_body
-
-    def _authorized(self, request: Request) -> bool:
-        if self.token is None:
-            return True
-        header = request.getHeader(b"authorization") or b""
-        scheme, _, given = header.partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        return hmac.compare_digest(given.strip(), self.token.encode("utf-8"))
 
     def render_GET(self, request: Request) -> bytes:  # noqa: N802
         """Only POST is served: 405."""
@@ -495,12 +525,8 @@ class RPCResource(Resource):
 
     def render_POST(self, request: Request) -> Any:  # noqa: N802
         """Answer one JSON-RPC request body."""
-        if not self._authorized(request):
-            log.info("rejected control request from {client}: bad or no token", client=str(request.getClientAddress()))
-            request.setResponseCode(401)
-            request.setHeader(b"www-authenticate", b'Bearer realm="dmq"')
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"a bearer token is needed\n"
+        if self.token is not None and not self.token.in_header(request):
+            return self.token.refuse(request)
         assert request.content is not None
         body = request.content.read(self.max_body + 1)
         if len(body) > self.max_body:
@@ -537,7 +563,26 @@ class _Root(Resource):
 
 
 class _QuietSite(Site):
-    """A Site that keeps HTTP access lines out of the log (scrapes and RPC calls are frequent)."""
+    """
+    A Site that keeps HTTP access lines out of the log (scrapes and RPC
+    calls are frequent), and runs ``services`` while it listens.
+    """
+
+    def __init__(self, resource: Resource, services: Iterable[Any] = ()) -> None:
+        super().__init__(resource)
+        self.services = list(services)
+
+    def startFactory(self) -> None:  # noqa: N802
+        """Start the services along with the first listening port."""
+        super().startFactory()
+        for service in self.services:
+            service.startService()
+
+    def stopFactory(self) -> None:  # noqa: N802
+        """Stop the services along with the last listening port."""
+        for service in self.services:
+            service.stopService()
+        super().stopFactory()
 
     def log(self, request: Any) -> None:
         """Log nothing per request."""
@@ -549,15 +594,25 @@ def make_site(
     extra: Iterable[tuple[bytes, Resource]] = (),
 ) -> Site:
     """
-    The HTTP site of a node: ``/RPC`` for ``api`` (when given) and the
-    ``extra`` (path segment, resource) pairs, e.g. ``(b"metrics", ...)``.
-    The token guards ``/RPC`` only.
+    The HTTP site of a node: for ``api`` (when given) ``/RPC``, and the
+    status page of its node at ``/`` and ``/status.json`` (:mod:`dmq.status`;
+    its message rates are read while the site listens); then the ``extra``
+    (path segment, resource) pairs, e.g. ``(b"metrics", ...)``.  The token
+    guards ``/RPC`` and the status page, not the extras.
     """
     root = _Root()
+    services = []
     if api is not None:
-        root.putChild(b"RPC", RPCResource(api, token))
+        from dmq.status import RateSampler, StatusResource
+
+        guard = BearerToken(token) if token is not None else None
+        root.putChild(b"RPC", RPCResource(api, guard))
+        sampler = RateSampler(api.service)
+        services.append(sampler)
+        root.putChild(b"", StatusResource(api.service, sampler, guard))
+        root.putChild(b"status.json", StatusResource(api.service, sampler, guard, as_json=True))
     for name, resource in extra:
         root.putChild(name, resource)
-    site = _QuietSite(root)
+    site = _QuietSite(root, services)
     site.displayTracebacks = False
     return site

@@ -37,7 +37,7 @@ FLOORS: list[list[str]] = [
     ["dmq.peers.*.table", "dmq.peers.*.match", "dmq.peers.*.wire"],
     ["dmq.peers.*.rpc", "dmq.peers.*.peer"],
     ["dmq.peers.*", "dmq.peers"],
-    ["dmq.testing", "dmq.control", "dmq.metrics", "dmq.manhole"],
+    ["dmq.testing", "dmq.control", "dmq.status", "dmq.metrics", "dmq.manhole"],
     ["dmq.settings"],
     ["dmq.config"],
     ["dmq.tap"],

@@ -374,7 +374,7 @@ def test_build_node_tree(tmp_path: Path) -> None:
     listeners = [s for s in node if s is not dmq]
     assert [(s.description, s.what) for s in listeners] == [("tcp:0:interface=127.0.0.1", "control API and metrics")]
     assert isinstance(listeners[0].factory, _QuietSite)
-    assert set(listeners[0].factory.resource.children) == {b"RPC", b"metrics"}
+    assert set(listeners[0].factory.resource.children) == {b"RPC", b"metrics", b"", b"status.json"}
 
 
 def test_build_node_separate_metrics_and_manhole(tmp_path: Path) -> None:
