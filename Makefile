@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint typecheck clean
+.PHONY: run test bench lint typecheck status-screenshot clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+status-screenshot: $(STAMP)
+	$(BIN)/python tools/screenshot_status.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy dmq
