@@ -344,6 +344,9 @@ def render_chart(rates: dict[str, Any], width: int = 640, height: int = 170) -> 
     return "".join(parts)
 
 
+_UNKNOWN = '<span class="muted">unknown</span>'
+
+
 def _nodes_table(data: dict[str, Any]) -> str:
     rows = []
     for n in data["nodes"]:
@@ -353,7 +356,7 @@ def _nodes_table(data: dict[str, Any]) -> str:
             f'<tr class="node" data-uri="{_e(n["uri"])}" data-status="{_e(n["status"])}">'
             f"<td>{_e(n['uri'])}{local}</td>"
             f'<td><span class="badge {_e(n["status"])}">{_e(n["status"])}</span></td>'
-            f"<td>{_e(n['transport'])}</td><td>{_e(n['agent']) or '<span class=muted>unknown</span>'}</td>"
+            f"<td>{_e(n['transport'])}</td><td>{_e(n['agent']) or _UNKNOWN}</td>"
             f'<td class="n">{rtt}</td><td class="n">{_e(n["fail_count"])}</td></tr>'
         )
     head = "<tr><th>node</th><th>status</th><th>transport</th><th>agent</th><th>ping rtt</th><th>fails</th></tr>"

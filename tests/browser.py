@@ -107,7 +107,16 @@ def stop_all(nodes: list[DMQService]) -> "Deferred[Any]":
 
 
 class Page(HTMLParser):
-    """What a browser would make of a status page: node rows, channel and peer rows, the refresh, the chart."""
+    """What a browser would make of a status page (or a part of one, e.g. the chart).
+
+    :ivar nodes: node URI -> ``{"status": data-status, "cells": [cell texts]}``.
+    :ivar channels: the channel names of the channel rows.
+    :ivar peers: peer channel -> the text of its status cell.
+    :ivar tags: every tag, in order.
+    :ivar refresh: the ``content`` of the refresh ``<meta>``, or None.
+    :ivar polylines: the chart lines by class (``received``, ``sent``): their points.
+    :ivar links: the ``href`` of every ``<a>``.
+    """
 
     def __init__(self, html: str) -> None:
         super().__init__()
@@ -125,6 +134,7 @@ class Page(HTMLParser):
         self.close()
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, Optional[str]]]) -> None:
+        """Note the tag; read the refresh, links and chart lines; open a node, channel or peer row."""
         a = dict(attrs)
         self.tags.append(tag)
         if tag == "meta" and a.get("http-equiv") == "refresh":
@@ -145,6 +155,7 @@ class Page(HTMLParser):
                 self._depth += 1
 
     def handle_endtag(self, tag: str) -> None:
+        """Close a row (not one of a table nested in its cells) and file it."""
         if self._row is None:
             return
         if tag == "table":
@@ -160,5 +171,6 @@ class Page(HTMLParser):
                 self.peers[row["attrs"]["data-channel"]] = cells[1]
 
     def handle_data(self, data: str) -> None:
+        """Collect the text of the current cell of a row."""
         if self._row is not None and self._cells:
             self._cells[-1] += data
