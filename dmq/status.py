@@ -243,7 +243,7 @@ th{background:#eef1f4;font-weight:600}td.n{text-align:right;font-variant-numeric
 ol.events{list-style:none;padding:0;margin:0;background:#fff;box-shadow:0 1px 2px #0002}
 ol.events li{padding:.25em .8em;border-bottom:1px solid #e3e6ea}
 ol.events time{font-variant-numeric:tabular-nums;color:#5b6570;margin-right:.6em}
-.kv td,.kv th{border:none;padding:.05em .6em .05em 0;box-shadow:none}.kv{box-shadow:none;background:none}
+.kv td,.kv th{border:none;padding:.05em .6em .05em 0;background:none}.kv{box-shadow:none;background:none}
 svg{background:#fff;box-shadow:0 1px 2px #0002}svg text{font:11px system-ui,sans-serif;fill:#5b6570}
 """
 

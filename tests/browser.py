@@ -111,7 +111,7 @@ class Page(HTMLParser):
 
     :ivar nodes: node URI -> ``{"status": data-status, "cells": [cell texts]}``.
     :ivar channels: the channel names of the channel rows.
-    :ivar peers: peer channel -> the text of its status cell.
+    :ivar peers: peer channel -> the text of its status cell (texts of nested tags apart by a space).
     :ivar tags: every tag, in order.
     :ivar refresh: the ``content`` of the refresh ``<meta>``, or None.
     :ivar polylines: the chart lines by class (``received``, ``sent``): their points.
@@ -173,4 +173,4 @@ class Page(HTMLParser):
     def handle_data(self, data: str) -> None:
         """Collect the text of the current cell of a row."""
         if self._row is not None and self._cells:
-            self._cells[-1] += data
+            self._cells[-1] += " " + data

@@ -248,11 +248,23 @@ class RenderTests(SynchronousTestCase):
         page = Page(html)
         self.assertEqual(page.nodes["sip:127.0.0.1:5061"]["cells"][3], HOSTILE)
         self.assertIn("<img src=x>", page.channels)
-        self.assertEqual(page.peers["htable"], "tables<blink>t</blink><i>12</i>")
+        self.assertEqual(page.peers["htable"], "tables <blink>t</blink> <i>12</i>")
         self.assertNotIn("script", page.tags)
         self.assertNotIn("img", page.tags)
         self.assertFalse({"blink", "i"} & set(page.tags))
         self.assertNotIn("<script", html)
+
+    def test_htable_peer_status(self) -> None:
+        """The htable peer's status (its tables and their live items) is shown in its peer row."""
+        from dmq.peers.htable import HTablePeer
+
+        cluster = FakeCluster()
+        svc = cluster.add(5060, peers=[HTablePeer(["t", "bans"])])
+        table = svc.get_peer("htable")
+        for key in ("a", "b", "c"):
+            table.set("t", key, key)
+        cluster.run(1)
+        self.assertEqual(Page(render_page(status_data(svc))).peers["htable"], "tables t 3 bans 0")
 
     def test_refresh_and_links_carry_the_token_only_when_given(self) -> None:
         """The page reloads every 5 s; a token given for it is kept, URL-quoted, in the reload and the JSON link."""
