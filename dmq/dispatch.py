@@ -65,6 +65,12 @@ STRANGER_BURST = 100
 MAX_SOURCES = 4096
 """The most stranger addresses tracked at once (all are forgotten when there are more)."""
 
+MAX_CHANNELS = 256
+"""The most channels counted one by one; the rest, when they have no peer, share :data:`OTHER_CHANNELS`."""
+
+OTHER_CHANNELS = "(other)"
+"""The counters of the channels past :data:`MAX_CHANNELS` that have no peer."""
+
 RETRY_AFTER = 1
 """The Retry-After of a 503, in seconds."""
 
@@ -103,10 +109,19 @@ class Dispatcher:
         self._buckets: dict[str, list[float]] = {}
 
     def stats(self, channel: str) -> ChannelStats:
-        """The counters of ``channel`` (made on first use)."""
+        """
+        The counters of ``channel`` (made on first use).  Past
+        :data:`MAX_CHANNELS` channels, one without a peer is counted under
+        :data:`OTHER_CHANNELS`: made-up channel names cannot grow the table.
+        """
         table = self.service.channel_stats
         stats = table.get(channel)
         if stats is None:
+            if len(table) >= MAX_CHANNELS and channel not in self.service.peers:
+                channel = OTHER_CHANNELS
+                stats = table.get(channel)
+                if stats is not None:
+                    return stats
             stats = table[channel] = ChannelStats()
         return stats
 

@@ -93,3 +93,21 @@ class DispatchTests(SynchronousTestCase):
             self.deliver(kdmq("quick"))
         member = [r.code for r in self.deliver(kdmq("quick"))]
         self.assertNotIn(503, member)
+
+
+class ChannelCountTests(SynchronousTestCase):
+    """Made-up channel names cannot grow the counters without bound."""
+
+    def test_made_up_channels_share_one_counter_past_the_cap(self) -> None:
+        """Past MAX_CHANNELS, channels without a peer are counted together; a registered channel keeps its own."""
+        from dmq.dispatch import MAX_CHANNELS, OTHER_CHANNELS
+
+        cluster = FakeCluster()
+        svc = cluster.add(5060)
+        for i in range(MAX_CHANNELS + 50):
+            svc.transport.receive(kdmq(f"made-up-{i}").to_bytes(), Address("udp", "127.0.0.1", 5061))
+        self.assertEqual(len(svc.channel_stats), MAX_CHANNELS + 1)
+        self.assertGreaterEqual(svc.channel_stats[OTHER_CHANNELS].received, 50)
+        svc.register_peer(CallbackPeer("late", lambda m: None))
+        svc.transport.receive(kdmq("late").to_bytes(), Address("udp", "127.0.0.1", 5061))
+        self.assertEqual(svc.channel_stats["late"].received, 1)
