@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,8 @@ class TapTests(SynchronousTestCase):
 
     def test_toml_keys(self) -> None:
         """The TOML keys dialog, dialog_hash_size and the profile lists do the same."""
-        folder = Path(self.mktemp())
-        folder.mkdir()
+        folder = Path(tempfile.mkdtemp(prefix="dmq-dialog-"))
+        self.addCleanup(shutil.rmtree, folder, True)
         (folder / "node.toml").write_text(
             'server_address = "sip:127.0.0.1:5999"\ncontrol = "none"\ndialog = true\ndialog_hash_size = 2048\n'
             'dialog_profiles_with_value = ["caller"]\ndialog_profiles_no_value = "calls"\n'

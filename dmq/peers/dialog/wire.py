@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from dmq.errors import one_line
 from dmq.peers.dialog.table import CALLEE, CALLER, Dialog, DialogState, ProfileLink
-from dmq.replicated.wire import bad_request, dumps
+from dmq.replicated.wire import bad_request, dumps, wire_int, wire_str
 
 __all__ = [
     "CHANNEL",
@@ -220,35 +220,24 @@ def parse_fields(doc: Any) -> Fields:
 
     :raises PeerError: 400 for a body that is not a JSON object, a number
         field that is not a whole number from 0 to 2**32-1 (Kamailio would
-        read another number), a string field that is not a string or holds a
-        NUL, or ``vars`` that is not an object of strings (Kamailio would
-        crash on those).
+        read another number), a string field that is not a string, or
+        ``vars`` that is not an object of strings (Kamailio would crash on
+        those).  A string is cut at a NUL, as Kamailio's ``strlen`` cuts it.
     """
     if not isinstance(doc, dict):
         raise bad_request("body is not a JSON object")
     values: dict[str, Any] = {}
     for key in _NUMBERS:
-        if key not in doc:
+        number = wire_int(doc, key)
+        if number is None:
             continue
-        value = doc[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad_request(f"{key} is not a number")
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise bad_request(f"{key} is not a whole number")
-            value = int(value)
-        if not 0 <= value <= UINT_MAX:
-            raise bad_request(f"{key} {value} is out of range")
-        values[key] = value
+        if not 0 <= number <= UINT_MAX:
+            raise bad_request(f"{key} {number} is out of range")
+        values[key] = number
     for key in _STRINGS:
-        if key not in doc:
-            continue
-        value = doc[key]
-        if not isinstance(value, str):
-            raise bad_request(f"{key} is not a string")
-        if "\x00" in value:
-            raise bad_request(f"{key} holds a NUL")
-        values[key] = value
+        text = wire_str(doc, key)
+        if text is not None:
+            values[key] = text
     raw_vars = doc.get("vars")
     if raw_vars is not None:
         if not isinstance(raw_vars, dict) or not all(isinstance(v, str) for v in raw_vars.values()):
