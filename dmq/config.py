@@ -97,7 +97,7 @@ def _convert(setting: Setting, item: _Value) -> Any:
     if value is None:
         return None
     kind = setting.kind
-    if kind == "bool":
+    if kind in ("bool", "flag"):
         if isinstance(value, bool):
             return value
         if isinstance(value, int) and value in (0, 1):
@@ -193,6 +193,10 @@ class NodeConfig:
     manhole_keys: Optional[str] = None
     htables: list[str] = field(default_factory=list)
     htable_persist: Optional[str] = None
+    dialog: bool = False
+    dialog_hash_size: int = 4096
+    dialog_profiles_with_value: list[str] = field(default_factory=list)
+    dialog_profiles_no_value: list[str] = field(default_factory=list)
     probes: list[PortProbe] = field(default_factory=list)
     origins: dict[str, str] = field(default_factory=dict)
 
@@ -517,6 +521,20 @@ def _check_peers(v: _Values, where: _Origins, config: NodeConfig) -> None:
         config.htable_persist = str(folder)
 
 
+def _check_dialog(v: _Values, where: _Origins, config: NodeConfig) -> None:
+    """The dialog peer: ``dialog``, ``dialog_hash_size`` (a power of 2) and the profile names."""
+    config.dialog = v["dialog"]
+    size = v["dialog_hash_size"]
+    if size & (size - 1):
+        raise usage.UsageError(f"{where['dialog_hash_size']}: {size} is not a power of 2 (Kamailio would use {1 << (size.bit_length() - 1)})")
+    config.dialog_hash_size = size
+    for key in ("dialog_profiles_with_value", "dialog_profiles_no_value"):
+        for item in v[key]:
+            if any(not name.strip() or any(c.isspace() for c in name.strip()) for name in item.split(";")):
+                raise usage.UsageError(f"{where[key]} {item!r}: expected NAME[;NAME...]")
+        setattr(config, key, list(v[key]))
+
+
 def resolve(given: Mapping[str, Any], config_file: Optional[str] = None) -> NodeConfig:
     """
     Merge the defaults, the TOML file and the command line into a checked
@@ -542,4 +560,5 @@ def resolve(given: Mapping[str, Any], config_file: Optional[str] = None) -> Node
     _check_control(v, where, config)
     _check_manhole(v, where, config)
     _check_peers(v, where, config)
+    _check_dialog(v, where, config)
     return config

@@ -13,6 +13,8 @@
     bcast CHANNEL BODY              send a message to every active node (dmq.bcast_message)
     stats                           counters (dmq.stats)
     htable get|sets|seti|setex|delete|dump|list|sync ...   Kamailio's htable.* methods
+    dlg list                        the dialogs (dlg.list)
+    dlg profile PROFILE [VALUE]     dialogs in a profile (dlg.profile_get_size)
     call METHOD [PARAM ...]         any method; PARAMs are JSON when they parse as JSON
                                     (s:TEXT forces a string, i:NUMBER an integer, as kamcmd)
 
@@ -38,7 +40,7 @@ import urllib.error
 import urllib.request
 from typing import IO, Any, Optional, Sequence
 
-__all__ = ["main", "RPCClient", "CallFailed", "Unreachable", "DEFAULT_URL"]
+__all__ = ["main", "RPCClient", "CallFailed", "Unreachable", "DEFAULT_URL", "format_dialogs"]
 
 DEFAULT_URL = "http://127.0.0.1:8060/RPC"
 DEFAULT_TIMEOUT = 60.0
@@ -184,6 +186,18 @@ def _seen(seconds: Any) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds))
 
 
+def format_dialogs(dialogs: list[dict[str, Any]]) -> str:
+    """``dlg.list`` as a table: id, state, Call-ID, from, to, seconds since confirmed."""
+    if not dialogs:
+        return "no dialog\n"
+    rows = [
+        [f"{d.get('h_entry', '?')}:{d.get('h_id', '?')}", str(d.get("state", "?")), str(d.get("call-id", "")),
+         str(d.get("from_uri", "")), str(d.get("to_uri", "")), str(d.get("duration", ""))]
+        for d in dialogs
+    ]
+    return _table(rows, ["ID", "STATE", "CALL-ID", "FROM", "TO", "DURATION"])
+
+
 def format_results(results: list[dict[str, Any]]) -> str:
     """Answers of send/bcast as a table: node, code, reason."""
     if not results:
@@ -278,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("list", parents=[common], help="the tables (htable.listTables)")
     p = actions.add_parser("sync", parents=[common], help="ask the cluster for its tables again (htable.dmqsync)")
     p.add_argument("table", nargs="?")
+
+    dlg = commands.add_parser("dlg", parents=[common], help="Kamailio's dlg.* methods")
+    dlg_actions = dlg.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dlg_actions.add_parser("list", parents=[common], help="the dialogs (dlg.list)")
+    p = dlg_actions.add_parser("profile", parents=[common], help="dialogs in a profile (dlg.profile_get_size)")
+    p.add_argument("profile")
+    p.add_argument("value", nargs="?")
     return parser
 
 
@@ -312,6 +333,10 @@ def _call_of(args: argparse.Namespace) -> tuple[str, list[Any]]:
         return "dmq.stats", []
     if command == "call":
         return args.method, list(args.params)
+    if command == "dlg":
+        if args.action == "list":
+            return "dlg.list", []
+        return "dlg.profile_get_size", [args.profile] + ([args.value] if args.value is not None else [])
     action = args.action
     method = _HTABLE_METHODS[action]
     if action in ("get", "delete"):
@@ -330,6 +355,8 @@ def _call_of(args: argparse.Namespace) -> tuple[str, list[Any]]:
 def _render(command: str, result: Any) -> str:
     if command == "list-nodes" and isinstance(result, list):
         return format_nodes(result)
+    if command == "dlg" and isinstance(result, list):
+        return format_dialogs(result)
     if command in ("send", "bcast"):
         if isinstance(result, dict):
             result = [result]

@@ -39,6 +39,10 @@ node_fail_count                            gauge    node
 node_info                                  gauge    node, agent: 1 per remote node (its software)
 requests_refused_total                     counter  reason (rate, pending, timeout): answered 503
 nodes_refused_total                        counter  node-list lines not added
+dialogs                                    gauge    channel, state: dialogs of the dialog peer
+dialog_actions_applied_total               counter  channel, action: dialog messages applied
+dialog_actions_sent_total                  counter  channel, action: dialog messages sent (per node)
+dialog_messages_refused_total              counter  channel, code: dialog messages answered 400/500
 =========================================  =======  ======================================
 """
 
@@ -171,6 +175,35 @@ class DMQCollector:
         for node_key, seconds in sorted(svc.rtt.items()):
             rtt.add_metric([key_uri(node_key)], seconds)
         yield rtt
+        yield from self._dialog_metrics()
+
+    def _dialog_metrics(self) -> Iterator[Metric]:
+        """The dialog peers' dialogs by state and their message counters (nothing without a dialog peer)."""
+        from dmq.peers.dialog import DialogPeer
+
+        peers = [p for p in self.service.peers.values() if isinstance(p, DialogPeer)]
+        if not peers:
+            return
+        dialogs = GaugeMetricFamily(self._name("dialogs"), "Dialogs by state.", labels=["channel", "state"])
+        applied = CounterMetricFamily(
+            self._name("dialog_actions_applied"), "Dialog messages applied, by action.", labels=["channel", "action"]
+        )
+        sent = CounterMetricFamily(
+            self._name("dialog_actions_sent"), "Dialog messages sent (once per node), by action.", labels=["channel", "action"]
+        )
+        refused = CounterMetricFamily(
+            self._name("dialog_messages_refused"), "Dialog messages answered with an error, by code.", labels=["channel", "code"]
+        )
+        for peer in peers:
+            for state, count in peer.table.count_by_state().items():
+                dialogs.add_metric([peer.channel, state.label], count)
+            for action, count in peer.applied.items():
+                applied.add_metric([peer.channel, action], count)
+            for action, count in peer.sent.items():
+                sent.add_metric([peer.channel, action], count)
+            for code, count in sorted(peer.refused.items()):
+                refused.add_metric([peer.channel, str(code)], count)
+        yield from (dialogs, applied, sent, refused)
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the families are known only when collected."""

@@ -48,7 +48,7 @@ class Setting:
 
     Kinds: ``str``, ``int``, ``ms`` (an integer of milliseconds), ``bool``
     (0/1, yes/no, true/false, on/off on the command line; a TOML boolean or
-    0/1), ``list`` (a repeatable option; a TOML string or array of strings),
+    0/1), ``flag`` (a bool whose option takes no value: ``--dialog``), ``list`` (a repeatable option; a TOML string or array of strings),
     ``path`` (a file or folder; relative paths in a TOML file are relative
     to the file's folder).
     """
@@ -158,6 +158,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("htable", "list", [], "Replicate a Kamailio-compatible hash table: NAME[:expire=SECS]; repeatable.",
             modparam=Modparam("htable", "htable")),
     Setting("htable_persist", "path", None, "Folder where the htable peer keeps its tables across restarts."),
+    # the dialog peer
+    Setting("dialog", "flag", False, "Share dialogs (calls) with Kamailio's dialog module (channel dialog).",
+            modparam=Modparam("dialog", "enable_dmq")),
+    Setting("dialog_hash_size", "int", 4096,
+            "The dialog table size; every node of the cluster needs the same (a power of 2).",
+            minimum=1, modparam=Modparam("dialog", "hash_size")),
+    Setting("dialog_profiles_with_value", "list", [],
+            "Dialog profiles with values: NAME[;NAME...]; repeatable.", modparam=Modparam("dialog", "profiles_with_value")),
+    Setting("dialog_profiles_no_value", "list", [],
+            "Dialog profiles without values: NAME[;NAME...]; repeatable.", modparam=Modparam("dialog", "profiles_no_value")),
 )
 
 KAMAILIO_ONLY = {

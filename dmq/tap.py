@@ -78,8 +78,9 @@ class Options(usage.Options):
         "server_address, notification_address, ping_interval) and the command line overrides it."
     )
     optParameters = [["config", "c", None, "TOML file with the settings (keys = modparam names)."]] + [
-        [s.option, None, None, _help(s)] for s in SETTINGS if s.cli and s.kind != "list"
+        [s.option, None, None, _help(s)] for s in SETTINGS if s.cli and s.kind not in ("list", "flag")
     ]
+    optFlags = [[s.option, None, s.help] for s in SETTINGS if s.cli and s.kind == "flag"]
 
     def __init__(self) -> None:
         super().__init__()
@@ -98,9 +99,18 @@ class Options(usage.Options):
         """Replicate a Kamailio-compatible hash table: NAME[:expire=SECS]; repeatable."""
         self.lists["htable"].append(value)
 
+    def opt_dialog_profiles_with_value(self, value: str) -> None:
+        """Dialog profiles with values: NAME[;NAME...]; repeatable."""
+        self.lists["dialog_profiles_with_value"].append(value)
+
+    def opt_dialog_profiles_no_value(self, value: str) -> None:
+        """Dialog profiles without values: NAME[;NAME...]; repeatable."""
+        self.lists["dialog_profiles_no_value"].append(value)
+
     def postOptions(self) -> None:  # noqa: N802
         """Merge defaults, the config file and the command line; check every setting."""
         given: dict[str, Any] = {s.key: self[s.option] for s in SETTINGS if s.cli and s.kind != "list"}
+        given.update({s.key: True if self[s.option] else None for s in SETTINGS if s.cli and s.kind == "flag"})
         given.update(self.lists)
         self.config = resolve(given, self["config"])
         if not uses_tls(self.config):
@@ -286,6 +296,17 @@ def build_node(config: NodeConfig, reactor: Any = None, probe: bool = True) -> N
         except (ValueError, TypeError) as e:
             raise usage.UsageError(f"{config.origins.get('htable', '--htable')}: {e}") from None
         dmq.register_peer(peer)
+
+    if config.dialog:
+        from dmq.peers.dialog import DialogPeer
+
+        try:
+            dialog = DialogPeer(
+                config.dialog_hash_size, config.dialog_profiles_with_value, config.dialog_profiles_no_value
+            )
+        except ConfigurationError as e:
+            raise usage.UsageError(f"{config.origins.get('dialog', '--dialog')}: {e}") from None
+        dmq.register_peer(dialog)
 
     resources = []
     if config.metrics is not None:

@@ -4,8 +4,11 @@ Bundled DMQ peers: channel handlers that share data with Kamailio modules.
 - :class:`~dmq.peers.htable.HTablePeer`: Kamailio's ``htable`` replication
   (channel ``htable``), with :class:`~dmq.peers.htable.HTableSpec` for its
   ``NAME[:expire=SECS]`` table specs.
+- :class:`~dmq.peers.dialog.DialogPeer`: Kamailio's ``dialog`` replication
+  (channel ``dialog``), with :class:`~dmq.peers.dialog.DialogState`.
 """
 
+from dmq.peers.dialog import DialogPeer, DialogState
 from dmq.peers.htable import Cell, Change, HTablePeer, HTableSpec, NoSuchTable
 
-__all__ = ["Cell", "Change", "HTablePeer", "HTableSpec", "NoSuchTable"]
+__all__ = ["Cell", "Change", "DialogPeer", "DialogState", "HTablePeer", "HTableSpec", "NoSuchTable"]
