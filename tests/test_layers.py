@@ -37,6 +37,7 @@ FLOORS: list[list[str]] = [
     ["dmq.peers.*.table", "dmq.peers.*.match", "dmq.peers.*.wire"],
     ["dmq.peers.*.rpc", "dmq.peers.*.peer"],
     ["dmq.peers.*", "dmq.peers"],
+    ["dmq.views"],
     ["dmq.testing", "dmq.control", "dmq.status", "dmq.metrics", "dmq.manhole"],
     ["dmq.settings"],
     ["dmq.config"],
