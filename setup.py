@@ -32,6 +32,8 @@ setup(
             "mypy>=1.5",
             "mypy-zope>=1.0",
             "twisted[conch]>=23.10",
+            "sphinx>=8.0",
+            "myst-parser>=4.0",
         ],
     },
     entry_points={"console_scripts": ["dmqctl = dmq.ctl:main"]},
