@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import select
 import signal
 import socket
 import struct
@@ -23,7 +24,10 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from twisted.internet.defer import Deferred
 
-__all__ = ["ManualSend", "assert_alive", "free_address", "free_port", "probe_host", "stop_process", "wait_until"]
+__all__ = [
+    "ManualSend", "assert_alive", "free_address", "free_port", "probe_host", "stop_process", "wait_for_line",
+    "wait_until",
+]
 
 T = TypeVar("T")
 
@@ -242,3 +246,24 @@ class ManualSend:
         """Answer ``code`` to the one message sent with ``body`` that is still unanswered."""
         [d] = [d for _, b, d in self.sent if b == body and not d.called]
         d.callback(code)
+
+
+def wait_for_line(process: "subprocess.Popen[bytes]", marker: bytes, timeout: float) -> bytes:
+    """Read ``process``'s output until a line holds ``marker`` and return what was read, that line included.
+
+    AssertionError when the process exits or ``timeout`` s pass first.
+
+    ``process`` must have been started with ``bufsize=0``, so that select() sees every line not read yet.
+    """
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {marker!r} line within {timeout}s: {seen}"
+        if select.select([process.stdout], [], [], left)[0]:
+            line = process.stdout.readline()
+            assert line, f"the process exited: {seen}"
+            seen.append(line)
+            if marker in line:
+                return b"".join(seen)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -15,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dmq.sip import Request, Response, parse_message
 from dmq.sip.address import Address
 from dmq.testing import FakeCluster
-from tests.helpers import free_address, probe_host, stop_process, wait_until
+from tests.helpers import free_address, probe_host, stop_process, wait_for_line, wait_until
 from tests.interop.kamailio import build_sip_message, parse_sip, send_sip
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -171,27 +169,11 @@ def two_registrars() -> Iterator[tuple[tuple[str, int], tuple[str, int]]]:
     try:
         # Each prints a peer-up line for the other once it lists it as active.
         for process in processes:
-            _wait_for_line(process, b"peer-up: ", timeout=30)
+            wait_for_line(process, b"peer-up: ", timeout=30)
         yield first, second
     finally:
         for process in processes:
             stop_process(process)
-
-
-def _wait_for_line(process: "subprocess.Popen[bytes]", marker: bytes, timeout: float) -> None:
-    """Read ``process``'s output until a line holds ``marker``; AssertionError when it exits or ``timeout`` s pass."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    seen = []
-    while True:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {marker!r} line within {timeout}s: {seen}"
-        if select.select([process.stdout], [], [], left)[0]:
-            line = process.stdout.readline()
-            assert line, f"the registrar exited: {seen}"
-            if marker in line:
-                return
-            seen.append(line)
 
 
 def _register(registrar: tuple[str, int], contact: Optional[str], expires: Optional[int] = None,
