@@ -213,6 +213,7 @@ class PythonNode(DemoNode):
 
 
 def _result(answer: dict[str, Any], method: str) -> Any:
+    """The result of a JSON-RPC answer; DemoError with the error's message."""
     if "error" in answer:
         raise DemoError(f"{method}: {answer['error'].get('message')}")
     return answer.get("result")

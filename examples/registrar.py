@@ -348,6 +348,7 @@ async def serve(reactor: Any, args: argparse.Namespace) -> None:
 
 
 def _print_change(change: Change) -> None:
+    """Print one binding change: ``AOR: + CONTACT (SECONDS s)`` or ``AOR: - CONTACT``."""
     aor, contact, expires = change
     print(f"{aor}: {'-' if expires is None else '+'} {contact}" + ("" if expires is None else f" ({expires} s)"),
           flush=True)
