@@ -15,10 +15,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dmq.node import Node, NodeStatus
-    from dmq.nodelist import Event, EventKind, NodeList
-    from dmq.peer import CallbackPeer, DMQMessage, Peer, PeerError, PeerResponse
-    from dmq.service import DMQService
+    # "import X as X": the names are this package's own (mypy --strict re-exports them).
+    from dmq.node import Node as Node, NodeStatus as NodeStatus
+    from dmq.nodelist import Event as Event, EventKind as EventKind, NodeList as NodeList
+    from dmq.peer import (
+        CallbackPeer as CallbackPeer,
+        DMQMessage as DMQMessage,
+        Peer as Peer,
+        PeerError as PeerError,
+        PeerResponse as PeerResponse,
+    )
+    from dmq.service import DMQService as DMQService
 
 __version__ = "0.1.0"
 
