@@ -1,4 +1,4 @@
-"""The usrloc peer: the location table's rules, Kamailio's JSON both ways, replication, sync, expiry, persistence (fake network, task.Clock)."""
+"""The usrloc peer: the location table's rules, Kamailio's JSON both ways, replication, sync, expiry, persistence, the ul.* RPC methods (fake network, task.Clock)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from dmq import DMQService
+from dmq.control import ControlAPI
 from dmq.errors import ConfigurationError
+from dmq.hashing import core_hash
 from dmq.interfaces import IPeer
 from dmq.peer import PeerResponse
 from dmq.peers.usrloc import Contact, ContactChange, Location, RuidMaker, UsrlocPeer
@@ -23,7 +25,7 @@ from dmq.peers.usrloc.table import counter_text
 from dmq.peers.usrloc.wire import Action, contact_json, parse_item
 from dmq.sip.address import Address
 from dmq.sip.message import Request, Response, parse_message
-from dmq.testing import FakeCluster
+from dmq.testing import FakeCluster, rpc
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 CAPTURED_AT = 1795659604  # last_modified of the 5.6.3 capture: the clock of the test that rebuilds it
@@ -565,3 +567,150 @@ class ConfigurationTests(SynchronousTestCase):
         for kwargs in ({"init_sync": "sometimes"}, {"sync_window": 0}):
             with self.assertRaises(ConfigurationError):
                 UsrlocPeer(**kwargs)
+
+
+# The keys of one contact in Kamailio's ul.dump / ul.lookup, in its order (both versions alike).
+KAMAILIO_CONTACT_KEYS = [
+    "Address", "Expires", "Q", "Call-ID", "CSeq", "User-Agent", "Received", "Path", "State", "Flags", "CFlags",
+    "Socket", "Methods", "Ruid", "Instance", "Reg-Id", "Server-Id", "Tcpconn-Id", "Keepalive", "Last-Keepalive",
+    "KA-Roundtrip", "Last-Modified",
+]
+
+
+def result(answer: dict[str, Any]) -> Any:
+    """The result of a JSON-RPC answer (fails the test on an error)."""
+    assert "error" not in answer, answer
+    return answer["result"]
+
+
+def error(answer: dict[str, Any]) -> tuple[int, str]:
+    """The code and message of a JSON-RPC error answer."""
+    return answer["error"]["code"], answer["error"]["message"]
+
+
+class UlRPCTests(SynchronousTestCase):
+    """ul.dump, ul.lookup, ul.rm, ul.rm_contact and ul.add through the control API."""
+
+    def setUp(self) -> None:
+        self.cluster = Cluster()
+        self.peer = self.cluster.add(5060)
+        self.other = self.cluster.add(5061, seeds=(5060,))
+        self.cluster.run(0.5)
+        self.api = ControlAPI(self.cluster.nodes[5060])
+
+    def call(self, method: str, *params: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = rpc(self.api, method, *params)
+        return answer
+
+    def test_dump_shape_and_order(self) -> None:
+        """ul.dump has Kamailio's nesting, keys and values; AoRs in hash-slot order; the brief form lists AoRs only."""
+        self.peer.save("alice", "sip:alice@127.0.0.1:5180", expires=600, q=0.5, callid="reg2@127.0.0.1", user_agent="pyua")
+        self.peer.save("alice", "sip:alice@127.0.0.1:5179", expires=600, callid="reg1@127.0.0.1", cseq=2)
+        self.peer.save("bob", "sip:bob@127.0.0.1:5181", expires=0, q=1.0, sock="udp:127.0.0.1:5060")
+        dump = result(self.call("ul.dump"))
+        [domain] = dump["Domains"]
+        self.assertEqual(list(domain), ["Domain"])
+        location = domain["Domain"]
+        self.assertEqual(list(location), ["Domain", "Size", "AoRs", "Stats"])
+        self.assertEqual((location["Domain"], location["Size"], location["Stats"]), ("location", 1024, {"Records": 2, "Max-Slots": 1}))
+        # Kamailio 5.6.3 listed bob (slot 963) before alice (slot 989).
+        self.assertEqual([a["Info"]["AoR"] for a in location["AoRs"]], ["bob", "alice"])
+        bob, alice = (a["Info"] for a in location["AoRs"])
+        self.assertEqual(list(alice), ["AoR", "HashID", "Contacts"])
+        self.assertEqual((alice["HashID"], bob["HashID"]), (1834153949, 7222211))
+        self.assertEqual(alice["HashID"], core_hash("alice"))
+        first = alice["Contacts"][0]["Contact"]
+        self.assertEqual(list(first), KAMAILIO_CONTACT_KEYS)
+        self.assertEqual(
+            {k: first[k] for k in ("Address", "Expires", "Q", "Call-ID", "CSeq", "User-Agent", "Received", "Path", "State",
+                                   "Socket", "Methods", "Instance", "Tcpconn-Id", "Last-Modified")},
+            {"Address": "sip:alice@127.0.0.1:5180", "Expires": 600, "Q": 0.5, "Call-ID": "reg2@127.0.0.1", "CSeq": 1,
+             "User-Agent": "pyua", "Received": "[not set]", "Path": "[not set]", "State": "CS_NEW", "Socket": "[not set]",
+             "Methods": 4294967295, "Instance": "[not set]", "Tcpconn-Id": -1, "Last-Modified": int(EPOCH)},
+        )
+        self.assertEqual(alice["Contacts"][1]["Contact"]["Q"], -1)
+        bob_contact = bob["Contacts"][0]["Contact"]
+        self.assertEqual((bob_contact["Q"], bob_contact["Expires"], bob_contact["Socket"]), (1, "permanent", "udp:127.0.0.1:5060"))
+        self.assertIsInstance(bob_contact["Q"], int)
+        brief = result(self.call("ul.dump", "brief"))["Domains"][0]["Domain"]
+        self.assertEqual(brief["AoRs"], [{"AoR": "bob"}, {"AoR": "alice"}])
+
+    def test_dump_of_an_empty_table_and_expired_contacts(self) -> None:
+        """An empty table dumps no AoRs and zero stats; a contact past its expiry and not yet swept shows "expired"."""
+        location = result(self.call("ul.dump"))["Domains"][0]["Domain"]
+        self.assertEqual((location["AoRs"], location["Stats"]), ([], {"Records": 0, "Max-Slots": 0}))
+        self.peer.save("carol", "sip:carol@h", expires=5)
+        self.cluster.clock.advance(6)
+        [aor] = result(self.call("ul.dump"))["Domains"][0]["Domain"]["AoRs"]
+        self.assertEqual(aor["Info"]["Contacts"][0]["Contact"]["Expires"], "expired")
+
+    def test_lookup(self) -> None:
+        """ul.lookup answers the live contacts under the AoR cut at @ and lower-cased, with Kamailio's errors otherwise."""
+        self.peer.save("alice", "sip:alice@a", q=0.1)
+        self.peer.save("alice", "sip:alice@b", q=0.9)
+        found = result(self.call("ul.lookup", "location", "ALICE@example.com"))
+        self.assertEqual(list(found), ["AoR", "Contacts"])
+        self.assertEqual(found["AoR"], "alice")
+        self.assertEqual([c["Contact"]["Address"] for c in found["Contacts"]], ["sip:alice@b", "sip:alice@a"])
+        self.peer.save("dave", "sip:dave@h", expires=5)
+        self.cluster.clock.advance(6)
+        expected = {
+            ("nobody",): (500, "AOR not found in location table"),
+            ("dave",): (500, "AOR has no contacts"),
+            (): (500, "Not enough parameters (table and AOR to lookup)"),
+            (5,): (500, "Not enough parameters (table and AOR to lookup)"),
+        }
+        for params, answer in expected.items():
+            self.assertEqual(error(self.call("ul.lookup", "location", *params)), answer, params)
+        self.assertEqual(error(self.call("ul.lookup", "nosuch", "alice")), (500, "Domain table not found"))
+
+    def test_use_domain(self) -> None:
+        """With use_domain the AoR keeps its domain, and one without @ is refused as Kamailio refuses it."""
+        cluster = Cluster()
+        peer = cluster.add(5070, use_domain=True)
+        cluster.run(0.1)
+        peer.save("alice@example.com", "sip:alice@h")
+        api = ControlAPI(cluster.nodes[5070])
+        self.assertEqual(result(rpc(api, "ul.lookup", "location", "Alice@Example.com"))["AoR"], "alice@example.com")
+        self.assertEqual(error(rpc(api, "ul.lookup", "location", "alice")), (500, "Domain missing in AOR"))
+
+    def test_rm_and_rm_contact_replicate(self) -> None:
+        """ul.rm and ul.rm_contact answer {} and send removes; an unknown AoR is fine for ul.rm and 404 for ul.rm_contact."""
+        self.peer.save("alice", "sip:alice@a")
+        self.peer.save("alice", "sip:alice@b")
+        self.peer.save("bob", "sip:bob@a")
+        self.cluster.run(0.1)
+        self.assertEqual(result(self.call("ul.rm_contact", "location", "alice", "sip:alice@a")), {})
+        self.assertEqual(error(self.call("ul.rm_contact", "location", "alice", "sip:nope@h")), (404, "Contact not found"))
+        self.assertEqual(error(self.call("ul.rm_contact", "location", "nobody", "sip:nope@h")), (404, "AOR not found"))
+        self.assertEqual(error(self.call("ul.rm_contact", "location", "alice")), (500, "Not enough parameters (table, AOR and contact)"))
+        self.assertEqual(result(self.call("ul.rm", "location", "bob")), {})
+        self.assertEqual(result(self.call("ul.rm", "location", "nobody")), {})
+        self.assertEqual(error(self.call("ul.rm", "location")), (500, "Not enough parameters (table and AOR to lookup)"))
+        self.assertEqual(error(self.call("ul.rm", "nosuch", "bob")), (500, "Domain table not found"))
+        self.cluster.run(0.1)
+        self.assertEqual([c.address for c in self.other.lookup("alice")], ["sip:alice@b"])
+        self.assertEqual(self.other.lookup("bob"), [])
+        removes = [b for b in usrloc_bodies(self.cluster.nodes[5060], 5061) if b.startswith(b'{"action":2')]
+        self.assertEqual(len(removes), 2)
+
+    def test_add(self) -> None:
+        """ul.add stores a contact as Kamailio's does (its Call-ID, User-Agent, an ulcx ruid), replicates it, and updates it when added again."""
+        self.assertEqual(result(self.call("ul.add", "location", "Carol@h", "sip:carol@h", 100, 0.5, "", 0, 0, 0)), {})
+        self.assertEqual(result(self.call("ul.add", "location", "carol", "sip:carol@h", 0, 1, "0", 1, 2, 3, ".", "udp:10.0.0.1:5060")), {})
+        self.cluster.run(0.1)
+        [carol] = self.other.lookup("carol")
+        self.assertEqual((carol.callid, carol.user_agent, carol.q, carol.expires, carol.flags, carol.cflags, carol.methods),
+                         ("dfjrewr12386fd6-343@kamailio.rpc", "kamailio SIP Router - RPC Server", 1000, 0, 1, 2, 3))
+        self.assertTrue(carol.ruid.startswith("ulcx-"), carol.ruid)
+        self.assertEqual((carol.path, carol.received, carol.sock), ("", "", "udp:10.0.0.1:5060"))
+        self.assertEqual(error(self.call("ul.add", "location", "carol", "sip:carol@h", 100)), (500, "Not enough parameters or wrong format"))
+        self.assertEqual(error(self.call("ul.add", "location", "carol", "sip:c@h", 1, 0.5, "", -1, 0, 0)),
+                         (500, "Not enough parameters or wrong format"))
+        self.assertEqual(error(self.call("ul.add", "nosuch", "carol", "sip:c@h", 1, 0.5, "", 0, 0, 0)), (500, "Domain table not found"))
+        self.assertEqual(error(self.call("ul.add", "location", "carol", "sip:c@h", -5, 0.5, "", 0, 0, 0))[0], 500)
+
+    def test_methods_are_listed(self) -> None:
+        """The control API lists the ul.* methods of a registered usrloc peer."""
+        listed = result(self.call("system.listMethods"))
+        self.assertTrue({"ul.dump", "ul.lookup", "ul.rm", "ul.rm_contact", "ul.add"} <= set(listed))
