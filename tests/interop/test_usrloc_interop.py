@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 import pytest_twisted
@@ -47,23 +47,14 @@ def kam(kamailio: Any, seeds: list[Any] = ()) -> KamailioNode:  # type: ignore[a
 
 
 @pytest.fixture
-def usrloc_node(reactor: Any) -> Iterator[Callable[..., tuple[DMQService, UsrlocPeer]]]:
+def usrloc_node(python_node: Any) -> Callable[..., tuple[DMQService, UsrlocPeer]]:
     """Factory: a started DMQService with a UsrlocPeer on a loopback address of its own; stopped at teardown."""
-    services: list[DMQService] = []
 
     def make(seeds: list[str] = (), **peer_kw: Any) -> tuple[DMQService, UsrlocPeer]:  # type: ignore[assignment]
-        host, port = free_address("udp")
-        svc = DMQService(f"sip:{host}:{port}", list(seeds), reactor=reactor, ping_interval=PING, t1=0.25)
         peer = UsrlocPeer(**peer_kw)
-        svc.register_peer(peer)
-        services.append(svc)
-        svc.startService()
-        return svc, peer
+        return python_node(seeds, peers=[peer]), peer
 
-    yield make
-    for svc in services:
-        if svc.running:
-            pytest_twisted.blockon(svc.stopService())
+    return make
 
 
 def register(k: KamailioNode, user: str, port: int, expires: int = 600, callid: str = "reg1", cseq: int = 1,

@@ -67,8 +67,8 @@ class UsrlocPeer(ReplicatedPeer):
     :param domain: the table name RPC methods take (usrloc's ``location``).
     :param channel: the channel (Kamailio's dmq_usrloc peer id, ``usrloc``).
 
-    ``init_sync``, ``max_in_flight``, ``sync_window``, ``sync_chunk_size``
-    and ``persist_interval`` are those of
+    Other keywords (``init_sync``, ``max_in_flight``, ``sync_window``,
+    ``sync_chunk_size``, ``persist_interval``) go to
     :class:`~dmq.replicated.peer.ReplicatedPeer`.
 
     :ivar location: the :class:`~dmq.peers.usrloc.table.Location` table.
@@ -81,27 +81,15 @@ class UsrlocPeer(ReplicatedPeer):
         self,
         persist_dir: Optional[Union[str, os.PathLike[str]]] = None,
         *,
-        init_sync: str = "single",
-        max_in_flight: int = 64,
-        sync_window: int = 2,
-        sync_chunk_size: Optional[int] = None,
-        persist_interval: float = 1.0,
         purge_interval: float = 10.0,
         server_id: int = 0,
         use_domain: bool = False,
         delete_expired: bool = False,
         domain: str = "location",
         channel: str = CHANNEL,
+        **replication: Any,
     ) -> None:
-        super().__init__(
-            channel,
-            persist_dir=persist_dir,
-            init_sync=init_sync,
-            max_in_flight=max_in_flight,
-            sync_window=sync_window,
-            sync_chunk_size=sync_chunk_size,
-            persist_interval=persist_interval,
-        )
+        super().__init__(channel, persist_dir=persist_dir, **replication)
         self.location = Location()
         self.purge_interval = purge_interval
         self.server_id = server_id

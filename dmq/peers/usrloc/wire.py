@@ -49,6 +49,20 @@ class Action(enum.IntEnum):
     SYNC = 3
 
 
+_AFTER_SOCKET = ("path", "callid", "user_agent", "instance", "expires", "cseq", "flags", "cflags", "q",
+                 "last_modified", "methods", "reg_id", "server_id")
+"""The contact fields Kamailio writes after ``received`` and the socket, in its order."""
+
+_TEXTS = ("received", "path", "callid", "user_agent", "instance")
+"""The optional text fields of a contact ("" when absent)."""
+
+_NUMBERS = ("expires", "cseq", "flags", "cflags", "q", "last_modified", "methods", "reg_id", "server_id")
+"""The number fields of a contact (0 when absent, as Kamailio reads them)."""
+
+_SIGNED = ("q", "server_id")
+"""Number fields that may be negative (the others are Kamailio's unsigned ints)."""
+
+
 # -- building ----------------------------------------------------------------------------
 
 
@@ -65,21 +79,7 @@ def contact_doc(action: Action, aor: str, contact: Contact) -> dict[str, Any]:
         doc["sock"] = contact.sock
     elif contact.sockname is not None:
         doc["sockname"] = contact.sockname
-    doc.update(
-        path=contact.path,
-        callid=contact.callid,
-        user_agent=contact.user_agent,
-        instance=contact.instance,
-        expires=contact.expires,
-        cseq=contact.cseq,
-        flags=contact.flags,
-        cflags=contact.cflags,
-        q=contact.q,
-        last_modified=contact.last_modified,
-        methods=contact.methods,
-        reg_id=contact.reg_id,
-        server_id=contact.server_id,
-    )
+    doc.update((name, getattr(contact, name)) for name in _AFTER_SOCKET)
     # Kamailio 6.x sends "xavps":{} always; 5.6 logs an error for every key it does not know.
     if contact.xavps:
         doc["xavps"] = contact.xavps
@@ -130,11 +130,11 @@ def body_items(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return items
 
 
-def _number(doc: dict[str, Any], key: str, default: int, low: int = 0, high: int = UINT_MAX) -> int:
+def _number(doc: dict[str, Any], key: str, low: int) -> int:
     value = wire_int(doc, key)
     if value is None:
-        return default
-    if not low <= value <= high:
+        return 0
+    if not low <= value <= UINT_MAX:
         raise bad_request(f"{key} {value} out of range")
     return value
 
@@ -172,27 +172,16 @@ def parse_item(doc: dict[str, Any], now: float) -> Item:
         raise bad_request("remove without ruid")
     if action is Action.UPDATE and not address:
         raise bad_request("update without c")
+    fields: dict[str, Any] = {name: _text(doc, name) for name in _TEXTS}
+    fields.update((name, _number(doc, name, INT_MIN if name in _SIGNED else 0)) for name in _NUMBERS)
     xavps = doc.get("xavps")
     contact = Contact(
         ruid=ruid,
         address=address,
-        received=_text(doc, "received"),
-        path=_text(doc, "path"),
-        callid=_text(doc, "callid"),
-        user_agent=_text(doc, "user_agent"),
-        instance=_text(doc, "instance"),
-        expires=_number(doc, "expires", 0),
-        cseq=_number(doc, "cseq", 0),
-        flags=_number(doc, "flags", 0),
-        cflags=_number(doc, "cflags", 0),
-        q=_number(doc, "q", 0, INT_MIN),
-        last_modified=_number(doc, "last_modified", 0),
-        methods=_number(doc, "methods", 0),
-        reg_id=_number(doc, "reg_id", 0),
-        server_id=_number(doc, "server_id", 0, INT_MIN),
         sock=wire_str(doc, "sock"),
         sockname=wire_str(doc, "sockname"),
         xavps=dict(xavps) if isinstance(xavps, dict) and xavps else None,
         updated=now,
+        **fields,
     )
     return Item(action, aor, contact)
