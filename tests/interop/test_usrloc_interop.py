@@ -40,10 +40,10 @@ USRLOC_MODULES = ("usrloc", "registrar", "dmq_usrloc")
 USRLOC_PARAMS = [("dmq_usrloc", "enable", 1), ("dmq_usrloc", "usrloc_delete", 1)]
 
 
-def kam(kamailio: Any, seeds: list[Any] = ()) -> KamailioNode:  # type: ignore[assignment]
-    """A Kamailio node sharing its location table over DMQ, answering REGISTER with save("location")."""
+def kam(kamailio: Any, seeds: list[Any] = (), *params: tuple[str, str, Any]) -> KamailioNode:  # type: ignore[assignment]
+    """A Kamailio node sharing its location table over DMQ, answering REGISTER with save("location"); more modparams may follow."""
     return kamailio(list(seeds), ping_interval=PING, extra_modules=USRLOC_MODULES,
-                    extra_modparams=USRLOC_PARAMS, routes=REGISTER_ROUTE)
+                    extra_modparams=[*USRLOC_PARAMS, *params], routes=REGISTER_ROUTE)
 
 
 @pytest.fixture
@@ -174,6 +174,18 @@ def test_sync_on_join_both_ways(kamailio: Any, usrloc_node: Any, reactor: Any) -
     assert {r for c in dump_contacts(k2).values() for r in c} == {c.ruid for n in range(40) for c in lone.lookup(f"py{n}")}
     assert lone.stats["sync_contacts_sent"] >= 40 and 2 <= lone.stats["sync_messages_sent"] < 40  # batches, not one per contact
     assert_alive(k1, k2)
+
+
+@pytest_twisted.inlineCallbacks
+def test_kamailio_batched_sync_answer(kamailio: Any, usrloc_node: Any, reactor: Any) -> Any:
+    """With batch_msg_contacts 10 Kamailio answers a sync in multi batches; the Python node takes them all."""
+    k1 = kam(kamailio, [], ("dmq_usrloc", "batch_msg_contacts", 10))
+    for n in range(25):
+        k1.rpc("ul.add", "location", f"user{n}", f"sip:user{n}@10.4.0.{n}:5060", 600, 0.5, "", 0, 0, 0)
+    svc, peer = usrloc_node([k1.uri])
+    yield eventually(lambda: peer.status() == {"aors": 25, "contacts": 25}, timeout=PING + 3, reactor=reactor)
+    assert peer.stats["sync_messages_received"] >= 3 and peer.stats["sync_contacts_received"] >= 25
+    assert_alive(k1)
 
 
 @pytest_twisted.inlineCallbacks
