@@ -197,6 +197,8 @@ class NodeConfig:
     dialog_hash_size: int = 4096
     dialog_profiles_with_value: list[str] = field(default_factory=list)
     dialog_profiles_no_value: list[str] = field(default_factory=list)
+    usrloc: bool = False
+    usrloc_persist: Optional[str] = None
     probes: list[PortProbe] = field(default_factory=list)
     origins: dict[str, str] = field(default_factory=dict)
 
@@ -508,17 +510,27 @@ def _check_manhole(v: _Values, where: _Origins, config: NodeConfig) -> None:
         config.manhole_keys = str(keys)
 
 
+def _persist_folder(v: _Values, where: _Origins, key: str) -> Optional[str]:
+    """The folder a ``*_persist`` setting names (it may not exist yet), or ``None``."""
+    if not v[key]:
+        return None
+    folder = Path(v[key])
+    if folder.exists() and not folder.is_dir():
+        raise usage.UsageError(f"{where[key]} {folder}: not a folder")
+    return str(folder)
+
+
 def _check_peers(v: _Values, where: _Origins, config: NodeConfig) -> None:
-    """The bundled peers: ``htable`` specs and ``htable_persist``."""
+    """The bundled peers: ``htable`` specs and ``htable_persist``; ``usrloc`` and ``usrloc_persist``."""
     for spec in v["htable"]:
         if not _HTABLE.match(spec):
             raise usage.UsageError(f"{where['htable']} {spec!r}: expected NAME[:expire=SECS]")
     config.htables = list(v["htable"])
-    if v["htable_persist"]:
-        folder = Path(v["htable_persist"])
-        if folder.exists() and not folder.is_dir():
-            raise usage.UsageError(f"{where['htable_persist']} {folder}: not a folder")
-        config.htable_persist = str(folder)
+    config.htable_persist = _persist_folder(v, where, "htable_persist")
+    config.usrloc = bool(v["usrloc"])
+    config.usrloc_persist = _persist_folder(v, where, "usrloc_persist")
+    if config.usrloc_persist is not None and not config.usrloc:
+        raise usage.UsageError(f"{where['usrloc_persist']}: needs --usrloc (usrloc = true)")
 
 
 def _check_dialog(v: _Values, where: _Origins, config: NodeConfig) -> None:

@@ -15,6 +15,7 @@
     htable get|sets|seti|setex|delete|dump|list|sync ...   Kamailio's htable.* methods
     dlg list                        the dialogs (dlg.list)
     dlg profile PROFILE [VALUE]     dialogs in a profile (dlg.profile_get_size)
+    ul show AOR | dump [--brief] | rm AOR | rm-contact AOR CONTACT   Kamailio's ul.* methods
     call METHOD [PARAM ...]         any method; PARAMs are JSON when they parse as JSON
                                     (s:TEXT forces a string, i:NUMBER an integer, as kamcmd)
 
@@ -299,7 +300,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = dlg_actions.add_parser("profile", parents=[common], help="dialogs in a profile (dlg.profile_get_size)")
     p.add_argument("profile")
     p.add_argument("value", nargs="?")
+
+    ul = commands.add_parser("ul", parents=[common], help="Kamailio's ul.* methods (the usrloc peer's location table)")
+    ul_actions = ul.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = ul_actions.add_parser("show", parents=[common], help="the live contacts of an AoR (ul.lookup location AOR)")
+    p.add_argument("aor")
+    p = ul_actions.add_parser("dump", parents=[common], help="every AoR and contact (ul.dump)")
+    p.add_argument("--brief", action="store_true", help="the AoRs only (ul.dump brief)")
+    p = ul_actions.add_parser("rm", parents=[common], help="remove an AoR with its contacts (ul.rm location AOR)")
+    p.add_argument("aor")
+    p = ul_actions.add_parser("rm-contact", parents=[common], help="remove one contact (ul.rm_contact location AOR CONTACT)")
+    p.add_argument("aor")
+    p.add_argument("contact")
     return parser
+
+
+def _ul_call(args: argparse.Namespace) -> tuple[str, list[Any]]:
+    """The ``ul.*`` method and params of a ``dmqctl ul`` command line."""
+    if args.action == "show":
+        return "ul.lookup", ["location", args.aor]
+    if args.action == "dump":
+        return "ul.dump", ["brief"] if args.brief else []
+    if args.action == "rm":
+        return "ul.rm", ["location", args.aor]
+    return "ul.rm_contact", ["location", args.aor, args.contact]
+
+
+def format_contacts(result: dict[str, Any]) -> str:
+    """``ul.lookup`` or ``ul.dump`` as a table: AoR, contact, expires, q, ruid, user agent (brief dumps: AoRs only)."""
+    if "Domains" in result:
+        aors = [a for d in result["Domains"] for a in d.get("Domain", {}).get("AoRs", [])]
+        if all("AoR" in a for a in aors):
+            return "".join(f"{a['AoR']}\n" for a in aors)
+        records = [a.get("Info", {}) for a in aors]
+    else:
+        records = [result]
+    rows = []
+    for record in records:
+        for item in record.get("Contacts", []):
+            contact = item.get("Contact", {})
+            rows.append([str(record.get("AoR", "")), str(contact.get("Address", "")), str(contact.get("Expires", "")),
+                         str(contact.get("Q", "")), str(contact.get("Ruid", "")), str(contact.get("User-Agent", ""))])
+    return _table(rows, ["AOR", "CONTACT", "EXPIRES", "Q", "RUID", "USER_AGENT"])
 
 
 _HTABLE_METHODS = {
@@ -337,6 +379,8 @@ def _call_of(args: argparse.Namespace) -> tuple[str, list[Any]]:
         if args.action == "list":
             return "dlg.list", []
         return "dlg.profile_get_size", [args.profile] + ([args.value] if args.value is not None else [])
+    if command == "ul":
+        return _ul_call(args)
     action = args.action
     method = _HTABLE_METHODS[action]
     if action in ("get", "delete"):
@@ -362,6 +406,8 @@ def _render(command: str, result: Any) -> str:
             result = [result]
         if isinstance(result, list):
             return format_results(result)
+    if command == "ul" and isinstance(result, dict) and ("Domains" in result or "Contacts" in result):
+        return format_contacts(result)
     return format_value(result)
 
 

@@ -43,6 +43,10 @@ dialogs                                    gauge    channel, state: dialogs of t
 dialog_actions_applied_total               counter  channel, action: dialog messages applied
 dialog_actions_sent_total                  counter  channel, action: dialog messages sent (per node)
 dialog_messages_refused_total              counter  channel, code: dialog messages answered 400/500
+usrloc_contacts                            gauge    channel: live contacts of the usrloc peer
+usrloc_aors                                gauge    channel: AoRs with a live contact
+usrloc_updates_applied_total               counter  channel: updates and removes applied from DMQ
+usrloc_updates_sent_total                  counter  channel: local changes sent to the cluster
 =========================================  =======  ======================================
 """
 
@@ -176,6 +180,7 @@ class DMQCollector:
             rtt.add_metric([key_uri(node_key)], seconds)
         yield rtt
         yield from self._dialog_metrics()
+        yield from self._usrloc_metrics()
 
     def _dialog_metrics(self) -> Iterator[Metric]:
         """The dialog peers' dialogs by state and their message counters (nothing without a dialog peer)."""
@@ -204,6 +209,29 @@ class DMQCollector:
             for code, count in sorted(peer.refused.items()):
                 refused.add_metric([peer.channel, str(code)], count)
         yield from (dialogs, applied, sent, refused)
+
+    def _usrloc_metrics(self) -> Iterator[Metric]:
+        """The usrloc peers' table sizes and update counters (nothing without a usrloc peer)."""
+        from dmq.peers.usrloc import UsrlocPeer
+
+        peers = [p for p in self.service.peers.values() if isinstance(p, UsrlocPeer)]
+        if not peers:
+            return
+        contacts = GaugeMetricFamily(self._name("usrloc_contacts"), "Live contacts in the location table.", labels=["channel"])
+        aors = GaugeMetricFamily(self._name("usrloc_aors"), "AoRs with a live contact.", labels=["channel"])
+        applied = CounterMetricFamily(
+            self._name("usrloc_updates_applied"), "Contact updates and removes from other nodes applied.", labels=["channel"]
+        )
+        sent = CounterMetricFamily(
+            self._name("usrloc_updates_sent"), "Local contact changes sent to the cluster (once per change).", labels=["channel"]
+        )
+        for peer in peers:
+            status, stats = peer.status(), peer.stats
+            contacts.add_metric([peer.channel], status["contacts"])
+            aors.add_metric([peer.channel], status["aors"])
+            applied.add_metric([peer.channel], stats["applied"])
+            sent.add_metric([peer.channel], stats["replicated"])
+        yield from (contacts, aors, applied, sent)
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the families are known only when collected."""

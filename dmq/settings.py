@@ -25,7 +25,7 @@ class Modparam:
     """
     The Kamailio module parameter a setting mirrors: the same setting in Kamailio's configuration.
 
-    :ivar module: the Kamailio module (``dmq``, ``tls``, ``tm``, ``htable``).
+    :ivar module: the Kamailio module (``dmq``, ``tls``, ``tm``, ``htable``, ``dmq_usrloc``).
     :ivar name: the parameter's name in that module.
     :ivar since: the first Kamailio release that has it, when later than 5.6.
     """
@@ -168,6 +168,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Dialog profiles with values: NAME[;NAME...]; repeatable.", modparam=Modparam("dialog", "profiles_with_value")),
     Setting("dialog_profiles_no_value", "list", [],
             "Dialog profiles without values: NAME[;NAME...]; repeatable.", modparam=Modparam("dialog", "profiles_no_value")),
+    # the usrloc peer
+    Setting("usrloc", "flag", False,
+            "Share the location table (registrations) with Kamailio's dmq_usrloc on channel usrloc.",
+            modparam=Modparam("dmq_usrloc", "enable")),
+    Setting("usrloc_persist", "path", None, "Folder where the usrloc peer keeps its contacts across restarts."),
 )
 
 KAMAILIO_ONLY = {

@@ -308,6 +308,11 @@ def build_node(config: NodeConfig, reactor: Any = None, probe: bool = True) -> N
             raise usage.UsageError(f"{config.origins.get('dialog', '--dialog')}: {e}") from None
         dmq.register_peer(dialog)
 
+    if config.usrloc:
+        from dmq.peers.usrloc import UsrlocPeer
+
+        dmq.register_peer(UsrlocPeer(persist_dir=config.usrloc_persist))
+
     resources = []
     if config.metrics is not None:
         from dmq.metrics import MetricsResource, make_registry

@@ -39,6 +39,7 @@ KAMAILIO_61_DMQ_MODPARAMS = {
         ("tls_verify_client", "tls", "require_certificate", None),
         ("t2", "tm", "retr_timer2", None),
         ("htable", "htable", "htable", None),
+        ("usrloc", "dmq_usrloc", "enable", None),
     ],
 )
 def test_settings_name_the_modparam_they_mirror(key: str, module: str, name: str, since: Optional[str]) -> None:

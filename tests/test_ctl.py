@@ -21,6 +21,7 @@ from dmq import CallbackPeer, DMQService, Peer
 from dmq.control import ControlAPI, make_site
 from dmq.ctl import build_parser, format_nodes, main, parse_param, _call_of
 from dmq.errors import RPCError
+from dmq.peers.usrloc import UsrlocPeer
 from tests.helpers import wait_until
 from tests.interop.kamailio import eventually
 from tests.helpers import free_port
@@ -60,6 +61,11 @@ def test_call_params(text: str, value: Any) -> None:
         (["htable", "list"], "htable.listTables", []),
         (["htable", "sync"], "htable.dmqsync", []),
         (["htable", "sync", "t"], "htable.dmqsync", ["t"]),
+        (["ul", "show", "alice"], "ul.lookup", ["location", "alice"]),
+        (["ul", "dump"], "ul.dump", []),
+        (["ul", "dump", "--brief"], "ul.dump", ["brief"]),
+        (["ul", "rm", "alice"], "ul.rm", ["location", "alice"]),
+        (["ul", "rm-contact", "alice", "sip:alice@h"], "ul.rm_contact", ["location", "alice", "sip:alice@h"]),
     ],
 )
 def test_commands_map_to_kamailio_methods(argv: list[str], method: str, params: list[Any]) -> None:
@@ -216,6 +222,31 @@ def test_htable_commands_reach_peer_methods(cluster: dict[str, Any]) -> Any:
     assert (status, err) == (1, "dmqctl: htable.get: error 404: key not found\n")
     status, _, err = yield dmqctl("--url", url, "htable", "dump", "t")
     assert (status, err) == (1, "dmqctl: htable.dump: error 500: Method Not Found\n")
+
+
+@pytest_twisted.inlineCallbacks
+def test_ul_commands_against_usrloc_peers(cluster: dict[str, Any], reactor: Any) -> Any:
+    """dmqctl ul show/dump prints the contacts as a table, ul rm removes them on every node, and an unknown AoR exits 1 with Kamailio's text."""
+    a, b, url = cluster["a"], cluster["b"], cluster["url"]
+    mine, theirs = a.register_peer(UsrlocPeer()), b.register_peer(UsrlocPeer())
+    mine.save("alice", "sip:alice@10.0.0.1", expires=600, q=0.5, user_agent="phone")
+    mine.save("alice", "sip:alice@10.0.0.2", expires=600, q=1.0)
+    mine.save("bob", "sip:bob@10.0.0.3", expires=600)
+    yield eventually(lambda: len(theirs.lookup("alice")) == 2, timeout=5, reactor=reactor)
+    status, out, _ = yield dmqctl("--url", url, "ul", "show", "alice")
+    assert status == 0
+    lines = [line.split() for line in out.splitlines()]
+    assert lines[0] == ["AOR", "CONTACT", "EXPIRES", "Q", "RUID", "USER_AGENT"]
+    assert [(r[0], r[1], r[3]) for r in lines[1:]] == [("alice", "sip:alice@10.0.0.2", "1"), ("alice", "sip:alice@10.0.0.1", "0.5")]
+    assert lines[2][4] == mine.lookup("alice")[1].ruid and lines[2][5] == "phone"
+    status, out, _ = yield dmqctl("--url", url, "ul", "dump")
+    assert status == 0 and sorted(line.split()[0] for line in out.splitlines()[1:]) == ["alice", "alice", "bob"]
+    status, out, _ = yield dmqctl("--url", url, "ul", "dump", "--brief")
+    assert sorted(out.split()) == ["alice", "bob"]
+    assert (yield dmqctl("--url", url, "ul", "rm", "alice"))[0] == 0
+    yield eventually(lambda: theirs.lookup("alice") == [], timeout=5, reactor=reactor)
+    status, out, err = yield dmqctl("--url", url, "ul", "show", "alice")
+    assert (status, out, err) == (1, "", "dmqctl: ul.lookup: error 500: AOR not found in location table\n")
 
 
 @pytest_twisted.inlineCallbacks

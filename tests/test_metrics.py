@@ -13,8 +13,11 @@ from twisted.web.client import Agent, readBody
 
 from dmq import CallbackPeer, DMQService
 from dmq.metrics import DMQCollector, MetricsResource, make_registry
+from dmq.peers.usrloc import UsrlocPeer
 from dmq.testing import FakeSIPTransport, cluster_of
 
+
+USRLOC = (("channel", "usrloc"),)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody with a transport:DeprecationWarning")
 
@@ -53,6 +56,22 @@ class CollectorTests(SynchronousTestCase):
             self.assertGreater(rtt, 0)
             self.assertLess(rtt, 0.1)
             self.assertEqual(m[("dmq_node_fail_count", (("node", f"sip:127.0.0.1:{port}"),))], 0)
+
+    def test_usrloc_contacts_and_updates(self) -> None:
+        """With usrloc peers: the contacts and AoRs gauges, updates sent by the saving node and applied by the others; none without a peer."""
+        self.assertFalse(any(name.startswith("dmq_usrloc") for name, _ in self.scrape()))
+        peers = {port: self.pair.nodes[port].register_peer(UsrlocPeer()) for port in (5060, 5061)}
+        self.pair.run(1)  # their join-time syncs are over
+        peers[5060].save("alice", "sip:alice@a")
+        peers[5060].save("alice", "sip:alice@b")
+        peers[5060].save("bob", "sip:bob@a", expires=5)
+        self.pair.run(0.5)
+        other = samples(generate_latest(make_registry(self.pair.nodes[5061], process=False)).decode())
+        self.assertEqual((other[("dmq_usrloc_updates_applied_total", USRLOC)], other[("dmq_usrloc_contacts", USRLOC)]), (3, 3))
+        self.pair.run(6)  # bob expires
+        m = self.scrape()
+        self.assertEqual((m[("dmq_usrloc_contacts", USRLOC)], m[("dmq_usrloc_aors", USRLOC)]), (2, 1))
+        self.assertEqual((m[("dmq_usrloc_updates_sent_total", USRLOC)], m[("dmq_usrloc_updates_applied_total", USRLOC)]), (3, 0))
 
     def test_messages_per_channel_and_code(self) -> None:
         """A broadcast shows as messages sent and 200 results on its channel; the peers' side counts answers."""

@@ -125,6 +125,22 @@ class SyncAnswersTests(SynchronousTestCase):
         self.assertEqual(list(self.answers.chunk_sizes), [len(body) for body in bodies])
         self.assertEqual(self.answers.sessions, {})
 
+    def test_numbered_members_count_from_one_in_each_message_and_stay_below_the_limit(self) -> None:
+        """A numbered framing names items "1", "2", ... afresh in every message, the names counted in the limit."""
+        self.answers = SyncAnswers(self.wire, 2, lambda: self.limit, Framing(b'{"multi":{', b"}}", numbered=True))
+        self.answers.answer(self.a, list(self.data), self.render)
+        self.answer_all()
+        bodies = self.wire.bodies(self.a)
+        self.assertGreater(len(bodies), 2)
+        seen: list[str] = []
+        for body in bodies:
+            self.assertLess(len(body), self.limit)
+            members = json.loads(body)["multi"]
+            self.assertEqual(list(members), [str(i) for i in range(1, len(members) + 1)])
+            seen.extend(key for item in members.values() for key in item)
+        self.assertEqual(seen, list(self.data))
+        self.assertTrue(bodies[0].startswith(b'{"multi":{"1":{"k00":"v00"},"2":{"k01":"v01"}'), bodies[0])
+
     def test_nothing_to_send_is_one_empty_message(self) -> None:
         """No item still makes one message, the empty frame."""
         done = self.answers.answer(self.a, [], self.render)

@@ -556,7 +556,7 @@ def test_twistd_help_lists_every_option(tmp_path: Path) -> None:
     assert "Usage: twistd [options] dmq [options]" in result.stdout
     options = ["--config"] + [f"--{s.option}" for s in SETTINGS if s.cli and s.kind != "flag"]
     flags = [f"--{s.option}" for s in SETTINGS if s.cli and s.kind == "flag"]
-    assert len(options) + len(flags) == 40
+    assert len(options) + len(flags) == 42
     for option in options:
         assert f"{option}=" in result.stdout, option
     for flag in flags:

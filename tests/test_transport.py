@@ -23,6 +23,7 @@ from dmq.sip.address import Address
 from dmq.sip.message import Request, Response
 from dmq.sip.transaction import Source, TransactionLayer
 from dmq.sip.transport import SIPStreamProtocol, SIPTransport, TLSSettings, error_response
+from dmq.sip.udp import RECEIVE_BUFFER, widen_receive_buffer
 from tests.certs import CertificateAuthority
 from tests.helpers import free_port
 
@@ -246,6 +247,21 @@ def test_udp_request_response(reactor: Any) -> Any:
     finally:
         yield a.stop()
         yield b.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_udp_listener_asks_for_a_wide_receive_buffer(reactor: Any) -> Any:
+    """The UDP listener's receive buffer is widened to RECEIVE_BUFFER, or as far as net.core.rmem_max lets it."""
+    a = Node(reactor)
+    yield a.transport.listen()
+    try:
+        with open("/proc/sys/net/core/rmem_max") as limit:
+            allowed = min(RECEIVE_BUFFER, int(limit.read()))
+        [udp] = [p for p in a.transport._ports if getattr(p, "socket", None) is not None and p.socket.type == socket.SOCK_DGRAM]
+        assert udp.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= allowed
+        assert widen_receive_buffer(object()) == 0
+    finally:
+        yield a.stop()
 
 
 class Dropper(DatagramProtocol):

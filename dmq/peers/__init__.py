@@ -6,9 +6,12 @@ Bundled DMQ peers: channel handlers that share data with Kamailio modules.
   ``NAME[:expire=SECS]`` table specs.
 - :class:`~dmq.peers.dialog.DialogPeer`: Kamailio's ``dialog`` replication
   (channel ``dialog``), with :class:`~dmq.peers.dialog.DialogState`.
+- :class:`~dmq.peers.usrloc.UsrlocPeer`: Kamailio's ``dmq_usrloc`` location
+  table (channel ``usrloc``).
 """
 
 from dmq.peers.dialog import DialogPeer, DialogState
 from dmq.peers.htable import Cell, Change, HTablePeer, HTableSpec, NoSuchTable
+from dmq.peers.usrloc import UsrlocPeer
 
-__all__ = ["Cell", "Change", "DialogPeer", "DialogState", "HTablePeer", "HTableSpec", "NoSuchTable"]
+__all__ = ["Cell", "Change", "DialogPeer", "DialogState", "HTablePeer", "HTableSpec", "NoSuchTable", "UsrlocPeer"]

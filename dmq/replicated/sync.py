@@ -229,10 +229,11 @@ class SyncAnswers(Generic[T]):
         limit = self.limit()
         items = session.items
         while items and (self.max_items is None or len(parts) < self.max_items):
-            part = session.render(items[0])
-            if part is None:
+            rendered = session.render(items[0])
+            if rendered is None:
                 items.popleft()
                 continue
+            part = framing.member(len(parts) + 1, rendered)
             grown = size + len(part) + (len(framing.separator) if parts else 0)
             if parts and grown >= limit:
                 break

@@ -136,12 +136,19 @@ def check_text(text: str, what: str) -> None:
 class Framing:
     """
     How items are put together into one message: ``head``, the items
-    joined by ``separator``, ``tail`` (``{"cells":[`` ... ``]}``).
+    joined by ``separator``, ``tail`` (``{"cells":[`` ... ``]}``).  With
+    ``numbered`` the items are the members of an object, named by their
+    place in the message from 1 (``{"multi":{"1":item,"2":item}}``).
     """
 
     head: bytes
     tail: bytes
     separator: bytes = b","
+    numbered: bool = False
+
+    def member(self, index: int, item: bytes) -> bytes:
+        """Item number ``index`` (from 1) of a message as it goes in: ``"3":item`` when numbered."""
+        return b'"%d":%s' % (index, item) if self.numbered else item
 
     @property
     def empty(self) -> bytes:

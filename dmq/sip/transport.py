@@ -36,7 +36,7 @@ from dmq.sip.build import error_response
 from dmq.sip.parse import MAX_HEADERS, MAX_LINE_LENGTH
 from dmq.sip.stream import SIPStreamFactory, SIPStreamProtocol
 from dmq.sip.tls import TLSSettings
-from dmq.sip.udp import MAX_DATAGRAM, SIPDatagramProtocol
+from dmq.sip.udp import MAX_DATAGRAM, SIPDatagramProtocol, widen_receive_buffer
 
 __all__ = [
     "SIPDatagramProtocol",
@@ -153,9 +153,9 @@ class SIPTransport:
             if self.udp:
                 self._datagram = SIPDatagramProtocol(self)
                 # Twisted reads 8192 bytes a datagram unless told; Kamailio's sync answers are up to 60 KB.
-                self._ports.append(
-                    self.reactor.listenUDP(self.port, self._datagram, interface=self.host, maxPacketSize=MAX_DATAGRAM)
-                )
+                udp = self.reactor.listenUDP(self.port, self._datagram, interface=self.host, maxPacketSize=MAX_DATAGRAM)
+                widen_receive_buffer(udp)
+                self._ports.append(udp)
             if self.tcp:
                 # Endpoints (and the TLS library they bring) load only for streams.
                 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint

@@ -5,10 +5,12 @@ SIP over UDP: one message per datagram.
 its owner's controller.  Nothing raises out of ``datagramReceived``: a
 request that cannot be parsed but has a usable ``Via`` gets an error answer
 naming the fault, anything else is dropped with a log line.
+:func:`widen_receive_buffer` gives a listener room for bursts.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Protocol
 
 from twisted.internet.protocol import DatagramProtocol
@@ -19,12 +21,41 @@ from dmq.sip.address import Address, Source
 from dmq.sip.build import error_response, reason_with
 from dmq.sip.parse import parse_message
 
-__all__ = ["SIPDatagramProtocol", "DatagramOwner", "MAX_DATAGRAM"]
+__all__ = ["SIPDatagramProtocol", "DatagramOwner", "MAX_DATAGRAM", "RECEIVE_BUFFER", "widen_receive_buffer"]
 
 log = Logger()
 
 MAX_DATAGRAM = 65535
 """Largest UDP message accepted."""
+
+RECEIVE_BUFFER = 4 * 1024 * 1024
+"""
+The UDP receive buffer a listener asks for, in bytes (the kernel grants at
+most ``net.core.rmem_max``).  A Kamailio node answering a usrloc sync sends
+one datagram per contact, thousands in a burst: the default buffer of about
+200 KB drops many of them before the reactor reads them.
+"""
+
+
+def widen_receive_buffer(port: Any, size: int = RECEIVE_BUFFER) -> int:
+    """
+    Ask for a receive buffer of ``size`` bytes on a listening UDP ``port``
+    (never shrinking it).
+
+    :returns: the size the kernel reports now (Linux reports twice what it
+        grants), or 0 when the port has no socket to set.
+    """
+    sock = getattr(port, "socket", None)
+    if sock is None:
+        return 0
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < size:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        granted: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except OSError as e:
+        log.warn("cannot widen the UDP receive buffer: {error}", error=str(e))
+        return 0
+    return granted
 
 
 class DatagramOwner(Protocol):

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import pytest
+import pytest_twisted
 
+from ..helpers import free_address
 from .kamailio import KamailioBuild, NodeFactory, find_builds
 
 BUILDS: list[KamailioBuild] = find_builds()
@@ -46,6 +48,32 @@ def kamailio(kamailio_build: KamailioBuild, tmp_path_factory: pytest.TempPathFac
             errors.append(f"{node.uri}: {exc}")
     if errors:
         pytest.fail("could not stop Kamailio nodes: " + "; ".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def python_node(reactor: Any) -> Iterator[Callable[..., Any]]:
+    """Factory: ``make(seeds, address=None, peers=(), **service_kw)``, a started DMQService with ``peers``
+    registered, on a loopback address of its own (or ``address``); every one is stopped at teardown."""
+    from dmq import DMQService
+
+    services: list[Any] = []
+
+    def make(seeds: Sequence[str] = (), address: Optional[tuple[str, int]] = None, peers: Sequence[Any] = (),
+             **kw: Any) -> Any:
+        host, port = address or free_address("udp")
+        kw.setdefault("ping_interval", 5)  # Kamailio's minimum
+        kw.setdefault("t1", 0.25)  # a request times out after 16 s, well within Kamailio's ping rhythm
+        svc = DMQService(f"sip:{host}:{port}", list(seeds), reactor=reactor, **kw)
+        for peer in peers:
+            svc.register_peer(peer)
+        services.append(svc)
+        svc.startService()
+        return svc
+
+    yield make
+    for svc in services:
+        if svc.running:
+            pytest_twisted.blockon(svc.stopService())
 
 
 # -- one result line per Kamailio version -------------------------------------------------------

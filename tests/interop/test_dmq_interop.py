@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet import task
 
 from dmq import CallbackPeer, DMQService, EventKind, Node
 from dmq.peer import DMQMessage
 
-from ..helpers import assert_alive, free_address
+from ..helpers import assert_alive
 from .kamailio import KamailioNode, eventually
 
 PING = 5  # seconds, Kamailio's minimum
-
-
-@pytest.fixture
-def python_node(reactor: Any) -> Iterator[Callable[..., DMQService]]:
-    """Factory: a started DMQService on a loopback address of its own (or ``address``); stopped at teardown."""
-    services: list[DMQService] = []
-
-    def make(seeds: list[str] = (), address: tuple[str, int] | None = None, **kw: Any) -> DMQService:  # type: ignore[assignment]
-        host, port = address or free_address("udp")
-        kw.setdefault("ping_interval", PING)
-        kw.setdefault("t1", 0.25)  # a request times out after 16 s, well within Kamailio's ping rhythm
-        svc = DMQService(f"sip:{host}:{port}", list(seeds), reactor=reactor, **kw)
-        services.append(svc)
-        svc.startService()
-        return svc
-
-    yield make
-    for svc in services:
-        if svc.running:
-            pytest_twisted.blockon(svc.stopService())
 
 
 def address_of(svc: DMQService) -> tuple[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import pytest_twisted
@@ -24,25 +24,15 @@ PYTHON_TABLE = f"t:expire={EXPIRE}"
 
 
 @pytest.fixture
-def htable_node(reactor: Any) -> Iterator[Callable[..., tuple[DMQService, HTablePeer]]]:
+def htable_node(python_node: Any) -> Callable[..., tuple[DMQService, HTablePeer]]:
     """Factory: a started DMQService with an HTablePeer on a loopback address of its own (or ``address``); stopped at teardown."""
-    services: list[DMQService] = []
 
     def make(seeds: list[str] = (), tables: list[str] = (PYTHON_TABLE,), address: tuple[str, int] | None = None,  # type: ignore[assignment]
              svc_kw: dict[str, Any] | None = None, **peer_kw: Any) -> tuple[DMQService, HTablePeer]:
-        host, port = address or free_address("udp")
-        kw = {"ping_interval": PING, "t1": 0.25, **(svc_kw or {})}
-        svc = DMQService(f"sip:{host}:{port}", list(seeds), reactor=reactor, **kw)
         peer = HTablePeer(tables=list(tables), **peer_kw)
-        svc.register_peer(peer)
-        services.append(svc)
-        svc.startService()
-        return svc, peer
+        return python_node(seeds, address, [peer], **(svc_kw or {})), peer
 
-    yield make
-    for svc in services:
-        if svc.running:
-            pytest_twisted.blockon(svc.stopService())
+    return make
 
 
 def kam(kamailio: Any, seeds: list[Any] = ()) -> KamailioNode:  # type: ignore[assignment]
