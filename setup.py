@@ -25,6 +25,7 @@ setup(
     ],
     extras_require={
         "conch": ["twisted[conch]>=23.10"],
+        "bench": ["matplotlib>=3.7"],
         "dev": [
             "pytest>=7.4",
             "pytest-twisted>=1.14",

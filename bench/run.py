@@ -1,9 +1,10 @@
 """
-Run every benchmark and write the figures to ``docs/benchmarks.md``.
+Run the benchmarks, dmq against Kamailio in the same run, and write ``docs/benchmarks.md``.
 
-Each benchmark is a script in this folder that prints one JSON object with
-``--json``; Kamailio figures are measured in the same run, so the ratios hold
-on whatever machine this runs on.
+The C load client (``bench/kdmqload.c``) is compiled into ``build/bench/``; the scenarios are in
+``bench/scenarios.py``, the nodes and readings in ``bench/cluster.py``, tables and plots in
+``bench/report.py``. The plots go to ``docs/bench/*.png``, the raw figures to
+``docs/bench/results.json``.
 
 Usage: ``python bench/run.py [--quick] [--only NAME ...] [--no-write]``
 """
@@ -17,175 +18,188 @@ import os
 import platform
 import subprocess
 import sys
-from typing import Any, Callable
+import time
+from pathlib import Path
+from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-OUTPUT = os.path.join(ROOT, "docs", "benchmarks.md")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cluster  # noqa: E402
+import report  # noqa: E402
+import scenarios  # noqa: E402
+
+ROOT = cluster.ROOT
+OUTPUT = ROOT / "docs" / "benchmarks.md"
+PLOTS = ROOT / "docs" / "bench"
+NAMES = [*scenarios.SCENARIOS, "codec"]
 
 
-def run_script(name: str, *args: str) -> dict[str, Any]:
-    """Run ``bench/<name>.py --json`` and return its JSON object."""
-    command = [sys.executable, os.path.join(HERE, f"{name}.py"), "--json", *args]
-    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        raise RuntimeError(f"{name} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def codec(quick: bool) -> dict[str, Any]:
+    """Run ``bench/codec.py --json`` and return its figures."""
+    command = [sys.executable, str(cluster.HERE / "codec.py"), "--json", "--seconds", "0.2" if quick else "0.5"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def kamailio_version() -> str:
-    """``kamailio -v`` first line, or a note that it is missing."""
+def cpu_model() -> str:
+    """The CPU's model name, from ``/proc/cpuinfo``."""
     try:
-        out = subprocess.run(["kamailio", "-v"], capture_output=True, text=True)
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
-        return "not installed"
-    return out.stdout.splitlines()[0] if out.stdout else "unknown"
+        pass
+    return platform.processor() or "unknown"
 
 
-def fmt(value: float, digits: int = 0) -> str:
-    """A number with thousands separators."""
-    return f"{value:,.{digits}f}"
+def versions() -> str:
+    """Python, Twisted, dmq and Kamailio versions."""
+    import twisted
+
+    import dmq
+
+    return (f"Python {platform.python_version()}, Twisted {twisted.__version__}, dmq {dmq.__version__}, "
+            f"Kamailio {cluster.kamailio_version()} (`{cluster.default_build().binary}`), "
+            f"gcc {subprocess.run(['gcc', '-dumpfullversion'], capture_output=True, text=True).stdout.strip()}")
 
 
-def codec_section(r: dict[str, Any]) -> str:
-    """The codec table."""
-    lines = [
-        "## SIP codec (`bench/codec.py`)",
+def shown(args: list[Any]) -> str:
+    """A client command line as the report shows it."""
+    return " ".join(["build/bench/kdmqload", *map(str, args)])
+
+
+def header(plan: scenarios.Plan, quick: bool, load: tuple[str, str], seconds: float, niceness: int) -> str:
+    """Machine, versions, settings and commands."""
+    return "\n".join([
+        "# Benchmarks",
         "",
-        "Parse a captured Kamailio KDMQ node-list request and build the 200 response bytes, on one core,",
-        "best of many short rounds of process time. Yardsticks measured in the same run: a minimal hand",
-        "parser that checks almost nothing (plus a hand-built response), and Twisted's old",
-        "`twisted.protocols.sip` parser (parse only).",
+        "Written by `make bench` (`bench/run.py`), which overwrites this page. dmq and Kamailio run with the",
+        "same settings on the same machine in the same run, driven by the same C load client, alternating",
+        "repetition by repetition (Kamailio first in even repetitions, dmq first in odd ones). Tables show",
+        "medians; ratios are dmq / Kamailio for each repetition, then their median in bold.",
         "",
-        "| measure | operations/s |",
-        "|---|---:|",
-        f"| dmq parse + build response | {fmt(r['dmq_ops_per_s'])} |",
-        f"| dmq parse only | {fmt(r['parse_only_ops_per_s'])} |",
-    ]
-    if "twisted_parse_only_ops_per_s" in r:
-        lines.append(f"| Twisted `MessagesParser`, parse only | {fmt(r['twisted_parse_only_ops_per_s'])} |")
-    lines.append(f"| minimal hand parser + response | {fmt(r['minimal_ops_per_s'])} |")
-    lines += [
+        f"- date: {datetime.date.today().isoformat()}{' (`--quick`)' if quick else ''}; "
+        f"{plan.reps} repetitions; the run took {seconds / 60:.1f} min",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        f"- {versions()}",
+        f"- load average (1, 5, 15 min; running/total tasks) before: `{load[0]}`, after: `{load[1]}`;"
+        f" niceness {niceness}. The machine is shared: other work ran beside the bench, so absolute figures",
+        "  are noisy; the per-repetition ratios compare runs made seconds apart.",
         "",
-        f"dmq parse + response runs at {r['ratio_to_minimal']:.2f}x the minimal parser while checking every rule",
-        "of the codec (start line, version, Request-URI, CSeq, Max-Forwards, Content-Length, Call-ID,",
-        "duplicate and mandatory headers); Via, From and To are parsed when first used.",
-    ]
-    return "\n".join(lines)
+        "## How it runs",
+        "",
+        "```sh",
+        "make bench                        # = nice -n -5 .venv/bin/python bench/run.py (installs the bench extra)",
+        ".venv/bin/python bench/run.py --quick --only inbound --no-write   # a short try, printed only",
+        f"gcc {' '.join(cluster.CLIENT_FLAGS)} -o build/bench/kdmqload bench/kdmqload.c   # done by run.py",
+        "```",
+        "",
+        "Every node listens on a loopback address of its own (`tests/helpers.py` `free_address`, 127.x.y.z).",
+        "Kamailio nodes are the interop harness's (`tests/interop/kamailio.py` `KamailioNode`:",
+        f"`kamailio -f node.cfg -DD -E -Y run -m {cluster.KAMAILIO_SHM_MB}`, config in a temp folder, stopped by",
+        "pid) plus one route for the fan-out trigger; dmq nodes are `bench/node.py` processes",
+        "(`DMQService` + `HTablePeer`, one reactor). The same settings on both:",
+        "",
+        report.table(["setting", "Kamailio 5.6", "dmq"], [
+            ["ping interval", f"`dmq` `ping_interval={cluster.PING_INTERVAL}`",
+             f"`ping_interval={cluster.PING_INTERVAL}`"],
+            ["retransmission T1 / T2", f"`tm` `retr_timer1={cluster.T1_MS}`, `retr_timer2={cluster.T2_MS}`",
+             f"`t1={cluster.T1_MS / 1000:g}`, `t2={cluster.T2_MS / 1000:g}`"],
+            ["transaction timeout", f"`tm` `fr_timer={cluster.TIMEOUT_MS}`",
+             f"64 × T1 = {cluster.TIMEOUT_MS / 1000:g} s"],
+            ["table", f"`htable` `{cluster.KAMAILIO_TABLE}`, `enable_dmq=1`, `dmq_init_sync=1`",
+             "`HTablePeer(tables=[\"t\"])` (sync on join)"],
+            ["processes", f"`children={cluster.KAMAILIO_CHILDREN}` (UDP workers), 2 DMQ workers; 11 in all",
+             "one process, one thread"],
+            ["logging", "`debug=1` to a file", "no log observer"],
+        ]),
+        "",
+        "The load client `build/bench/kdmqload` (C, one thread) keeps a window of requests outstanding over",
+        "UDP, matches answers by Call-ID, times each request, and reads the servers' CPU from",
+        "`/proc/<pid>/stat` of every process at the start and end of the measured interval; its own CPU is",
+        "reported beside (as a share of one core). Examples of the commands it ran (addresses and pids",
+        "differ every run):",
+        "",
+    ])
 
 
-def transport_section(r: dict[str, Any]) -> str:
-    """The transport table."""
-    lines = [
-        "## Transport and transactions over UDP loopback (`bench/transport.py`)",
-        "",
-        "1. dmq's client transaction layer (one process) sending KDMQ node-list queries to a dmq node",
-        "   (another process), 64 requests in flight: every request goes through both transaction layers.",
-        "2. Server capacity: one lean raw-socket client keeps 64 KDMQ node-list queries (empty body,",
-        "   answered 200 with the node list) in flight to one server: a dmq node, then a Kamailio node",
-        "   with one UDP worker. Memory is the proportional set size of the server's processes before",
-        "   and after the run (Kamailio: its processes' share of the shared memory pool included). After",
-        "   the run dmq still holds the answers of the last 20,000 requests for retransmissions (Timer J);",
-        "   Kamailio's DMQ answers statelessly. Most of dmq's idle figure is CPython and Twisted: importing",
-        "   the reactor alone takes a process from about 9 MB to about 44 MB resident here.",
-        "",
-        "| measure | dmq | Kamailio 5.6 | dmq / Kamailio |",
-        "|---|---:|---:|---:|",
-        f"| client layer -> server layer, requests/s | {fmt(r['dmq_layers']['requests_per_s'])} | | |",
-    ]
-    if "kamailio_server" in r:
-        lines.append(
-            f"| server capacity, requests/s | {fmt(r['dmq_server']['requests_per_s'])} | "
-            f"{fmt(r['kamailio_server']['requests_per_s'])} | {r['server_ratio_dmq_to_kamailio']:.2f} |"
-        )
-        lines.append(
-            f"| server memory (PSS) idle, KiB | {fmt(r['dmq_server']['idle_pss_kb'])} | "
-            f"{fmt(r['kamailio_server']['idle_pss_kb'])} | "
-            f"{r['dmq_server']['idle_pss_kb'] / r['kamailio_server']['idle_pss_kb']:.2f} |"
-        )
-        lines.append(
-            f"| server memory (PSS) after the run, KiB | {fmt(r['dmq_server']['pss_kb'])} | "
-            f"{fmt(r['kamailio_server']['pss_kb'])} | {r['memory_ratio_dmq_to_kamailio']:.2f} |"
-        )
-    else:
-        lines.append(f"| server capacity, requests/s | {fmt(r['dmq_server']['requests_per_s'])} | (no Kamailio) | |")
-    return "\n".join(lines)
+def commands_block(results: dict[str, Any]) -> str:
+    """The client commands of the first repetition, one per scenario and implementation."""
+    lines = []
+    for name in ("inbound", "fanout"):
+        seen = set()
+        for impl, args in results.get(name, {}).get("commands", []):
+            key = (impl, args[args.index("--kind") + 1])
+            if key not in seen:
+                seen.add(key)
+                lines.append(f"# {name}, {impl}\n{shown(args)}")
+    for name in ("memory", "large"):
+        args = results.get(name, {}).get("command")
+        if args:
+            lines.append(f"# {name}\n{shown(args)}")
+    return "```sh\n" + "\n".join(lines) + "\n```" if lines else ""
 
 
-def htable_section(r: dict[str, Any]) -> str:
-    """The htable table: Python nodes and Kamailio nodes under the same load."""
-    lines = [
-        "## Replicated htable (`bench/htable.py`)",
-        "",
-        f"One node sets {r['keys']:,} keys in a replicated table; the others receive them. Python: a",
-        "dmq node with `HTablePeer` sending to dmq nodes (each in its own process). Kamailio: the same",
-        "number of Kamailio 5.6 nodes with a `dmqreplicate=1` table, loaded through `htable.sets` over",
-        "JSON-RPC. Best of the rounds; method in `docs/htable.md`.",
-        "",
-        "| receivers | implementation | replicated sets/s | all keys everywhere (s) | last key after the last set (s) | CPU ms per 1,000 sets |",
-        "|---:|---|---:|---:|---:|---:|",
-    ]
-    ratios = []
-    for n in sorted(r.get("python", {}), key=int):
-        for impl in ("python", "kamailio"):
-            f = r.get(impl, {}).get(n)
-            if f:
-                lines.append(
-                    f"| {n} | {'dmq' if impl == 'python' else 'Kamailio 5.6'} | {fmt(f['replicated_rate'])} | "
-                    f"{f['all_keys_everywhere_s']} | {f['last_key_s']} | {fmt(f['cpu_ms_per_1000_sets'])} |"
-                )
-        k = r.get("kamailio", {}).get(n)
-        if k:
-            ratios.append(f"{n} receivers: {r['python'][n]['replicated_rate'] / k['replicated_rate']:.2f}")
-    if ratios:
-        lines += ["", "Replicated sets/s, dmq / Kamailio: " + "; ".join(ratios) + "."]
-    return "\n".join(lines)
-
-
-BENCHES: dict[str, tuple[Callable[[bool], list[str]], Callable[[dict[str, Any]], str]]] = {
-    "codec": (lambda quick: ["--seconds", "0.2" if quick else "0.5"], codec_section),
-    "transport": (lambda quick: ["--seconds", "2" if quick else "5"], transport_section),
-    "htable": (lambda quick: ["--quick"] if quick else [], htable_section),
-}
+def render(results: dict[str, Any], plan: scenarios.Plan, quick: bool, load: tuple[str, str], seconds: float,
+           niceness: int, drawn: list[tuple[str, Path]]) -> str:
+    """The whole page."""
+    parts = [header(plan, quick, load, seconds, niceness), commands_block(results)]
+    for name, result in results.items():
+        if "error" in result:
+            parts.append(f"## {name}\n\nThis scenario failed in this run: {result['error']}")
+    results = {name: result for name, result in results.items() if "error" not in result}
+    if "inbound" in results:
+        parts.append(report.inbound_section(results["inbound"]))
+    if "fanout" in results:
+        parts.append(report.fanout_section(results["fanout"]))
+    if "convergence" in results:
+        parts.append(report.convergence_section(results["convergence"], results.get("large")))
+    if "failure" in results:
+        parts.append(report.failure_section(results["failure"], cluster.TIMEOUT_MS, cluster.PING_INTERVAL))
+    if "memory" in results:
+        parts.append(report.memory_section(results["memory"], plan.burst))
+    if "large" in results:
+        parts.append(report.large_section(results["large"]))
+    if "codec" in results:
+        parts.append(report.codec_section(results["codec"]))
+    if drawn:
+        parts.append("## Plots\n\n" + "\n\n".join(f"![{caption}]({path.relative_to(OUTPUT.parent)})"
+                                                  for caption, path in drawn))
+    timings = ", ".join(f"{name} {r['seconds']:.0f} s" for name, r in results.items() if "seconds" in r)
+    parts.append(f"Time per scenario: {timings}. Raw figures: `docs/bench/results.json`.")
+    return "\n\n".join(p for p in parts if p) + "\n"
 
 
 def main() -> None:
-    """Run the benchmarks and write the report."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--quick", action="store_true", help="shorter runs")
-    parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these")
-    parser.add_argument("--no-write", action="store_true", help="print instead of writing docs/benchmarks.md")
+    """Run the scenarios and write (or print) the report."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter repetitions")
+    parser.add_argument("--only", nargs="+", choices=NAMES, help="run only these scenarios")
+    parser.add_argument("--no-write", action="store_true", help="print the report instead of writing docs/")
     args = parser.parse_args()
-    names = args.only or list(BENCHES)
-    sections = []
-    for name in names:
-        if not os.path.exists(os.path.join(HERE, f"{name}.py")):
-            continue
-        arguments, render = BENCHES[name]
-        print(f"running {name} ...", flush=True)
-        result = run_script(name, *arguments(args.quick))
-        sections.append(render(result))
-        print(render(result), flush=True)
-    header = "\n".join(
-        [
-            "# Benchmarks",
-            "",
-            "Written by `make bench` (`bench/run.py`); every ratio compares figures measured in the same run",
-            "on the same machine. The machine is shared and noisy: read the figures as orders of magnitude",
-            "and the ratios as the comparison.",
-            "",
-            f"- date: {datetime.date.today().isoformat()}",
-            f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-            f"- Python {platform.python_version()}; {kamailio_version()}",
-        ]
-    )
-    report = header + "\n\n" + "\n\n".join(sections) + "\n"
+    plan = scenarios.Plan.quick() if args.quick else scenarios.Plan()
+    names = args.only or NAMES
+    cluster.build_client()
+    began = time.monotonic()
+    load_before = cluster.machine_load()
+
+    def progress(text: str) -> None:
+        print(f"[{time.monotonic() - began:6.0f} s] {text}", file=sys.stderr, flush=True)
+
+    results: dict[str, Any] = scenarios.run([n for n in names if n != "codec"], plan, progress)
+    if "codec" in names:
+        results["codec"] = codec(args.quick)
+    seconds = time.monotonic() - began
+    load = (load_before, cluster.machine_load())
     if args.no_write:
-        print(report)
-    else:
-        with open(OUTPUT, "w", encoding="utf-8") as f:
-            f.write(report)
-        print(f"wrote {OUTPUT}")
+        print(render(results, plan, args.quick, load, seconds, os.nice(0), []))
+        return
+    drawn = report.plots(results, PLOTS)
+    with open(PLOTS / "results.json", "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    OUTPUT.write_text(render(results, plan, args.quick, load, seconds, os.nice(0), drawn), encoding="utf-8")
+    progress(f"wrote {OUTPUT.relative_to(ROOT)} and {len(drawn)} plots")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,353 @@
+"""
+Turn the scenarios' results into ``docs/benchmarks.md`` tables and ``docs/bench/*.png`` plots.
+
+Every table shows medians over the repetitions; a ratio column lists dmq / Kamailio for each
+repetition (the two ran back to back), then its median.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+Row = list[str]
+
+
+def median(values: Sequence[float]) -> float:
+    """The median (NaN for none)."""
+    return statistics.median(values) if values else float("nan")
+
+
+def num(value: float, digits: int = 0) -> str:
+    """A number with thousands separators."""
+    return f"{value:,.{digits}f}"
+
+
+def ratios(dmq: Sequence[float], kamailio: Sequence[float]) -> str:
+    """Per-repetition dmq / Kamailio, then the median in bold."""
+    pairs = [d / k for d, k in zip(dmq, kamailio) if k]
+    if not pairs:
+        return "n/a"
+    return ", ".join(f"{r:.2f}" for r in pairs) + f" (**{median(pairs):.2f}**)"
+
+
+def table(head: Row, rows: list[Row], right_from: int = 1) -> str:
+    """A markdown table, columns from ``right_from`` on aligned right."""
+    align = ["---" if i < right_from else "---:" for i in range(len(head))]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def field(runs: Sequence[dict[str, Any]], key: str) -> list[float]:
+    """``key`` of every run."""
+    return [float(run[key]) for run in runs]
+
+
+# -- sections ------------------------------------------------------------------------------
+
+
+def inbound_section(r: dict[str, Any]) -> str:
+    """Inbound KDMQ: rate, latency, server and client CPU."""
+    runs = r["runs"]
+    rows = []
+    for key in sorted(runs["dmq"], key=lambda k: (k.split("/")[0] != "htable", int(k.split("/")[1]))):
+        kind, window = key.split("/")
+        label = "htable set (200)" if kind == "htable" else "unknown channel (404)"
+        k, d = runs["kamailio"][key], runs["dmq"][key]
+        rows.append([
+            label, window,
+            num(median(field(k, "rate"))), num(median(field(d, "rate"))), ratios(field(d, "rate"), field(k, "rate")),
+            f"{median(field(k, 'p50_us')):,.0f} / {median(field(k, 'p99_us')):,.0f}",
+            f"{median(field(d, 'p50_us')):,.0f} / {median(field(d, 'p99_us')):,.0f}",
+            num(median(field(k, "server_cpu_us_per_request"))), num(median(field(d, "server_cpu_us_per_request"))),
+            ratios(field(d, "server_cpu_us_per_request"), field(k, "server_cpu_us_per_request")),
+            f"{median(field(k, 'client_cpu_share')) * 100:.0f}% / {median(field(d, 'client_cpu_share')) * 100:.0f}%",
+        ])
+    lost = sum(int(run["lost"]) for impl in runs.values() for rs in impl.values() for run in rs)
+    other = sum(int(run["other_codes"]) for impl in runs.values() for rs in impl.values() for run in rs)
+    return "\n".join([
+        "## Inbound KDMQ",
+        "",
+        "One lone node of each; the client keeps 1 or 32 requests outstanding for the measured seconds (after",
+        "a warm-up): `KDMQ sip:htable@` carrying a Kamailio htable set (1,000 keys in turn, 32-byte values,",
+        "answered 200) and `KDMQ sip:nochannel@` with no body (no such channel: answered 404). Server CPU is",
+        "user + system time of every process of the node (Kamailio: all 11 of `children=2`) over the measured",
+        "interval, per answered request. Latency is per request, send to answer, in microseconds.",
+        "",
+        table(["request", "outstanding", "Kamailio req/s", "dmq req/s", "rate dmq / Kamailio (per rep, median)",
+               "Kamailio p50 / p99 µs", "dmq p50 / p99 µs", "Kamailio CPU µs/req", "dmq CPU µs/req",
+               "CPU dmq / Kamailio", "client CPU (K / dmq runs)"], rows, 2),
+        "",
+        f"Requests given up on (no answer within 1 s): {lost}; answers other than 200/404: {other}.",
+    ])
+
+
+def fanout_section(r: dict[str, Any]) -> str:
+    """Fan-out: replicated sets/s end to end, lag to the last node, CPU per set."""
+    runs = r["runs"]
+    rows = []
+    sizes = sorted({int(k.split("/")[0]) for k in runs["dmq"]})
+    for n in sizes:
+        k, d = runs["kamailio"][f"{n}/load"], runs["dmq"][f"{n}/load"]
+        kl, dl = runs["kamailio"][f"{n}/light"], runs["dmq"][f"{n}/light"]
+        rows.append([
+            str(n),
+            num(median(field(k, "replicated_rate"))), num(median(field(d, "replicated_rate"))),
+            ratios(field(d, "replicated_rate"), field(k, "replicated_rate")),
+            f"{median(field(k, 'lag_p50_ms')):.1f} / {median(field(k, 'lag_p99_ms')):.1f}",
+            f"{median(field(d, 'lag_p50_ms')):.1f} / {median(field(d, 'lag_p99_ms')):.1f}",
+            f"{median(field(kl, 'lag_p50_ms')):.2f} / {median(field(kl, 'lag_p99_ms')):.2f}",
+            f"{median(field(dl, 'lag_p50_ms')):.2f} / {median(field(dl, 'lag_p99_ms')):.2f}",
+            f"{median(field(k, 'server_cpu_ms_per_set')):.3f}", f"{median(field(d, 'server_cpu_ms_per_set')):.3f}",
+            f"{median(field(k, 'client_cpu_share')) * 100:.0f}% / {median(field(d, 'client_cpu_share')) * 100:.0f}%",
+        ])
+    incomplete = [(impl, key) for impl, per in runs.items() for key, rs in per.items()
+                  for run in rs if run["keys_everywhere"] < run["sent"]]
+    drops = sum(int(run["sniff_drops"]) for per in runs.values() for rs in per.values() for run in rs)
+    sets = runs["dmq"][f"{sizes[0]}/load"][0]["sent"]
+    light = runs["dmq"][f"{sizes[0]}/light"][0]["sent"]
+    return "\n".join([
+        "## Fan-out: one set reaching 1, 2 and 4 other nodes",
+        "",
+        f"A cluster of a sender and N receivers (each node its own process, converged first). The C client",
+        f"sends {sets:,} sets, 32 outstanding, as `MESSAGE sip:set@sender` (key in `X-Key`, value as body).",
+        "Kamailio's script answers it with `$sht(t=>$hdr(X-Key)) = $rb` (replicated by htable's",
+        "`dmqreplicate=1`); the dmq sender's request hook calls `HTablePeer.set` (the public API). Both then",
+        "send one KDMQ per receiver and answer the trigger at once. The same path for both: SIP trigger in,",
+        "the table's own replication out; neither goes through JSON-RPC.",
+        "",
+        "The client watches the loopback interface (a packet socket, kernel timestamps, filtered to the",
+        "receivers' addresses) for each replication KDMQ to a receiver and that receiver's 200 answer, which",
+        "both send after applying the set. A set has reached every node when the last receiver answered it.",
+        "Replicated sets/s = sets / (first set sent until the last receiver answered the last one). Lag = from",
+        f"sending a set to the last receiver's answer, under the load above and with 1 outstanding ({light} sets,",
+        "light load). CPU is every process of the cluster per set, over the same interval.",
+        "",
+        table(["receivers", "Kamailio sets/s", "dmq sets/s", "dmq / Kamailio (per rep, median)",
+               "Kamailio lag p50 / p99 ms", "dmq lag p50 / p99 ms", "Kamailio light lag p50 / p99 ms",
+               "dmq light lag p50 / p99 ms", "Kamailio CPU ms/set", "dmq CPU ms/set", "client CPU (K / dmq)"],
+              rows),
+        "",
+        f"Runs where some set never reached every receiver: {len(incomplete)}; packets the watcher dropped: {drops}.",
+    ])
+
+
+def convergence_section(r: dict[str, Any], large: Optional[dict[str, Any]]) -> str:
+    """Convergence of 3, 5, 8 nodes (both) and of the large dmq clusters."""
+    runs = r["runs"]
+    rows = []
+    for size in sorted(runs["dmq"], key=int):
+        k, d = runs["kamailio"][size], runs["dmq"][size]
+        rows.append([size, f"{median(k) * 1000:,.1f}", f"{median(d) * 1000:,.1f}",
+                     ", ".join(f"{x * 1000:.1f}" for x in k), ", ".join(f"{x * 1000:.1f}" for x in d)])
+    return "\n".join([
+        "## Convergence",
+        "",
+        "N nodes (with table `t`, so Kamailio's htable sync on join runs on both) started one after another,",
+        "each seeded with the first (the next starts once the previous",
+        "answers: Kamailio its RPC, dmq its socket). Timed from the moment the last node's UDP socket is bound",
+        "(seen in `/proc/net/udp`, read every millisecond) until every node lists every other as active.",
+        "Kamailio's lists are read with `dmq.list_nodes` over its JSON-RPC socket every 10 ms; dmq nodes",
+        "report each change of their active count as it happens (membership events).",
+        "",
+        table(["nodes", "Kamailio ms (median)", "dmq ms (median)", "Kamailio per rep", "dmq per rep"], rows),
+    ])
+
+
+def failure_section(r: dict[str, Any], timeout_ms: int, ping: int) -> str:
+    """Failure detection."""
+    k = [x["detect_s"] for x in r["runs"]["kamailio"]]
+    d = [x["detect_s"] for x in r["runs"]["dmq"]]
+    rows = [["Kamailio", f"{median(k):.2f}", ", ".join(f"{x:.2f}" for x in k)],
+            ["dmq", f"{median(d):.2f}", ", ".join(f"{x:.2f}" for x in d)]]
+    return "\n".join([
+        "## Failure detection",
+        "",
+        f"A converged cluster of {r['size']} nodes; one node is SIGKILLed (its whole process group) after a",
+        f"random wait (the same for both implementations in a repetition) so it dies at a random phase of the",
+        f"{ping} s ping interval. Timed until every other node lists it as not active, disabled or gone. A",
+        f"ping times out after {timeout_ms / 1000:g} s on both (see the settings), so expect",
+        f"{timeout_ms / 1000:g} to {timeout_ms / 1000 + ping:g} s. Kamailio polled every 20 ms; dmq pushed.",
+        "",
+        table(["", "seconds (median)", "per rep"], rows),
+        "",
+        f"dmq / Kamailio per rep: {ratios(d, k)}.",
+    ])
+
+
+def memory_section(r: dict[str, Any], burst: int) -> str:
+    """Idle memory and memory after a burst."""
+    k, d = r["runs"]["kamailio"], r["runs"]["dmq"]
+    rows = []
+    for label, key in (("idle RSS", "idle_rss_kb"), ("idle PSS", "idle_pss_kb"),
+                       (f"RSS after {burst:,} sets", "rss_kb"), (f"PSS after {burst:,} sets", "pss_kb")):
+        kamailio, dmq = field(k, key), field(d, key)
+        rows.append([label, num(median(kamailio)), num(median(dmq)), ratios(dmq, kamailio)])
+    return "\n".join([
+        "## Memory",
+        "",
+        f"A lone node with table `t`, idle for 1 s, then {burst:,} htable sets of distinct keys (32-byte values,",
+        "32 outstanding), read 1 s later. Summed over every process of the node from `/proc/<pid>/smaps_rollup`:",
+        f"RSS counts shared pages once per process (Kamailio: {int(median(field(k, 'processes')))} processes",
+        "sharing its `-m 256` pool), PSS splits them, so PSS is the fair sum. Kilobytes.",
+        "",
+        table(["", "Kamailio KiB", "dmq KiB", "dmq / Kamailio (per rep, median)"], rows),
+    ])
+
+
+def large_section(r: dict[str, Any]) -> str:
+    """Large dmq clusters."""
+    ping = r["ping_interval"]
+    rows = []
+    failed = []
+    for size in sorted(r["runs"], key=int):
+        failed += [f"{size} nodes: {x['error']}" for x in r["runs"][size] if "error" in x]
+        runs = [x for x in r["runs"][size] if "error" not in x]
+        if not runs:
+            continue
+        rows.append([
+            size, str(runs[0]["processes"]), f"{median(field(runs, 'converge_s')) * 1000:,.0f}",
+            f"{median(field(runs, 'cpu_ms_per_node_interval')):.1f}",
+            f"{median(field(runs, 'cpu_share')) * 100:.0f}%",
+            num(median(field(runs, "packets_per_node_interval"))),
+            num(median(field(runs, "bytes_per_node_interval"))),
+            f"{median(field(runs, 'retransmitted_share')) * 100:.1f}%",
+            ", ".join(f"{x * 1000:,.0f}" for x in field(runs, "converge_s")),
+        ])
+    good = [x for runs in r["runs"].values() for x in runs if "error" not in x]
+    drops = sum(int(x["sniff_drops"]) for x in good)
+    unstable = sum(1 for x in good if not x["still_converged"])
+    return "\n".join([
+        "## Large dmq clusters",
+        "",
+        "dmq only (Kamailio 5.6's node list does not fit the larger sizes in one datagram). Many nodes per",
+        "process: the nodes are dealt round-robin over max(2, N/16) `bench/node.py` processes (one reactor",
+        "each, a `DMQService` per node and no htable, every node on its own loopback address); the first",
+        "process holds the seed and starts first, the others together once it is bound. Convergence is timed",
+        "from the last process's sockets bound until every node lists all others as active. Then, after",
+        f"one more ping interval, steady state is measured over whole ping intervals: CPU of all processes,",
+        "and the datagrams and UDP payload bytes the nodes send (the client's packet socket, counting each",
+        "datagram once), per node per ping interval, and the share of requests sent again (same branch).",
+        "",
+        f"Settings: ping interval {ping:g} s and dmq's default T1 of {r['t1_ms']} ms (a request times out after",
+        f"{64 * r['t1_ms'] / 1000:g} s). Every ping carries the whole node list, as Kamailio's do, and so does its",
+        "answer: a node sends 2 × (N − 1) datagrams per interval when nothing is retransmitted, each a little",
+        "larger as N grows. At the bench's 5 s interval and 125 ms T1 the 64- and 128-node clusters saturate",
+        "the 2 cores, and the retransmissions that follow keep them there.",
+        "",
+        table(["nodes", "processes", "convergence ms (median)", "CPU ms / node / interval", "CPU (of one core)",
+               "datagrams / node / interval", "bytes / node / interval", "requests retransmitted",
+               "convergence per rep (ms)"], rows),
+        "",
+        f"Datagrams the watcher dropped: {drops}; runs where a node lost a member during the measurement: {unstable}."
+        + (" Failed runs: " + "; ".join(failed) + "." if failed else ""),
+    ])
+
+
+def codec_section(r: dict[str, Any]) -> str:
+    """The codec table (from ``bench/codec.py``)."""
+    rows = [["dmq parse + build response", num(r["dmq_ops_per_s"])],
+            ["dmq parse only", num(r["parse_only_ops_per_s"])]]
+    if "twisted_parse_only_ops_per_s" in r:
+        rows.append(["Twisted `MessagesParser`, parse only", num(r["twisted_parse_only_ops_per_s"])])
+    rows.append(["minimal hand parser + response", num(r["minimal_ops_per_s"])])
+    return "\n".join([
+        "## SIP codec (`bench/codec.py`)",
+        "",
+        "Parse a captured Kamailio KDMQ node-list request and build the 200 response bytes, one core, best of",
+        "many short rounds of process time; yardsticks: a minimal hand parser that checks almost nothing and",
+        "Twisted's old `twisted.protocols.sip` parser.",
+        "",
+        table(["measure", "operations/s"], rows),
+    ])
+
+
+# -- plots -----------------------------------------------------------------------------------
+
+
+def plots(results: dict[str, Any], folder: Path) -> list[tuple[str, Path]]:
+    """Draw the PNG plots of the results present; (caption, path) of each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    drawn: list[tuple[str, Path]] = []
+    colours = {"kamailio": "tab:blue", "dmq": "tab:orange"}
+    names = {"kamailio": "Kamailio", "dmq": "dmq"}
+
+    def save(fig: Any, name: str, caption: str) -> None:
+        path = folder / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        drawn.append((caption, path))
+
+    if "inbound" in results:
+        runs = results["inbound"]["runs"]
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for impl in ("kamailio", "dmq"):
+            for kind, style in (("htable", "-o"), ("channel", "--s")):
+                keys = sorted((k for k in runs[impl] if k.startswith(kind + "/")), key=lambda k: int(k.split("/")[1]))
+                xs = [int(k.split("/")[1]) for k in keys]
+                ys = [median(field(runs[impl][k], "rate")) for k in keys]
+                label = f"{names[impl]}, {'htable set' if kind == 'htable' else 'unknown channel'}"
+                ax.plot(xs, ys, style, color=colours[impl], label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("outstanding requests")
+        ax.set_ylabel("requests/s (median)")
+        ax.set_title("Inbound KDMQ: rate against outstanding requests")
+        ax.set_ylim(bottom=0)
+        ax.legend()
+        save(fig, "inbound-rate.png", "Inbound rate against outstanding requests")
+
+    if "fanout" in results:
+        runs = results["fanout"]["runs"]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+        for impl in ("kamailio", "dmq"):
+            sizes = sorted({int(k.split("/")[0]) for k in runs[impl]})
+            left.plot(sizes, [median(field(runs[impl][f"{n}/load"], "replicated_rate")) for n in sizes], "-o",
+                      color=colours[impl], label=names[impl])
+            right.plot(sizes, [median(field(runs[impl][f"{n}/load"], "lag_p99_ms")) for n in sizes], "-o",
+                       color=colours[impl], label=f"{names[impl]}, 32 outstanding")
+            right.plot(sizes, [median(field(runs[impl][f"{n}/light"], "lag_p99_ms")) for n in sizes], "--s",
+                       color=colours[impl], label=f"{names[impl]}, 1 outstanding")
+        left.set_xlabel("receivers")
+        left.set_ylabel("replicated sets/s (median)")
+        left.set_ylim(bottom=0)
+        left.set_title("Fan-out rate")
+        left.legend()
+        right.set_xlabel("receivers")
+        right.set_ylabel("lag to the last node, p99 (ms)")
+        right.set_yscale("log")
+        right.set_title("Fan-out lag")
+        right.legend(fontsize="small")
+        save(fig, "fanout.png", "Fan-out against receivers")
+
+    if "convergence" in results or "large" in results:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        if "convergence" in results:
+            runs = results["convergence"]["runs"]
+            for impl in ("kamailio", "dmq"):
+                sizes = sorted(runs[impl], key=int)
+                ax.plot([int(s) for s in sizes], [median(runs[impl][s]) * 1000 for s in sizes], "-o",
+                        color=colours[impl], label=f"{names[impl]}, one process per node")
+        if "large" in results:
+            runs = {size: [x for x in rs if "error" not in x] for size, rs in results["large"]["runs"].items()}
+            sizes = sorted((s for s in runs if runs[s]), key=int)
+            ax.plot([int(s) for s in sizes], [median(field(runs[s], "converge_s")) * 1000 for s in sizes], "--s",
+                    color=colours["dmq"], label="dmq, many nodes per process")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("cluster size (nodes)")
+        ax.set_ylabel("convergence (ms, median)")
+        ax.set_title("Convergence against cluster size")
+        ax.legend()
+        save(fig, "convergence.png", "Convergence against cluster size")
+    return drawn
+
+
+SectionRenderer = Callable[[dict[str, Any]], str]

@@ -1,0 +1,75 @@
+"""The benchmark's tools work: the C load client compiles and counts answers, and ``bench/run.py`` runs.
+
+These check the bench's machinery, never its figures (benchmarks are not assertions).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.helpers import free_address
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+from cluster import CLIENT_FLAGS, CLIENT_SOURCE, DmqProcess  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The load client, compiled with the bench's flags and warnings as errors."""
+    binary = tmp_path_factory.mktemp("bench") / "kdmqload"
+    subprocess.run(["gcc", *CLIENT_FLAGS, "-Werror", "-o", str(binary), str(CLIENT_SOURCE)], check=True)
+    return binary
+
+
+@pytest.fixture
+def dmq_node() -> Iterator[DmqProcess]:
+    """A lone dmq node with table ``t`` in a ``bench/node.py`` process."""
+    node = DmqProcess([free_address()], htable=True)
+    node.wait_listening()
+    yield node
+    node.stop()
+
+
+def run(client: Path, *args: object) -> dict[str, float]:
+    """Run the client and return its JSON line."""
+    done = subprocess.run([str(client), *map(str, args)], capture_output=True, text=True, timeout=60, check=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_client_counts_htable_sets_and_unknown_channels(client: Path, dmq_node: DmqProcess) -> None:
+    """Every htable set is answered 200 and every unknown-channel request 404, and the client counts them so."""
+    host, port = dmq_node.addresses[0]
+    own = free_address()[0]
+    sets = run(client, "--target", f"{host}:{port}", "--bind", own, "--kind", "htable", "--window", 8,
+               "--count", 300, "--pids", ",".join(map(str, dmq_node.pids())))
+    unknown = run(client, "--target", f"{host}:{port}", "--bind", own, "--kind", "channel", "--window", 8,
+                  "--count", 200)
+    assert (sets["answered"], sets["code_200"], sets["lost"]) == (300, 300, 0)
+    assert sets["server_cpu_s"] > 0
+    assert (unknown["answered"], unknown["code_404"], unknown["code_200"]) == (200, 200, 0)
+
+
+def test_client_refuses_a_missing_target(client: Path) -> None:
+    """Without --target and --bind the client exits non-zero with a reason."""
+    done = subprocess.run([str(client), "--count", "1"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "--target and --bind are required" in done.stderr
+
+
+def test_run_quick_convergence_prints_a_table() -> None:
+    """``bench/run.py --quick --only convergence --no-write`` prints the convergence table of both implementations."""
+    done = subprocess.run([sys.executable, str(BENCH / "run.py"), "--quick", "--only", "convergence", "--no-write"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = done.stdout.split("## Convergence", 1)[1]
+    assert "| 3 |" in table and "| 5 |" in table
+    assert "failed in this run" not in done.stdout
