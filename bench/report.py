@@ -103,8 +103,11 @@ def fanout_section(r: dict[str, Any]) -> str:
             f"{median(field(k, 'server_cpu_ms_per_set')):.3f}", f"{median(field(d, 'server_cpu_ms_per_set')):.3f}",
             f"{median(field(k, 'client_cpu_share')) * 100:.0f}% / {median(field(d, 'client_cpu_share')) * 100:.0f}%",
         ])
-    incomplete = [(impl, key) for impl, per in runs.items() for key, rs in per.items()
-                  for run in rs if run["keys_everywhere"] < run["sent"]]
+    incomplete = [f"{'dmq' if impl == 'dmq' else 'Kamailio'}, {key.replace('/', ' receivers, ')}, rep {i + 1}: "
+                  f"{run['keys_everywhere']:,} of {run['sent']:,}"
+                  for impl, per in runs.items() for key, rs in per.items()
+                  for i, run in enumerate(rs) if run["keys_everywhere"] < run["sent"]]
+    peaks = r.get("kamailio_shm_peak_kb", {})
     drops = sum(int(run["sniff_drops"]) for per in runs.values() for rs in per.values() for run in rs)
     sets = runs["dmq"][f"{sizes[0]}/load"][0]["sent"]
     light = runs["dmq"][f"{sizes[0]}/light"][0]["sent"]
@@ -130,7 +133,10 @@ def fanout_section(r: dict[str, Any]) -> str:
                "dmq light lag p50 / p99 ms", "Kamailio CPU ms/set", "dmq CPU ms/set", "client CPU (K / dmq)"],
               rows),
         "",
-        f"Runs where some set never reached every receiver: {len(incomplete)}; packets the watcher dropped: {drops}.",
+        "Sets that reached every receiver, where some did not: " + ("; ".join(incomplete) or "none") + ".",
+        f"Packets the watcher dropped: {drops}. Peak of the Kamailio sender's shared memory (`core.shmmem`"
+        f" `max_used`, of {r['kamailio_shm_mb']} MB): "
+        + ", ".join(f"{peaks[n] / 1024:,.0f} MB with {n} receivers" for n in sorted(peaks, key=int)) + ".",
     ])
 
 
@@ -145,12 +151,13 @@ def convergence_section(r: dict[str, Any], large: Optional[dict[str, Any]]) -> s
     return "\n".join([
         "## Convergence",
         "",
-        "N nodes (with table `t`, so Kamailio's htable sync on join runs on both) started one after another,",
-        "each seeded with the first (the next starts once the previous",
-        "answers: Kamailio its RPC, dmq its socket). Timed from the moment the last node's UDP socket is bound",
-        "(seen in `/proc/net/udp`, read every millisecond) until every node lists every other as active.",
-        "Kamailio's lists are read with `dmq.list_nodes` over its JSON-RPC socket every 10 ms; dmq nodes",
-        "report each change of their active count as it happens (membership events).",
+        "N nodes (with table `t`, so the htable sync on join runs on both) started one after another, each",
+        "seeded with the first; the next starts once the previous answers (Kamailio its RPC, dmq its socket).",
+        "Timed from the moment the last node's UDP socket is bound (seen in `/proc/net/udp`, read every",
+        "millisecond) until every node lists every other as active. Kamailio's lists are read with",
+        "`dmq.list_nodes` over its JSON-RPC socket every 10 ms (the time taken is the start of the poll that",
+        "found them all active); dmq nodes report each change of their active count as it happens",
+        "(membership events).",
         "",
         table(["nodes", "Kamailio ms (median)", "dmq ms (median)", "Kamailio per rep", "dmq per rep"], rows),
     ])
@@ -166,10 +173,11 @@ def failure_section(r: dict[str, Any], timeout_ms: int, ping: int) -> str:
         "## Failure detection",
         "",
         f"A converged cluster of {r['size']} nodes; one node is SIGKILLed (its whole process group) after a",
-        f"random wait (the same for both implementations in a repetition) so it dies at a random phase of the",
-        f"{ping} s ping interval. Timed until every other node lists it as not active, disabled or gone. A",
-        f"ping times out after {timeout_ms / 1000:g} s on both (see the settings), so expect",
-        f"{timeout_ms / 1000:g} to {timeout_ms / 1000 + ping:g} s. Kamailio polled every 20 ms; dmq pushed.",
+        "random wait (the same for both implementations in a repetition), so it dies at a random phase of",
+        f"the {ping} s ping interval. Timed until every other node lists it as not active, disabled or gone.",
+        f"A ping times out after {timeout_ms / 1000:g} s on both (see the settings), so expect",
+        f"{timeout_ms / 1000:g} to {timeout_ms / 1000 + ping:g} s. Kamailio is polled every 20 ms; dmq",
+        "nodes report the change as it happens.",
         "",
         table(["", "seconds (median)", "per rep"], rows),
         "",
@@ -188,10 +196,11 @@ def memory_section(r: dict[str, Any], burst: int) -> str:
     return "\n".join([
         "## Memory",
         "",
-        f"A lone node with table `t`, idle for 1 s, then {burst:,} htable sets of distinct keys (32-byte values,",
-        "32 outstanding), read 1 s later. Summed over every process of the node from `/proc/<pid>/smaps_rollup`:",
-        f"RSS counts shared pages once per process (Kamailio: {int(median(field(k, 'processes')))} processes",
-        "sharing its `-m 256` pool), PSS splits them, so PSS is the fair sum. Kilobytes.",
+        f"A lone node with table `t`, idle for 1 s, then {burst:,} htable sets of distinct keys (32-byte",
+        "values, 32 outstanding), read 1 s later. Summed over every process of the node from",
+        "`/proc/<pid>/smaps_rollup`: RSS counts shared pages once per process (Kamailio:",
+        f"{int(median(field(k, 'processes')))} processes sharing its `-m 256` pool), PSS splits them, so PSS",
+        "is the fair sum. Kilobytes.",
         "",
         table(["", "Kamailio KiB", "dmq KiB", "dmq / Kamailio (per rep, median)"], rows),
     ])
@@ -297,6 +306,7 @@ def plots(results: dict[str, Any], folder: Path) -> list[tuple[str, Path]]:
                 label = f"{names[impl]}, {'htable set' if kind == 'htable' else 'unknown channel'}"
                 ax.plot(xs, ys, style, color=colours[impl], label=label)
         ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 32], ["1", "32"])
         ax.set_xlabel("outstanding requests")
         ax.set_ylabel("requests/s (median)")
         ax.set_title("Inbound KDMQ: rate against outstanding requests")
@@ -315,6 +325,8 @@ def plots(results: dict[str, Any], folder: Path) -> list[tuple[str, Path]]:
                        color=colours[impl], label=f"{names[impl]}, 32 outstanding")
             right.plot(sizes, [median(field(runs[impl][f"{n}/light"], "lag_p99_ms")) for n in sizes], "--s",
                        color=colours[impl], label=f"{names[impl]}, 1 outstanding")
+        for axis in (left, right):
+            axis.set_xticks(sizes)
         left.set_xlabel("receivers")
         left.set_ylabel("replicated sets/s (median)")
         left.set_ylim(bottom=0)
@@ -329,19 +341,24 @@ def plots(results: dict[str, Any], folder: Path) -> list[tuple[str, Path]]:
 
     if "convergence" in results or "large" in results:
         fig, ax = plt.subplots(figsize=(6.4, 4))
+        ticks: list[int] = []
         if "convergence" in results:
             runs = results["convergence"]["runs"]
             for impl in ("kamailio", "dmq"):
                 sizes = sorted(runs[impl], key=int)
+                ticks += [int(s) for s in sizes]
                 ax.plot([int(s) for s in sizes], [median(runs[impl][s]) * 1000 for s in sizes], "-o",
                         color=colours[impl], label=f"{names[impl]}, one process per node")
         if "large" in results:
             runs = {size: [x for x in rs if "error" not in x] for size, rs in results["large"]["runs"].items()}
             sizes = sorted((s for s in runs if runs[s]), key=int)
+            ticks += [int(s) for s in sizes]
             ax.plot([int(s) for s in sizes], [median(field(runs[s], "converge_s")) * 1000 for s in sizes], "--s",
                     color=colours["dmq"], label="dmq, many nodes per process")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ticks = sorted(set(ticks))
+        ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.set_xlabel("cluster size (nodes)")
         ax.set_ylabel("convergence (ms, median)")
         ax.set_title("Convergence against cluster size")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from cluster import (
+    KAMAILIO_SHM_MB,
     PING_INTERVAL,
     BenchKamailio,
     BindWatcher,
@@ -201,6 +202,7 @@ def inbound(plan: Plan, workdir: Path) -> Results:
 def fanout(plan: Plan, workdir: Path) -> Results:
     """A set on one node reaching 1, 2, 4 others: end-to-end rate, lag to the last node, CPU per set."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {impl: {} for impl in IMPLS}
+    shm_peaks: dict[str, int] = {}
     client = _client_host()
     commands = []
     for receivers in plan.receivers:
@@ -223,10 +225,12 @@ def fanout(plan: Plan, workdir: Path) -> Results:
                     runs[impl].setdefault(f"{receivers}/{label}", []).append(result)
                     if rep == 0 and receivers == plan.receivers[-1]:
                         commands.append((impl, args))
+            shm = clusters["kamailio"].kamailio[0].rpc("core.shmmem")
+            shm_peaks[str(receivers)] = int(shm["max_used"]) // 1024
         finally:
             for cluster in clusters.values():
                 cluster.stop()
-    return {"runs": runs, "commands": commands}
+    return {"runs": runs, "commands": commands, "kamailio_shm_peak_kb": shm_peaks, "kamailio_shm_mb": KAMAILIO_SHM_MB}
 
 
 # -- convergence and failure detection --------------------------------------------------------
