@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.interop.kamailio import (  # noqa: E402
     KamailioNode,
+    RawMember,
     default_build,
     free_address,
     group_processes,
@@ -79,6 +80,26 @@ def run_client(*args: Any, timeout: float = 300) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"kdmqload {' '.join(map(str, args))} failed: {done.stderr.strip()}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def join_as_member(host: str, node: tuple[str, int]) -> int:
+    """Make a UDP port of ``host`` a member of ``node``'s cluster; return the port, free for the client.
+
+    The node lists the address as an active member from then on (and pings it: the client answers).
+    dmq answers at most 50 requests/s from an address that is not a member, Kamailio any number;
+    in a cluster the KDMQ traffic comes from members, so the load client is made one.
+    """
+    with RawMember(host) as member:
+        member.join(_Target(node))  # type: ignore[arg-type]
+        return member.port
+
+
+class _Target:
+    """What :meth:`RawMember.join` needs to know of a node: its address and URI."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+        self.uri = f"sip:{address[0]}:{address[1]}"
 
 
 # -- /proc readings -------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def header(plan: scenarios.Plan, quick: bool, load: tuple[str, str], seconds: fl
             ["processes", f"`children={cluster.KAMAILIO_CHILDREN}` (UDP workers), 2 DMQ workers; 11 in all",
              "one process, one thread"],
             ["logging", "`debug=1` to a file", "no log observer"],
-        ]),
+        ], right_from=3),
         "",
         "The load client `build/bench/kdmqload` (C, one thread) keeps a window of requests outstanding over",
         "UDP, matches answers by Call-ID, times each request, and reads the servers' CPU from",

@@ -23,6 +23,7 @@ from cluster import (
     BenchKamailio,
     BindWatcher,
     DmqProcess,
+    join_as_member,
     memory_kb,
     new_addresses,
     run_client,
@@ -184,7 +185,8 @@ def inbound(plan: Plan, workdir: Path) -> Results:
             pids = ",".join(map(str, cluster.pids()))
             for kind in ("htable", "channel"):
                 for window in (1, 32):
-                    args = ["--target", hostport(cluster.addresses[0]), "--bind", client, "--kind", kind,
+                    port = join_as_member(client, cluster.addresses[0])
+                    args = ["--target", hostport(cluster.addresses[0]), "--bind", f"{client}:{port}", "--kind", kind,
                             "--window", window, "--seconds", plan.seconds, "--warmup", plan.warmup,
                             "--keys", 1000, "--prefix", f"in{rep}k", "--pids", pids]
                     runs[impl].setdefault(f"{kind}/{window}", []).append(run_client(*args))
@@ -203,7 +205,6 @@ def fanout(plan: Plan, workdir: Path) -> Results:
     """A set on one node reaching 1, 2, 4 others: end-to-end rate, lag to the last node, CPU per set."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {impl: {} for impl in IMPLS}
     shm_peaks: dict[str, int] = {}
-    client = _client_host()
     commands = []
     for receivers in plan.receivers:
         clusters = {impl: Cluster(impl, workdir / f"fan{receivers}-{impl}", receivers + 1, trigger=True)
@@ -216,6 +217,9 @@ def fanout(plan: Plan, workdir: Path) -> Results:
             for rep, impl in alternate(plan.reps):
                 cluster = clusters[impl]
                 watch = ",".join(hostport(a) for a in cluster.addresses[1:])
+                # The trigger comes from the first receiver's IP (another port): a member's address, as
+                # dmq answers at most 50 requests/s from strangers; the sender does not replicate to it.
+                client = cluster.addresses[1][0]
                 pids = ",".join(map(str, cluster.pids()))
                 for label, window, count in (("load", 32, plan.fanout_sets), ("light", 1, plan.lag_sets)):
                     args = ["--target", hostport(cluster.addresses[0]), "--bind", client, "--kind", "trigger",
@@ -298,7 +302,8 @@ def memory(plan: Plan, workdir: Path) -> Results:
             cluster.start()
             time.sleep(1.0)
             idle = memory_kb(cluster.pids())
-            args = ["--target", hostport(cluster.addresses[0]), "--bind", client, "--kind", "htable",
+            port = join_as_member(client, cluster.addresses[0])
+            args = ["--target", hostport(cluster.addresses[0]), "--bind", f"{client}:{port}", "--kind", "htable",
                     "--window", 32, "--count", plan.burst, "--prefix", f"m{rep}k", "--pids",
                     ",".join(map(str, cluster.pids()))]
             burst = run_client(*args)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
-from cluster import CLIENT_FLAGS, CLIENT_SOURCE, DmqProcess  # noqa: E402
+from cluster import CLIENT_FLAGS, CLIENT_SOURCE, DmqProcess, join_as_member  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +46,10 @@ def run(client: Path, *args: object) -> dict[str, float]:
 
 
 def test_client_counts_htable_sets_and_unknown_channels(client: Path, dmq_node: DmqProcess) -> None:
-    """Every htable set is answered 200 and every unknown-channel request 404, and the client counts them so."""
+    """From a member's address htable sets are answered 200 and unknown-channel requests 404, as the client counts."""
     host, port = dmq_node.addresses[0]
-    own = free_address()[0]
+    own_host = free_address()[0]
+    own = f"{own_host}:{join_as_member(own_host, (host, port))}"
     sets = run(client, "--target", f"{host}:{port}", "--bind", own, "--kind", "htable", "--window", 8,
                "--count", 300, "--pids", ",".join(map(str, dmq_node.pids())))
     unknown = run(client, "--target", f"{host}:{port}", "--bind", own, "--kind", "channel", "--window", 8,
