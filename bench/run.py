@@ -65,6 +65,15 @@ def versions() -> str:
             f"gcc {subprocess.run(['gcc', '-dumpfullversion'], capture_output=True, text=True).stdout.strip()}")
 
 
+def revision() -> str:
+    """The checkout's commit, marked when the tree has changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (" with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def shown(args: list[Any]) -> str:
     """A client command line as the report shows it."""
     return " ".join(["build/bench/kdmqload", *map(str, args)])
@@ -83,7 +92,7 @@ def header(plan: scenarios.Plan, quick: bool, load: tuple[str, str], seconds: fl
         f"- date: {datetime.date.today().isoformat()}{' (`--quick`)' if quick else ''}; "
         f"{plan.reps} repetitions; the run took {seconds / 60:.1f} min",
         f"- machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-        f"- {versions()}",
+        f"- {versions()}; this tree at {revision()}",
         f"- load average (1, 5, 15 min; running/total tasks) before: `{load[0]}`, after: `{load[1]}`;"
         f" niceness {niceness}. The machine is shared: other work ran beside the bench, so absolute figures",
         "  are noisy; the per-repetition ratios compare runs made seconds apart.",
