@@ -79,7 +79,8 @@ def shown(args: list[Any]) -> str:
     return " ".join(["build/bench/kdmqload", *map(str, args)])
 
 
-def header(plan: scenarios.Plan, quick: bool, load: tuple[str, str], seconds: float, niceness: int) -> str:
+def header(plan: scenarios.Plan, quick: bool, load: tuple[str, str], seconds: float, niceness: int,
+           tree: str) -> str:
     """Machine, versions, settings and commands."""
     return "\n".join([
         "# Benchmarks",
@@ -92,7 +93,7 @@ def header(plan: scenarios.Plan, quick: bool, load: tuple[str, str], seconds: fl
         f"- date: {datetime.date.today().isoformat()}{' (`--quick`)' if quick else ''}; "
         f"{plan.reps} repetitions; the run took {seconds / 60:.1f} min",
         f"- machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-        f"- {versions()}; this tree at {revision()}",
+        f"- {versions()}; this tree at {tree}",
         f"- load average (1, 5, 15 min; running/total tasks) before: `{load[0]}`, after: `{load[1]}`;"
         f" niceness {niceness}. The machine is shared: other work ran beside the bench, so absolute figures",
         "  are noisy; the per-repetition ratios compare runs made seconds apart.",
@@ -152,9 +153,9 @@ def commands_block(results: dict[str, Any]) -> str:
 
 
 def render(results: dict[str, Any], plan: scenarios.Plan, quick: bool, load: tuple[str, str], seconds: float,
-           niceness: int, drawn: list[tuple[str, Path]]) -> str:
+           niceness: int, drawn: list[tuple[str, Path]], tree: str) -> str:
     """The whole page."""
-    parts = [header(plan, quick, load, seconds, niceness), commands_block(results)]
+    parts = [header(plan, quick, load, seconds, niceness, tree), commands_block(results)]
     for name, result in results.items():
         if "error" in result:
             parts.append(f"## {name}\n\nThis scenario failed in this run: {result['error']}")
@@ -193,6 +194,7 @@ def main() -> None:
     cluster.build_client()
     began = time.monotonic()
     load_before = cluster.machine_load()
+    tree = revision()  # before the run writes its own files
 
     def progress(text: str) -> None:
         print(f"[{time.monotonic() - began:6.0f} s] {text}", file=sys.stderr, flush=True)
@@ -203,12 +205,12 @@ def main() -> None:
     seconds = time.monotonic() - began
     load = (load_before, cluster.machine_load())
     if args.no_write:
-        print(render(results, plan, args.quick, load, seconds, os.nice(0), []))
+        print(render(results, plan, args.quick, load, seconds, os.nice(0), [], tree))
         return
     drawn = report.plots(results, PLOTS)
     with open(PLOTS / "results.json", "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
-    OUTPUT.write_text(render(results, plan, args.quick, load, seconds, os.nice(0), drawn), encoding="utf-8")
+    OUTPUT.write_text(render(results, plan, args.quick, load, seconds, os.nice(0), drawn, tree), encoding="utf-8")
     progress(f"wrote {OUTPUT.relative_to(ROOT)} and {len(drawn)} plots")
 
 
