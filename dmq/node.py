@@ -15,8 +15,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from dmq.errors import ConfigurationError
 from dmq.sip.uri import SIPURI, SIPParseError
@@ -171,6 +170,27 @@ class Node:
             raise NodeListError(f"bad node host {host!r}: {e}") from None
         if uri.host != host or uri.user is not None or uri.params:
             raise NodeListError(f"bad node host {host!r}")
+        self._set_address(host, port, transport)
+        self.status = status
+        self.local = local
+        self.seed = seed
+
+    @classmethod
+    def _of_uri(cls, uri: SIPURI, status: NodeStatus, resolved_ip: Optional[str] = None) -> "Node":
+        """
+        A node from a parsed ``sip:`` URI, whose host the URI parser has
+        checked already (``resolved_ip``: the host, when it is known to be a
+        canonical IPv4 address).
+        """
+        node = cls.__new__(cls)
+        node._set_address(uri.host, uri.port, uri.transport, resolved_ip)
+        node.status = status
+        node.local = False
+        node.seed = False
+        return node
+
+    def _set_address(self, host: str, port: Optional[int], transport: str, resolved_ip: Optional[str] = None) -> None:
+        """Check and set the parts of the address that the host check leaves, and the fresh state."""
         if len(host) > MAX_HOST_LENGTH:
             raise NodeListError(f"node host longer than {MAX_HOST_LENGTH} characters")
         if port is not None and not 0 < port <= 65535:
@@ -185,12 +205,9 @@ class Node:
         if transport != "udp":
             params["transport"] = transport
         self._uri = SIPURI(host, port, params=params)
-        self.status = status
-        self.local = local
-        self.seed = seed
         self.fail_count = 0
         self.last_seen: Optional[float] = None
-        self.resolved_ip: Optional[str] = _ip_of(host)
+        self.resolved_ip: Optional[str] = resolved_ip or _ip_of(host)
         self.agent: Optional[str] = None
 
     @classmethod
@@ -255,6 +272,18 @@ class Node:
     def key(self) -> NodeKey:
         """Host, port and transport as text: what Kamailio compares to find a node."""
         return (self._host, "" if self._port is None else str(self._port), self._transport)
+
+    def copy(self) -> "Node":
+        """A new node of the same address and status, with none of this node's other state."""
+        node = Node.__new__(Node)
+        node._host, node._port, node._transport, node._uri = self._host, self._port, self._transport, self._uri
+        node.resolved_ip = self.resolved_ip
+        node.status = self.status
+        node.local = node.seed = False
+        node.fail_count = 0
+        node.last_seen = None
+        node.agent = None
+        return node
 
     @property
     def sendable(self) -> bool:
@@ -343,8 +372,7 @@ def kamailio_version(agent: Optional[str]) -> Optional[tuple[int, int, int]]:
     return (major, minor, patch)
 
 
-@dataclass(frozen=True)
-class BodyLine:
+class BodyLine(NamedTuple):
     """One parsed node-list line: the node it names, its status, whether it had parameters."""
 
     node: Node
@@ -352,8 +380,26 @@ class BodyLine:
     has_params: bool
 
 
+_PLAIN_LINE = re.compile(
+    r"sip:((?:(?:0|[1-9][0-9]{0,2})\.){3}(?:0|[1-9][0-9]{0,2})):([1-9][0-9]{0,4})"
+    r"(?:;transport=(tcp|tls))?;status=(active|disabled|not_active)"
+)
+"""The lines nodes write (an IPv4 host, a port, maybe a transport, a status), read without the general URI parser."""
+
+
 def _parse_line(text: str, number: int) -> BodyLine:
     """Parse one node-list line (already stripped of its line end)."""
+    m = _PLAIN_LINE.fullmatch(text)
+    if m is not None:
+        host, port_text, transport, wire = m.groups()
+        port = int(port_text)
+        if 0 < port <= 65535 and all(int(octet) <= 255 for octet in host.split(".")):
+            status = _WIRE_STATUSES[wire]
+            node = Node.__new__(Node)
+            node._set_address(host, port, transport or "udp", host)
+            node.status = status
+            node.local = node.seed = False
+            return BodyLine(node, status, True)
     where = f"node-list line {number}"
     if len(text) > MAX_LINE_LENGTH:
         raise NodeListError(f"{where} is longer than {MAX_LINE_LENGTH} characters")
@@ -375,7 +421,7 @@ def _parse_line(text: str, number: int) -> BodyLine:
         except NodeListError as e:
             raise NodeListError(f"{where}: {e}") from None
     try:
-        node = Node(uri.host, uri.port, uri.transport, status=status)
+        node = Node._of_uri(uri, status)
     except NodeListError as e:
         raise NodeListError(f"{where}: {e}") from None
     return BodyLine(node, status, bool(uri.params))

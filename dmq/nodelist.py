@@ -33,7 +33,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Union
 
-from dmq.node import Node, NodeKey, NodeListError, NodeStatus, parse_lines
+from dmq.node import BodyLine, Node, NodeKey, NodeListError, NodeStatus, parse_lines
 from dmq.sip.uri import SIPURI
 
 __all__ = [
@@ -51,6 +51,9 @@ __all__ = [
 
 MAX_NODES = 512
 """Default cap on the nodes of a list (this one included): twice a 256-node cluster."""
+
+PARSED_LINES = 32768
+"""The most lines of received bodies kept parsed, over all senders (all are forgotten when there are more)."""
 
 MAX_NEW_PER_LIST = 256
 """Default cap on the nodes one received list may add (a whole 256-node cluster joined at once)."""
@@ -190,6 +193,9 @@ class NodeList:
         self.max_new_per_list = max_new_per_list
         # The bodies format_body wrote, by the local node's status, until the list changes.
         self._bodies: dict[NodeStatus, bytes] = {}
+        # The last body each sender sent, parsed (see _parse).
+        self._parsed: dict[NodeKey, tuple[bytes, list[BodyLine]]] = {}
+        self._parsed_lines = 0
         self.version = 0
         """Goes up at every change of the list (a node added or removed, a status changed)."""
         self._member_ips: frozenset[str] = frozenset()
@@ -401,11 +407,11 @@ class NodeList:
             stranger's body adds at most the stranger itself.
         :raises NodeListError: for a bad body; the list is then unchanged.
         """
-        lines = parse_lines(body)
+        sender_key = sender.key if sender is not None else None
+        lines = self._parse(body, sender_key)
         result = MergeResult()
         nodes = self._nodes
         touched: set[NodeKey] = set()
-        sender_key = sender.key if sender is not None else None
         room = min(self.max_new_per_list, self.max_nodes - len(nodes))
         for line in lines:
             key = line.node.key
@@ -419,8 +425,8 @@ class NodeList:
                     result.refused += 1
                     continue
                 room -= 1
-                self.add(line.node, result.events)
-                result.added.append(line.node)
+                added = self.add(line.node.copy(), result.events)
+                result.added.append(added)
                 touched.add(key)
                 continue
             if known.local or not line.has_params or known.status is line.status:
@@ -438,6 +444,28 @@ class NodeList:
             if listed is not None and not listed.local:
                 listed.last_seen = now
         return result
+
+    def _parse(self, body: bytes, sender_key: Optional[NodeKey]) -> list[BodyLine]:
+        """
+        The lines of ``body``: parsed once per sender and body.  In a settled
+        cluster every node sends the same list again at every ping, and
+        parsing is most of what merging costs; the bodies kept are bounded by
+        :data:`PARSED_LINES` lines in all.
+        """
+        if sender_key is None:
+            return parse_lines(body)
+        kept = self._parsed.get(sender_key)
+        if kept is not None and kept[0] == body:
+            return kept[1]
+        lines = parse_lines(body)
+        if kept is not None:
+            self._parsed_lines -= len(kept[1])
+        if self._parsed_lines + len(lines) > PARSED_LINES:
+            self._parsed.clear()
+            self._parsed_lines = 0
+        self._parsed[sender_key] = (body, lines)
+        self._parsed_lines += len(lines)
+        return lines
 
     def mark_reply(self, node: Node, now: float) -> list[Event]:
         """

@@ -14,6 +14,7 @@ through the service's :class:`~dmq.interfaces.IPeerHost` side only.
 from __future__ import annotations
 
 import ipaddress
+import random
 from typing import Any, Callable, Iterable, Optional, Union
 
 from twisted.internet import defer
@@ -84,6 +85,7 @@ class NotificationPeer(Peer):
         self.seed_refresh = seed_refresh
         self._ticks = 0
         self._pinger: Optional[LoopingCall] = None
+        self._first_ping: Optional[IDelayedCall] = None
         self._retry: Optional[IDelayedCall] = None
         self._joining = False
         self.joins = 0
@@ -109,8 +111,15 @@ class NotificationPeer(Peer):
         clock.callLater(0, self.join)
         self._pinger = LoopingCall(self._tick)
         self._pinger.clock = clock
-        loop = self._pinger.start(self.ping_interval, now=False)
-        loop.addErrback(lambda f: log.failure("the ping loop stopped", f))
+        # Nodes started together would ping in step, every node at once: the first
+        # ping comes at a random point of the second half of the first interval.
+        self._first_ping = clock.callLater(self.ping_interval * random.uniform(0.5, 1.0), self._start_pinging)
+
+    def _start_pinging(self) -> None:
+        self._first_ping = None
+        if self._pinger is not None and not self._pinger.running:
+            loop = self._pinger.start(self.ping_interval, now=True)
+            loop.addErrback(lambda f: log.failure("the ping loop stopped", f))
 
     def stopService(self) -> "Deferred[Any]":  # noqa: N802
         """Stop pinging and tell the active nodes this node leaves."""
@@ -120,6 +129,9 @@ class NotificationPeer(Peer):
 
     def stop_pinging(self) -> None:
         """Stop the ping loop and any pending join attempt."""
+        if self._first_ping is not None and self._first_ping.active():
+            self._first_ping.cancel()
+        self._first_ping = None
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
         self._pinger = None
@@ -327,6 +339,11 @@ class NotificationPeer(Peer):
             hops = min(message.max_forwards if message.max_forwards is not None else 1, HOP_BUDGET)
             if result is not None and result.changed_anything and hops > 1:
                 self.broadcast(hops - 1, except_node=None if member is not None else sender)
+            if member is None and result is not None and result.added:
+                # The stranger is a member now: its answer was cut, so the whole list
+                # follows as a request of its own, once, to the one address it claims.
+                joined = result.added[0]
+                service.clock.callLater(0, self._exchange, joined, service.nodes.format_body(), 1)
         limit = None
         if member is None and message.request is not None:
             limit = (AMPLIFICATION - 1) * len(message.request.to_bytes())

@@ -8,11 +8,12 @@ The wire examples are the bodies of two Kamailio 5.6.3 captures
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Optional
 
 import pytest
 
-from dmq.node import MAX_BODY_LINES, MAX_LINE_LENGTH, Node, NodeListError, NodeStatus, kamailio_version, parse_body
+from dmq.node import MAX_BODY_LINES, MAX_LINE_LENGTH, Node, NodeListError, NodeStatus, kamailio_version, parse_body, parse_lines
 from dmq.nodelist import Event, EventKind, MergeResult, NodeList, TimeoutOutcome, TimeoutPolicy
 from dmq.sip import SIPURI
 
@@ -1284,3 +1285,57 @@ def test_format_body_follows_every_change() -> None:
     assert nodes.format_body() == line(B) + line(LOCAL)
     nodes.remove(node(B))
     assert nodes.format_body() == line(LOCAL)
+
+
+# ---------------------------------------------------------------------------
+# The plain-line fast path and the parse cache
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:127.0.0.1:5060;status=active",
+        "sip:10.255.0.9:1;transport=tcp;status=disabled",
+        "sip:192.168.1.1:65535;transport=tls;status=not_active",
+        "sip:1.2.3.4:5060;status=timeout",  # the general path
+        "sip:010.0.0.1:5060;status=active",  # leading zero: refused by both
+        "sip:256.1.1.1:5060;status=active",  # not an IPv4 address: refused by both
+        "sip:[::1]:5060;status=active",
+    ],
+)
+def test_plain_lines_read_as_the_general_parser_reads_them(text: str) -> None:
+    """A line the fast path takes gives the node, status and flags the general URI parser gives."""
+    import dmq.node
+
+    def outcome() -> object:
+        try:
+            return [(l.node.key, str(l.node.uri), l.node.resolved_ip, l.status, l.has_params) for l in parse_lines(text.encode())]
+        except NodeListError as e:
+            return str(e)
+
+    fast = outcome()
+    plain = dmq.node._PLAIN_LINE
+    try:
+        dmq.node._PLAIN_LINE = re.compile(r"(?!)")  # nothing matches: every line takes the general path
+        general = outcome()
+    finally:
+        dmq.node._PLAIN_LINE = plain
+    assert fast == general
+
+
+def test_a_cached_body_adds_fresh_nodes() -> None:
+    """A sender's unchanged body is parsed once; a node it names that left the list comes back as a new node."""
+    nodes = make_list()
+    sender = node(A)
+    body = line(A) + line(B)
+    first = nodes.merge_body(body, now=1.0, sender=sender)
+    b = nodes.get(B)
+    assert b is not None and b in first.added
+    b.fail_count = 3
+    nodes.remove(b)
+    again = nodes.merge_body(body, now=2.0, sender=sender)
+    b2 = nodes.get(B)
+    assert b2 is not None and b2 is not b and b2.fail_count == 0 and b2 in again.added
+    other = nodes.merge_body(line(C), now=3.0, sender=sender)
+    assert [str(n.uri) for n in other.added] == [C]

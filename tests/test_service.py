@@ -259,7 +259,7 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(hosts, {"127.0.0.1"})
 
     def test_stranger_answer_is_cut_and_it_gets_no_rebroadcast(self) -> None:
-        """A stranger's join gets a 200 at most 3 times its size (own line last); the re-broadcast skips it and has Max-Forwards 1."""
+        """A stranger's join gets a 200 at most 3 times its size (own line last); the re-broadcast skips it; the whole list follows once."""
         cluster = FakeCluster()
         a = cluster.add(5060)
         members = [cluster.add(port, seeds=(5060,)) for port in range(5061, 5091)]
@@ -276,6 +276,11 @@ class MembershipTests(SynchronousTestCase):
         rebroadcast = [s for s in a.transport.sent if isinstance(s.message, Request)]
         self.assertEqual({s.address.port for s in rebroadcast}, {m.nodes.local.port for m in members})
         self.assertEqual({s.message.max_forwards for s in rebroadcast}, {1})
+        # Then, once, the whole list goes to the new member in a request of its own.
+        cluster.run(0.01)
+        to_joiner = [s.message for s in a.transport.sent if isinstance(s.message, Request) and s.address.port == 5999]
+        self.assertEqual(len(to_joiner), 1)
+        self.assertEqual(to_joiner[0].body, a.nodes.format_body())
 
     def test_member_answer_is_whole(self) -> None:
         """A member's node-list query gets the whole list."""
