@@ -41,6 +41,8 @@ HOP_BUDGET = 2
 """The most Max-Forwards a received node-list request is taken to have: at most one re-broadcast follows."""
 AMPLIFICATION = 3
 """A stranger's node-list request gets an answer of at most this many times its size."""
+SERVER_PRODUCT = "dmq/"
+"""How the ``User-Agent`` of a dmq node begins (``dmq/0.1.0``)."""
 SEED_REFRESH = 10
 """Default: seeds given by host name are resolved again every this many ping intervals."""
 
@@ -325,6 +327,12 @@ class NotificationPeer(Peer):
         node send much, nor to more than the address it claims.  The
         re-broadcast goes with Max-Forwards - 1, the received value first
         clamped to :data:`HOP_BUDGET`, so a request causes at most one.
+
+        A ping (Max-Forwards 1) from a member that is a dmq node is answered
+        200 with no body: that node gets this node's list in this node's own
+        pings, and the answer only tells it that this node lives, which halves
+        what a large cluster sends and parses.  Kamailio nodes, joins and
+        strangers always get the list.
         """
         service = self.service
         member = message.node
@@ -344,6 +352,10 @@ class NotificationPeer(Peer):
                 # follows as a request of its own, once, to the one address it claims.
                 joined = result.added[0]
                 service.clock.callLater(0, self._exchange, joined, service.nodes.format_body(), 1)
+        if member is not None and message.max_forwards == 1 and (member.agent or "").startswith(SERVER_PRODUCT):
+            # A dmq member's ping: it gets this node's list in this node's own pings, and merges the
+            # answer only to learn that this node lives; Kamailio nodes and joins always get the list.
+            return PeerResponse(200)
         limit = None
         if member is None and message.request is not None:
             limit = (AMPLIFICATION - 1) * len(message.request.to_bytes())

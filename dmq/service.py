@@ -32,7 +32,7 @@ from dmq.interfaces import IPeer, IPeerHost
 from dmq.membership import EventListener, Membership
 from dmq.node import Node, NodeKey, NodeStatus, server_address_uri
 from dmq.nodelist import NodeList, TimeoutPolicy
-from dmq.notification import DEFAULT_CHANNEL, SEED_REFRESH, NotificationPeer
+from dmq.notification import DEFAULT_CHANNEL, SEED_REFRESH, SERVER_PRODUCT, NotificationPeer
 from dmq.peer import Peer, PeerResponse
 from dmq.sip.address import UDP_HARD_LIMIT, UDP_MAX_SIZE, Address
 from dmq.sip.build import build_request, make_response, via_value
@@ -45,7 +45,7 @@ __all__ = ["DMQService", "ChannelStats", "SERVER_NAME", "HEADER_ROOM"]
 
 log = Logger()
 
-SERVER_NAME = f"dmq/{__version__}"
+SERVER_NAME = f"{SERVER_PRODUCT}{__version__}"
 """The ``Server`` / ``User-Agent`` value."""
 
 STOP_TIMEOUT = 1.0

@@ -282,6 +282,34 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(len(to_joiner), 1)
         self.assertEqual(to_joiner[0].body, a.nodes.format_body())
 
+    def test_dmq_member_pings_get_an_empty_answer(self) -> None:
+        """A ping (Max-Forwards 1) from a dmq member is answered 200 with no body; from a Kamailio member, with the list."""
+        cluster = FakeCluster()
+        a = cluster.add(5060)
+        cluster.add(5061, seeds=(5060,))
+        cluster.run(0.1)
+
+        def ping(agent: str) -> Response:
+            request = build_request(
+                "KDMQ",
+                SIPURI.parse("sip:notification_peer@127.0.0.1:5060"),
+                from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5061"),
+                via_transport="UDP",
+                via_sent_by="127.0.0.1:5061",
+                body=b"sip:127.0.0.1:5061;status=active\r\n",
+                content_type="text/plain",
+                max_forwards=1,
+                user_agent=agent,
+            )
+            return answer(a, request)
+
+        from dmq.service import SERVER_NAME
+
+        quiet = ping(SERVER_NAME)
+        self.assertEqual((quiet.code, quiet.body), (200, b""))
+        full = ping("kamailio (5.6.3 (x86_64/linux))")
+        self.assertEqual((full.code, full.body), (200, a.nodes.format_body()))
+
     def test_member_answer_is_whole(self) -> None:
         """A member's node-list query gets the whole list."""
         cluster = FakeCluster()
