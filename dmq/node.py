@@ -334,13 +334,10 @@ def server_address_uri(value: Union[str, SIPURI]) -> SIPURI:
 
     :raises ConfigurationError: naming the fault (without the setting's name).
     """
-    if isinstance(value, SIPURI):
-        uri = value
-    else:
-        try:
-            uri = SIPURI.parse(value)
-        except SIPParseError as e:
-            raise ConfigurationError(f"not a SIP URI ({e})") from None
+    try:
+        uri = SIPURI.parse(value) if isinstance(value, str) else value
+    except SIPParseError as e:
+        raise ConfigurationError(f"not a SIP URI ({e})") from None
     if uri.scheme != "sip":
         raise ConfigurationError("use sip: (with ;transport=tls for TLS)")
     if uri.port is None:
