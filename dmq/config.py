@@ -26,6 +26,7 @@ from twisted.python import usage
 
 from dmq.errors import ConfigurationError
 from dmq.node import Node, NodeListError, server_address_uri
+from dmq.nodelist import MAX_NEW_PER_LIST, MAX_NODES
 from dmq.peer import is_channel_name
 from dmq.settings import KAMAILIO_ONLY, LOOPBACK, SETTINGS, Setting
 from dmq.sip.address import UDP_HARD_LIMIT, UDP_MAX_SIZE
@@ -168,6 +169,8 @@ class NodeConfig:
     notification_channel: str = "notification_peer"
     multi_notify: bool = False
     seed_refresh: int = 10
+    max_nodes: int = MAX_NODES
+    max_nodes_per_list: int = MAX_NEW_PER_LIST
     ping_interval: int = 60
     remove_inactive: bool = True
     fail_count_enabled: bool = False
@@ -216,6 +219,8 @@ class NodeConfig:
             "init_with_single": self.init_with_single,
             "multi_notify": self.multi_notify,
             "seed_refresh": self.seed_refresh,
+            "max_nodes": self.max_nodes,
+            "max_nodes_per_list": self.max_nodes_per_list,
             "listen": self.listen,
             "udp": self.udp,
             "tcp": self.tcp,
@@ -260,7 +265,7 @@ _Origins = dict[str, str]
 _SERVER_SOCKET = re.compile(r"^(?:(udp|tcp|tls):)?(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(\d+))?$", re.I)
 _HTABLE = re.compile(r"^[A-Za-z0-9_.\-]+(:.*)?$")
 _PLAIN = (
-    "multi_notify", "seed_refresh", "ping_interval", "remove_inactive", "fail_count_enabled", "fail_count_threshold_not_active",
+    "multi_notify", "seed_refresh", "max_nodes", "max_nodes_per_list", "ping_interval", "remove_inactive", "fail_count_enabled", "fail_count_threshold_not_active",
     "fail_count_threshold_disabled", "init_with_single", "udp", "tcp", "udp_max_size",
 )
 """Settings taken as converted, with no check beyond their kind and minimum."""

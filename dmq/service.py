@@ -31,7 +31,7 @@ from dmq.errors import ConfigurationError, DMQError, MessageTooLarge
 from dmq.interfaces import IPeer, IPeerHost
 from dmq.membership import EventListener, Membership
 from dmq.node import Node, NodeKey, NodeStatus, server_address_uri
-from dmq.nodelist import NodeList, TimeoutPolicy
+from dmq.nodelist import MAX_NEW_PER_LIST, MAX_NODES, NodeList, TimeoutPolicy
 from dmq.notification import DEFAULT_CHANNEL, SEED_REFRESH, SERVER_PRODUCT, NotificationPeer
 from dmq.peer import Peer, PeerResponse
 from dmq.sip.address import UDP_HARD_LIMIT, UDP_MAX_SIZE, Address
@@ -79,6 +79,9 @@ class DMQService(MultiService):
     :param seed_refresh: resolve seeds given by host name again every this
         many ping intervals (also before every join attempt and whenever the
         node is alone; 0: only then).
+    :param max_nodes: the most nodes the node list holds, this one
+        included; a received list adds none beyond it.
+    :param max_nodes_per_list: the most nodes one received list may add.
     :param resolver: looks host names of seeds up: ``name -> Deferred list of
         IP addresses`` (default: the system resolver in a thread).
     :param listen: the interface to listen on (default: the host of
@@ -114,6 +117,8 @@ class DMQService(MultiService):
         init_with_single: bool = False,
         multi_notify: bool = False,
         seed_refresh: int = SEED_REFRESH,
+        max_nodes: int = MAX_NODES,
+        max_nodes_per_list: int = MAX_NEW_PER_LIST,
         listen: Optional[str] = None,
         udp: bool = True,
         tcp: bool = False,
@@ -149,7 +154,7 @@ class DMQService(MultiService):
         if not HEADER_ROOM * 2 <= udp_max_size <= UDP_HARD_LIMIT:
             raise ConfigurationError(f"udp_max_size must be between {HEADER_ROOM * 2} and {UDP_HARD_LIMIT}")
         local.agent = SERVER_NAME
-        self.nodes = NodeList(local)
+        self.nodes = NodeList(local, max_nodes=max_nodes, max_new_per_list=max_nodes_per_list)
         policy = TimeoutPolicy(
             remove_inactive=remove_inactive,
             fail_count_enabled=fail_count_enabled,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from dmq.nodelist import MAX_NEW_PER_LIST, MAX_NODES
 from dmq.sip.address import UDP_MAX_SIZE
 from dmq.sip.transaction import T1, T2, T4
 
@@ -94,6 +95,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("seed_refresh", "int", 10,
             "Resolve notification addresses given by host name again every this many ping intervals "
             "(also before every join attempt and whenever the node is alone; 0: only then).", minimum=0),
+    Setting("max_nodes", "int", MAX_NODES,
+            "The most nodes the node list holds (this node included); a received list adds none beyond it.",
+            minimum=2),
+    Setting("max_nodes_per_list", "int", MAX_NEW_PER_LIST,
+            "The most nodes one received node list may add; the rest of its new nodes are refused and counted.",
+            minimum=1),
     Setting("ping_interval", "int", 60,
             "Seconds between pings of every node; at least 1 (Kamailio raises values below 5 to 5).",
             minimum=1, modparam=_dmq("ping_interval")),

@@ -258,6 +258,22 @@ class MembershipTests(SynchronousTestCase):
         hosts = {sent.address.host for sent in a.transport.sent}
         self.assertEqual(hosts, {"127.0.0.1"})
 
+    def test_caps_are_settings(self) -> None:
+        """max_nodes and max_nodes_per_list bound what a member's list adds; the rest is refused and counted."""
+        cluster = FakeCluster()
+        a = cluster.add(5060, max_nodes=8, max_nodes_per_list=3)
+        cluster.add(5061, seeds=(5060,))
+        cluster.run(0.1)
+        own = b"sip:127.0.0.1:5999;status=active\r\n"
+        self.assertEqual(answer(a, request_to(5060, body=own)).code, 200)  # joins: a member from now on
+        made_up = b"".join(f"sip:10.9.0.{i + 1}:5060;status=active\r\n".encode() for i in range(10))
+        body = own + made_up
+        self.assertEqual(answer(a, request_to(5060, body=body)).code, 200)
+        self.assertEqual(len(a.nodes), 3 + 3)
+        self.assertEqual(a.notification.refused_nodes, 7)
+        answer(a, request_to(5060, body=body.replace(b"10.9.0.", b"10.9.1.")))
+        self.assertEqual(len(a.nodes), 8)
+
     def test_stranger_answer_is_cut_and_it_gets_no_rebroadcast(self) -> None:
         """A stranger's join gets a 200 at most 3 times its size (own line last); the re-broadcast skips it; the whole list follows once."""
         cluster = FakeCluster()

@@ -103,6 +103,7 @@ def test_every_dmq_option() -> None:
         "--t1", "250", "--t2", "2000", "--t4", "3000",
         "--udp-max-size", "16000",
         "--seed-refresh", "3",
+        "--max-nodes", "1024", "--max-nodes-per-list", "300",
         "--allow", "127.0.0.0/8", "--allow", "::1",
     )
     assert config.service_kwargs() == {
@@ -117,6 +118,8 @@ def test_every_dmq_option() -> None:
         "init_with_single": True,
         "multi_notify": False,
         "seed_refresh": 3,
+        "max_nodes": 1024,
+        "max_nodes_per_list": 300,
         "listen": "127.0.0.1",
         "udp": False,
         "tcp": True,
@@ -556,7 +559,7 @@ def test_twistd_help_lists_every_option(tmp_path: Path) -> None:
     assert "Usage: twistd [options] dmq [options]" in result.stdout
     options = ["--config"] + [f"--{s.option}" for s in SETTINGS if s.cli and s.kind != "flag"]
     flags = [f"--{s.option}" for s in SETTINGS if s.cli and s.kind == "flag"]
-    assert len(options) + len(flags) == 42
+    assert len(options) + len(flags) == 44
     for option in options:
         assert f"{option}=" in result.stdout, option
     for flag in flags:
