@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from dmq.replicated.snapshot import Snapshot, write_atomically
@@ -85,3 +86,74 @@ class SnapshotTests(SynchronousTestCase):
         self.assertTrue(self.snapshot.dirty)
         self.assertEqual(self.snapshot.writes, 0)
         self.assertEqual(os.listdir(self.path.parent), ["kv.json"])  # no temporary file left
+
+
+class WriterTests(SynchronousTestCase):
+    """Writes handed to a writer (a thread pool in a node; here one whose writes finish when the test says)."""
+
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="dmq-snapshot-"))
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = self.dir / "kv.json"
+        self.data: dict[str, Any] = {"a": 1}
+        self.pending: list[tuple[Deferred[None], Any, tuple[Any, ...]]] = []
+        self.snapshot = Snapshot(
+            self.path, "dmq-kv", lambda: {"format": "dmq-kv", "items": dict(self.data)}, writer=self.writer
+        )
+
+    def writer(self, f: Any, *args: Any) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.pending.append((d, f, args))
+        return d
+
+    def finish(self) -> None:
+        """Run the oldest write handed to the writer, as its thread would, and fire its Deferred."""
+        d, f, args = self.pending.pop(0)
+        try:
+            f(*args)
+        except OSError as e:
+            d.errback(e)
+        else:
+            d.callback(None)
+
+    def test_the_writer_writes_the_state_of_the_moment_of_the_call(self) -> None:
+        """The document is taken when save_if_dirty runs; the file appears when the writer has run."""
+        self.snapshot.dirty = True
+        done = self.snapshot.save_if_dirty()
+        self.data["a"] = 2  # a change after the call is not in this write...
+        self.assertFalse(self.path.exists())
+        self.assertNoResult(done)
+        self.finish()
+        self.successResultOf(done)
+        self.assertEqual(self.path.read_bytes(), b'{"format":"dmq-kv","items":{"a":1}}')
+        self.assertEqual(self.snapshot.writes, 1)
+
+    def test_one_write_at_a_time_and_flush_writes_the_last_change(self) -> None:
+        """While a write is under way no second one starts; flush waits for it, then writes what changed since."""
+        self.snapshot.dirty = True
+        self.snapshot.save_if_dirty()
+        self.data["a"] = 2
+        self.snapshot.dirty = True
+        self.snapshot.save_if_dirty()
+        self.assertEqual(len(self.pending), 1)
+        flushed = self.snapshot.flush()
+        self.finish()
+        self.assertEqual(len(self.pending), 1)  # the last change, handed over once the first write is done
+        self.assertNoResult(flushed)
+        self.finish()
+        self.successResultOf(flushed)
+        self.assertEqual(self.path.read_bytes(), b'{"format":"dmq-kv","items":{"a":2}}')
+        self.assertEqual((self.snapshot.writes, self.snapshot.dirty), (2, False))
+
+    def test_a_failed_write_is_logged_and_stays_pending(self) -> None:
+        """A write that fails is logged; the change stays dirty and the next check tries again."""
+        self.path.mkdir()  # a folder where the file should be
+        self.snapshot.dirty = True
+        done = self.snapshot.save_if_dirty()
+        self.finish()
+        self.successResultOf(done)
+        self.assertEqual((self.snapshot.writes, self.snapshot.dirty), (0, True))
+        self.path.rmdir()
+        self.snapshot.save_if_dirty()
+        self.finish()
+        self.assertEqual(self.snapshot.writes, 1)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Optional, U
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from dmq.errors import ConfigurationError
@@ -122,7 +123,9 @@ class ReplicatedPeer(Peer):
             self.link.send, sync_window, self._chunk_limit, self.framing, label=f"{self.channel} sync"
         )
         self._snapshot = (
-            Snapshot(self.persist_path, self.snapshot_format, self.snapshot) if self.persist_path is not None else None
+            Snapshot(self.persist_path, self.snapshot_format, self.snapshot, writer=self._in_thread)
+            if self.persist_path is not None
+            else None
         )
         self._listeners: list[Callable[[Any], Any]] = []
 
@@ -164,7 +167,7 @@ class ReplicatedPeer(Peer):
         self._outbox.drop_all()
         self._answers.stop()
         if self._snapshot is not None:
-            self._snapshot.save_logged()
+            return self._snapshot.flush()
         return defer.succeed(None)
 
     def init(self, service: "DMQService") -> "Deferred[list[Outcome]]":
@@ -255,6 +258,13 @@ class ReplicatedPeer(Peer):
         """Note that the data changed: the snapshot is written at the next check."""
         if self._snapshot is not None:
             self._snapshot.dirty = True
+
+    def _in_thread(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        """``f(*args)`` in the reactor's thread pool (at once with a clock that has none, as in tests)."""
+        reactor: Any = self.link.clock
+        if not hasattr(reactor, "getThreadPool"):
+            return defer.maybeDeferred(f, *args)
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
     def save_snapshot(self) -> None:
         """Write the snapshot now, atomically (``RuntimeError`` without ``persist_dir``; ``OSError``)."""
