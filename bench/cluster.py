@@ -257,6 +257,11 @@ class DmqProcess:
             time.sleep(0.005)
         return self.listening
 
+    def changes_after(self, since: float) -> int:
+        """How many times a node of the process changed its count of active or known others after ``since``."""
+        with self._lock:
+            return sum(1 for history in self.active.values() for when, _ in history if when > since)
+
     def converged_at(self, expected: int) -> Optional[float]:
         """When the last node of the process came to list ``expected`` active others (None: not yet)."""
         with self._lock:

@@ -227,6 +227,7 @@ def large_section(r: dict[str, Any]) -> str:
             num(median(field(runs, "bytes_per_node_interval"))),
             f"{median(field(runs, 'retransmitted_share')) * 100:.1f}%",
             ", ".join(f"{x * 1000:,.0f}" for x in field(runs, "converge_s")),
+            ", ".join(f"{int(x.get('status_changes', -1))} in {x.get('stable_intervals', 0):.1f}" for x in runs),
         ])
     good = [x for runs in r["runs"].values() for x in runs if "error" not in x]
     drops = sum(int(x["sniff_drops"]) for x in good)
@@ -244,14 +245,16 @@ def large_section(r: dict[str, Any]) -> str:
         "datagram once), per node per ping interval, and the share of requests sent again (same branch).",
         "",
         f"Settings: ping interval {ping:g} s and dmq's default T1 of {r['t1_ms']} ms (a request times out after",
-        f"{64 * r['t1_ms'] / 1000:g} s). Every ping carries the whole node list, as Kamailio's do, and so does its",
-        "answer: a node sends 2 × (N − 1) datagrams per interval when nothing is retransmitted, each a little",
-        "larger as N grows. At the bench's 5 s interval and 125 ms T1 the 64- and 128-node clusters saturate",
-        "the 2 cores, and the retransmissions that follow keep them there.",
+        f"{64 * r['t1_ms'] / 1000:g} s). Every ping carries the whole node list, as Kamailio's do; a dmq node",
+        "answers another dmq node's ping with an empty 200 (it gets that node's list in its own pings), so a",
+        "node sends 2 × (N − 1) datagrams per interval when nothing is retransmitted, half of them a list that",
+        "grows with N. Stability: the number of times any node's count of active or known others changed",
+        "after the cluster converged, over the intervals from convergence to the end of the measurement",
+        "(0 means no status changed anywhere).",
         "",
         table(["nodes", "processes", "convergence ms (median)", "CPU ms / node / interval", "CPU (of one core)",
                "datagrams / node / interval", "bytes / node / interval", "requests retransmitted",
-               "convergence per rep (ms)"], rows),
+               "convergence per rep (ms)", "status changes after convergence, per rep (in intervals)"], rows),
         "",
         f"Datagrams the watcher dropped: {drops}; runs where a node lost a member during the measurement: {unstable}."
         + (" Failed runs: " + "; ".join(failed) + "." if failed else ""),

@@ -46,7 +46,10 @@ class Plan:
     receivers: Sequence[int] = (1, 2, 4)
     small_clusters: Sequence[int] = (3, 5, 8)
     large_clusters: Sequence[int] = (16, 32, 64, 128)
-    steady_intervals: int = 2
+    steady_intervals: int = 5
+    """Ping intervals of steady state measured in the large clusters (after one interval of settling)."""
+    large_reps: int = 2
+    """Repetitions of each large cluster (dmq only: nothing to alternate with)."""
     large_ping_interval: float = 10
     large_t1_ms: int = 500
     """dmq's own default T1 (a timeout of 32 s): the large clusters are not compared with Kamailio."""
@@ -56,7 +59,8 @@ class Plan:
     def quick(cls) -> "Plan":
         """Fewer and shorter repetitions, for trying the bench out."""
         return cls(reps=2, seconds=1.0, warmup=0.2, fanout_sets=1000, lag_sets=100, receivers=(1, 2),
-                   small_clusters=(3, 5), large_clusters=(16, 32), steady_intervals=1, failure_nodes=3)
+                   small_clusters=(3, 5), large_clusters=(16, 32), steady_intervals=1, large_reps=1,
+                   failure_nodes=3)
 
 
 def alternate(reps: int, impls: Sequence[str] = IMPLS) -> Iterator[tuple[int, str]]:
@@ -331,7 +335,7 @@ def large(plan: Plan, workdir: Path) -> Results:
     runs: dict[str, list[dict[str, Any]]] = {}
     command = None
     for size in plan.large_clusters:
-        for rep in range(plan.reps):
+        for rep in range(plan.large_reps):
             addresses = new_addresses(size)
             count = processes_for(size)
             groups = [addresses[i::count] for i in range(count)]
@@ -370,6 +374,8 @@ def large(plan: Plan, workdir: Path) -> Results:
                     "cpu_share": traffic["server_cpu_s"] / traffic["elapsed_s"],
                     "sniff_drops": traffic["sniff_drops"],
                     "still_converged": all(p.converged_at(size - 1) for p in procs),
+                    "status_changes": sum(p.changes_after(converged) for p in procs),
+                    "stable_intervals": (time.time() - converged) / ping,
                 })
             finally:
                 for proc in procs:
