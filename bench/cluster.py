@@ -314,6 +314,37 @@ class DmqProcess:
             self.kill()
 
 
+class TwistdNode:
+    """``twistd -n dmq`` as an operator runs it: a plain node with no peer, no control API, no TLS."""
+
+    def __init__(self, directory: Path, address: tuple[str, int]) -> None:
+        """Start it on ``address``, from ``directory`` (its working folder)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        twistd = Path(sys.executable).parent / "twistd"
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        self.proc = subprocess.Popen(
+            [str(twistd), "-n", "--pidfile=", "dmq", "--server-address", f"sip:{address[0]}:{address[1]}",
+             "--control", "none"],
+            cwd=directory, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def pids(self) -> list[int]:
+        """The processes of the node."""
+        return group_processes(self.proc.pid)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(5)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
 # -- Kamailio nodes ---------------------------------------------------------------------------
 
 

@@ -209,6 +209,26 @@ def memory_section(r: dict[str, Any], burst: int) -> str:
     ])
 
 
+def startup_section(r: dict[str, Any]) -> str:
+    """Start-up time and a plain node's memory."""
+    k, d = r["runs"]["kamailio"], r["runs"]["dmq"]
+    rows = []
+    for label, key, scale in (("exec to SIP socket bound, ms", "listen_s", 1000.0), ("idle RSS, KiB", "rss_kb", 1.0),
+                              ("idle PSS, KiB", "pss_kb", 1.0)):
+        kamailio, dmq = [x * scale for x in field(k, key)], [x * scale for x in field(d, key)]
+        rows.append([label, num(median(kamailio)), num(median(dmq)), ratios(dmq, kamailio)])
+    return "\n".join([
+        "## Start-up and a plain node",
+        "",
+        "A node as an operator starts it: `twistd -n dmq --server-address sip:HOST:PORT --control none` (no",
+        "peer, no TLS: what a plain node does not use is not imported), and the bench's Kamailio node",
+        f"({int(median(field(k, 'processes')))} processes, table `t`, `-m 256`). Time from starting the",
+        "process to its UDP socket appearing in `/proc/net/udp`; memory of all its processes 1 s later.",
+        "",
+        table(["", "Kamailio", "dmq", "dmq / Kamailio (per rep, median)"], rows),
+    ])
+
+
 def large_section(r: dict[str, Any]) -> str:
     """Large dmq clusters."""
     ping = r["ping_interval"]

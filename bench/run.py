@@ -170,6 +170,8 @@ def render(results: dict[str, Any], plan: scenarios.Plan, quick: bool, load: tup
         parts.append(report.failure_section(results["failure"], cluster.TIMEOUT_MS, cluster.PING_INTERVAL))
     if "memory" in results:
         parts.append(report.memory_section(results["memory"], plan.burst))
+    if "startup" in results:
+        parts.append(report.startup_section(results["startup"]))
     if "large" in results:
         parts.append(report.large_section(results["large"]))
     if "codec" in results:

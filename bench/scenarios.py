@@ -23,6 +23,7 @@ from cluster import (
     BenchKamailio,
     BindWatcher,
     DmqProcess,
+    TwistdNode,
     join_as_member,
     memory_kb,
     new_addresses,
@@ -322,6 +323,30 @@ def memory(plan: Plan, workdir: Path) -> Results:
     return {"runs": runs, "command": command}
 
 
+def startup(plan: Plan, workdir: Path) -> Results:
+    """A plain node as an operator starts it: time from exec to its SIP socket bound, and its idle memory."""
+    runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in IMPLS}
+    for rep, impl in alternate(plan.reps):
+        address = new_addresses(1)[0]
+        watcher = BindWatcher([address])
+        began = time.time()
+        node: Any
+        if impl == "dmq":
+            node = TwistdNode(workdir / f"start-{rep}", address)
+        else:
+            node = BenchKamailio(workdir / f"start-{rep}-k", address)
+            node.start()
+        try:
+            bound = watcher.when(address, timeout=60)
+            time.sleep(1.0)
+            rss, pss = memory_kb(node.pids())
+            runs[impl].append({"listen_s": bound - began, "rss_kb": rss, "pss_kb": pss, "processes": len(node.pids())})
+        finally:
+            watcher.stop()
+            node.stop()
+    return {"runs": runs}
+
+
 # -- large dmq clusters ---------------------------------------------------------------------
 
 
@@ -389,6 +414,7 @@ SCENARIOS: dict[str, Callable[[Plan, Path], Results]] = {
     "convergence": convergence,
     "failure": failure,
     "memory": memory,
+    "startup": startup,
     "large": large,
 }
 
