@@ -232,20 +232,12 @@ class Node:
         """
         if isinstance(uri_or_text, SIPURI):
             uri = uri_or_text
+            if uri.scheme != "sip":
+                raise NodeListError(f"node URI {str(uri)!r}: not a sip: URI")
         else:
-            try:
-                uri = SIPURI.parse(uri_or_text)
-            except SIPParseError as e:
-                raise NodeListError(f"bad node URI {uri_or_text!r}: {e}") from None
-        if uri.scheme != "sip":
-            raise NodeListError(f"node URI {str(uri)!r} is not a sip: URI")
+            uri = _sip_uri(uri_or_text, f"node URI {uri_or_text!r}")
         if status is None:
-            status = NodeStatus.ACTIVE
-            if "status" in uri.params:
-                wire = uri.params["status"]
-                if wire is None:
-                    raise NodeListError(f"empty status in node URI {str(uri)!r}")
-                status = NodeStatus.from_wire(wire)
+            status = _uri_status(uri, f"node URI {str(uri)!r}")
         return cls(uri.host, uri.port, uri.transport, status=status, local=local, seed=seed)
 
     @property
@@ -384,6 +376,30 @@ _PLAIN_LINE = re.compile(
 """The lines nodes write (an IPv4 host, a port, maybe a transport, a status), read without the general URI parser."""
 
 
+def _sip_uri(text: str, where: str) -> SIPURI:
+    """``text`` parsed as a ``sip:`` URI (:class:`NodeListError` naming ``where`` otherwise)."""
+    try:
+        uri = SIPURI.parse(text)
+    except SIPParseError as e:
+        raise NodeListError(f"{where}: {e}") from None
+    if uri.scheme != "sip":
+        raise NodeListError(f"{where}: not a sip: URI: {text!r}")
+    return uri
+
+
+def _uri_status(uri: SIPURI, where: str) -> NodeStatus:
+    """The status a node URI's ``;status=`` gives (active without one; :class:`NodeListError` naming ``where``)."""
+    if "status" not in uri.params:
+        return NodeStatus.ACTIVE
+    wire = uri.params["status"]
+    if wire is None:
+        raise NodeListError(f"{where}: status without a value")
+    try:
+        return NodeStatus.from_wire(wire)
+    except NodeListError as e:
+        raise NodeListError(f"{where}: {e}") from None
+
+
 def _parse_line(text: str, number: int) -> BodyLine:
     """Parse one node-list line (already stripped of its line end)."""
     m = _PLAIN_LINE.fullmatch(text)
@@ -400,23 +416,10 @@ def _parse_line(text: str, number: int) -> BodyLine:
     where = f"node-list line {number}"
     if len(text) > MAX_LINE_LENGTH:
         raise NodeListError(f"{where} is longer than {MAX_LINE_LENGTH} characters")
-    try:
-        uri = SIPURI.parse(text)
-    except SIPParseError as e:
-        raise NodeListError(f"{where}: {e}") from None
-    if uri.scheme != "sip":
-        raise NodeListError(f"{where}: not a sip: URI: {text!r}")
+    uri = _sip_uri(text, where)
     if uri.port is None:
         raise NodeListError(f"{where}: no port in {text!r}")
-    status = NodeStatus.ACTIVE
-    if "status" in uri.params:
-        wire = uri.params["status"]
-        if wire is None:
-            raise NodeListError(f"{where}: status without a value in {text!r}")
-        try:
-            status = NodeStatus.from_wire(wire)
-        except NodeListError as e:
-            raise NodeListError(f"{where}: {e}") from None
+    status = _uri_status(uri, where)
     try:
         node = Node._of_uri(uri, status)
     except NodeListError as e:

@@ -10,20 +10,8 @@ module (``enable_dmq``).  See ``docs/dialog.md``.
 
 from dmq.peers.dialog.peer import SYNC_ANSWER_MODES, DialogChange, DialogPeer, DialogRef
 from dmq.peers.dialog.rpc import DialogRPC, dialog_entry
-from dmq.peers.dialog.table import (
-    CALLEE,
-    CALLER,
-    DEFAULT_HASH_SIZE,
-    DEFAULT_LIFETIME,
-    Dialog,
-    DialogKey,
-    DialogState,
-    DialogTable,
-    Leg,
-    ProfileLink,
-    Profiles,
-    hash_table_size,
-)
+from dmq.peers.dialog.table import CALLEE, CALLER, DEFAULT_HASH_SIZE, DEFAULT_LIFETIME, Dialog, DialogKey, DialogState
+from dmq.peers.dialog.table import DialogTable, Leg, ProfileLink, Profiles, hash_table_size
 from dmq.peers.dialog.wire import (
     CHANNEL,
     CONTENT_TYPE,
