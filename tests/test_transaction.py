@@ -366,16 +366,32 @@ class ServerTransactionTests(SynchronousTestCase):
         """A handler that trips over a malformed header answers 400 naming it."""
 
         def handler(request: Request, source: Source) -> Response:
-            request.from_  # noqa: B018
+            request.content_type  # noqa: B018
             return make_response(request, 200)
 
         clock, transport, layer = make_layer(handler=handler)
-        data = kdmq().to_bytes().replace(b"From: <sip:", b"From: <bad sip:")
+        data = kdmq().to_bytes().replace(b"Content-Type: text/plain", b"Content-Type: text/<plain>")
         transport.receive(data, PEER)
         response = transport.sent[0].message
         assert isinstance(response, Response)
         self.assertEqual(response.code, 400)
-        self.assertIn("From", response.reason)
+        self.assertIn("Content-Type", response.reason)
+
+    def test_bad_from_or_to_is_refused_before_the_handler(self) -> None:
+        """A request whose From or To does not parse reaches no handler: SIPParseError (the transport answers 400)."""
+        seen: list[Request] = []
+
+        def handler(request: Request, source: Source) -> Response:
+            seen.append(request)
+            return make_response(request, 200)
+
+        clock, transport, layer = make_layer(handler=handler)
+        for header in (b"From: <", b"To: <"):
+            data = kdmq().to_bytes().replace(header + b"sip:", header + b"bad sip:")
+            with self.assertRaises(SIPParseError) as caught:
+                transport.receive(data, PEER)
+            self.assertIn(header[:-3].decode(), str(caught.exception))
+        self.assertEqual((seen, transport.sent, layer.stats.requests_received), ([], [], 0))
 
     def test_no_handler_is_501(self) -> None:
         """Without a transaction user every request is answered 501."""

@@ -162,6 +162,30 @@ def test_error_response_copies_identity() -> None:
     assert error_response(b"garbage", 400, "x") is None
 
 
+@pytest.mark.parametrize("damage", [b"\r", b"\x00", b"\r\x1a", b"\x0b"])
+def test_error_response_leaves_out_lines_holding_control_characters(damage: bytes) -> None:
+    """A copied line holding a bare CR (or another control character) is left out: no header is injected."""
+    data = request_bytes(1, transport="UDP").replace(b"Max-Forwards: 70", b"Max-Forwards: x")
+    data = data.replace(b"\r\nFrom: ", b"\r\nFrom: <sip:a@b>" + damage + b"X-Injected: 1\r\nFrom: ", 1)
+    answer = error_response(data, 400, "Bad Request")
+    assert answer is not None
+    head = answer.partition(b"\r\n\r\n")[0]
+    assert b"X-Injected" not in answer and b"\r" not in head.replace(b"\r\n", b"")
+    assert b"\n" not in head.replace(b"\r\n", b"")
+    response = parse_message(answer)
+    assert isinstance(response, Response) and response.call_id == "call-1@127.0.0.1"
+
+
+def test_error_response_reads_bare_lf_lines() -> None:
+    """A request whose lines end in a bare LF (which the parser reads) is answered with CRLF lines."""
+    data = request_bytes(1, transport="UDP").replace(b"Max-Forwards: 70", b"Max-Forwards: x").replace(b"\r\n", b"\n")
+    answer = error_response(data, 400, "Bad Request")
+    assert answer is not None
+    response = parse_message(answer)
+    assert isinstance(response, Response) and response.call_id == "call-1@127.0.0.1"
+    assert response.vias[0].branch is not None
+
+
 def test_another_sip_version_is_answered_505() -> None:
     """A request of SIP/3.0 is refused by the parser with 505 and answered 505 Version Not Supported (in SIP/2.0)."""
     data = request_bytes(1, transport="UDP").replace(b" SIP/2.0\r\n", b" SIP/3.0\r\n", 1)

@@ -248,6 +248,9 @@ def build_request(
     return request
 
 
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
 _COPY_FOR_ERROR = {
     b"via": b"Via", b"v": b"Via", b"from": b"From", b"f": b"From", b"to": b"To",
     b"t": b"To", b"call-id": b"Call-ID", b"i": b"Call-ID", b"cseq": b"CSeq",
@@ -258,15 +261,17 @@ def error_response(data: Union[bytes, list[bytes]], code: int, reason: str) -> O
     """
     A best-effort stateless error response to a request that could not be
     parsed, copying its ``Via``, ``From``, ``To``, ``Call-ID`` and ``CSeq``
-    lines as they are.
+    lines as they are (a line holding a control character, bare CR and LF
+    included, is left out: the answer's lines are always well formed).
 
     :param data: the raw message, or its start line and header lines.
     :returns: the response bytes, or ``None`` when the input is not a
         request or has no usable ``Via`` (then nothing should be sent).
     """
     if isinstance(data, bytes):
-        head = data.split(b"\r\n\r\n", 1)[0]
-        lines = head.split(b"\r\n")
+        # Lines end in CRLF or a bare LF, as the parser reads them.
+        head = _HEAD_END.split(data, 1)[0]
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n")]
     else:
         lines = data
     start = lines[0].split(b" ") if lines else []
@@ -283,6 +288,8 @@ def error_response(data: Union[bytes, list[bytes]], code: int, reason: str) -> O
         if not colon or canonical is None:
             continue
         value = value.strip()
+        if _CONTROL.search(value):
+            continue  # a CR, LF or NUL copied would break the answer's lines, or make new ones
         if canonical == b"Via":
             if not value.upper().startswith(b"SIP/2.0/"):
                 continue

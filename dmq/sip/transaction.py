@@ -436,6 +436,10 @@ class TransactionLayer:
             # A resend that fails needs no word: the next retransmission tries again.
             self.transport.send(done[0], done[1], source.connection).addErrback(lambda f: None)
             return
+        # Every answer copies From and To: a request whose From or To does not
+        # parse is refused (SIPParseError: the transport answers 400) before a
+        # handler sees it, so no answer carries a malformed one.
+        request.from_, request.to  # noqa: B018
         self.stats.requests_received += 1
         transaction = ServerTransaction(self, key, request, source)
         self.servers[key] = transaction
