@@ -1,0 +1,42 @@
+"""The UDP mutation fuzzer against a live node (``DMQ_FUZZ_SEED``, ``DMQ_FUZZ_COUNT``), and its regressions replayed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ..helpers import assert_alive
+from .live import LiveNode, Member, reply_fault
+from .run import ANSWER_WAIT, default_count, default_seed, expects_answer, from_file, fuzz
+
+REGRESSIONS = Path(__file__).parent / "regressions"
+RSS_BOUND_KIB = 30 * 1024
+"""The most the node's resident memory may grow over a run."""
+
+
+def test_mutated_requests_leave_the_node_well(node: LiveNode, member: Member, tmp_path: Path) -> None:
+    """Thousands of mutated KDMQ requests: the node stays up, every reply is right, pings are answered, RSS bounded."""
+    seed, count = default_seed(), default_count()
+    print(f"fuzzing with DMQ_FUZZ_SEED={seed} DMQ_FUZZ_COUNT={count}")
+    report = fuzz(node, member, count, seed, tmp_path / "failing")
+    print("\n".join(report.lines()))
+    assert report.tried == count
+    assert not report.crashed, node.log_tail()
+    assert not report.wrong, f"{len(report.wrong)} wrong replies, inputs in {report.saved}: {report.wrong[0][1]}"
+    assert report.pings and report.pings_lost == 0
+    assert report.rss_growth_kib < RSS_BOUND_KIB
+    assert_alive(node.address)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in REGRESSIONS.glob("*.sip")))
+def test_regressions_are_answered_right(node: LiveNode, member: Member, name: str) -> None:
+    """An input the fuzzer once found answered wrongly is answered right (or, unreadable, left unanswered)."""
+    data = from_file((REGRESSIONS / name).read_bytes(), node, member)
+    reply = member.exchange(data, node.address, timeout=ANSWER_WAIT if expects_answer(data) else 0.5,
+                            sock=member.sockets[0])
+    if reply is None:
+        assert not expects_answer(data), "no answer"
+    else:
+        assert reply_fault(data, reply) is None, reply
+    assert member.ping(node) is not None
