@@ -149,7 +149,12 @@ class Dispatcher:
         if request.method != "KDMQ":
             return self._other_method(request, source)
         uri = request.uri
-        if not isinstance(uri, SIPURI) or not uri.user:
+        if not isinstance(uri, SIPURI):
+            return make_response(request, 416, server=self.server)
+        refusal = self._unsupported(request)
+        if refusal is not None:
+            return refusal
+        if not uri.user:
             return make_response(request, 404, NOT_FOUND, server=self.server)
         channel = unescape(uri.user)
         stats = self.stats(channel)
@@ -236,6 +241,22 @@ class Dispatcher:
 
         result.addCallback(done)
         return answer
+
+    def _unsupported(self, request: Request) -> Optional[Response]:
+        """
+        The answer RFC 3261 (8.2.2.3, 8.2.3) asks for when ``request`` needs
+        what no peer does: 420 naming the option tags of its ``Require``
+        (this node supports none), 415 for a ``Content-Encoding`` other than
+        ``identity``; None for a request without either.
+        """
+        headers = request.headers
+        required = [tag.strip() for value in headers.getall("Require") for tag in value.split(",") if tag.strip()]
+        if required:
+            return make_response(request, 420, headers=[("Unsupported", ", ".join(required))], server=self.server)
+        encodings = [code.strip().lower() for value in headers.getall("Content-Encoding") for code in value.split(",")]
+        if any(code not in ("", "identity") for code in encodings):
+            return make_response(request, 415, headers=[("Accept-Encoding", "identity")], server=self.server)
+        return None
 
     def _overloaded(self, request: Request, why: str) -> Response:
         return make_response(

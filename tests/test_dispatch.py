@@ -112,3 +112,52 @@ class ChannelCountTests(SynchronousTestCase):
         svc.register_peer(CallbackPeer("late", lambda m: None))
         svc.transport.receive(kdmq("late").to_bytes(), Address("udp", "127.0.0.1", 5061))
         self.assertEqual(svc.channel_stats["late"].received, 1)
+
+
+class RFC3261RefusalTests(SynchronousTestCase):
+    """What a request needs that no peer does is refused as RFC 3261 8.2 says, before any peer sees it."""
+
+    def setUp(self) -> None:
+        self.cluster = FakeCluster()
+        self.svc = self.cluster.add(5060)
+        self.seen: list[Any] = []
+        self.svc.register_peer(CallbackPeer("quick", lambda m: self.seen.append(m) or PeerResponse(200)))
+
+    def answer(self, data: bytes) -> Response:
+        self.svc.transport.clear()
+        self.svc.transport.receive(data, Address("udp", "127.0.0.1", 5061))
+        [sent] = self.svc.transport.sent
+        assert isinstance(sent.message, Response)
+        return sent.message
+
+    def test_another_uri_scheme_is_416(self) -> None:
+        """A KDMQ whose Request-URI is not sip: or sips: is answered 416 Unsupported URI Scheme."""
+        data = kdmq("quick").to_bytes().replace(b"KDMQ sip:quick@127.0.0.1:5060", b"KDMQ tel:+15550100", 1)
+        self.assertEqual(self.answer(data).code, 416)
+        self.assertEqual(self.seen, [])
+
+    def test_an_unknown_required_extension_is_420_naming_it(self) -> None:
+        """Require: an option tag (none is supported) gets 420 Bad Extension with the tags in Unsupported."""
+        request = kdmq("quick")
+        request.headers.add("Require", "foo, bar")
+        response = self.answer(request.to_bytes())
+        self.assertEqual((response.code, response.headers.get("Unsupported")), (420, "foo, bar"))
+        self.assertEqual(self.seen, [])
+
+    def test_a_content_encoding_other_than_identity_is_415(self) -> None:
+        """Content-Encoding: gzip gets 415 with Accept-Encoding: identity; identity is read as usual."""
+        request = kdmq("quick")
+        request.headers.add("Content-Encoding", "gzip")
+        response = self.answer(request.to_bytes())
+        self.assertEqual((response.code, response.headers.get("Accept-Encoding")), (415, "identity"))
+        self.assertEqual(self.seen, [])
+        plain = kdmq("quick")
+        plain.headers.add("Content-Encoding", "identity")
+        self.assertEqual(self.answer(plain.to_bytes()).code, 200)
+        self.assertEqual(len(self.seen), 1)
+
+    def test_proxy_require_is_ignored(self) -> None:
+        """Proxy-Require is for proxies: the node (the request's UAS) answers as usual."""
+        request = kdmq("quick")
+        request.headers.add("Proxy-Require", "foo")
+        self.assertEqual(self.answer(request.to_bytes()).code, 200)
