@@ -213,8 +213,8 @@ def fuzz(node: LiveNode, member: Member, count: int, seed: int, save_dir: Option
             waits = [slot.deadline - time.monotonic() for slot in slots if slot.busy]
             poll(min(waits) if waits else 0.0)
         # Let the batch finish, then the health ping.
-        while any(slot.busy for slot in slots):
-            poll(min(slot.deadline for slot in slots if slot.busy) - time.monotonic())
+        while deadlines := [slot.deadline for slot in slots if slot.busy]:
+            poll(min(deadlines) - time.monotonic())
         poll(0.05)
         for slot in slots:
             retire(slot)
