@@ -540,3 +540,52 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(seen[0].call_id, register.call_id)
         # a replicated request arriving at c came from a node: not replicated again
         self.assertEqual(self.successResultOf(self.c.replicate(seen[-1])), [])
+
+
+def _stranger_datagrams() -> dict[str, tuple[str, bytes, int]]:
+    """Datagrams an outsider on 127.0.0.9:5999 might send: (channel, body, Max-Forwards)."""
+    import json
+
+    made_up = b"".join(f"sip:10.9.{i // 200}.{i % 200 + 1}:5060;status=active\r\n".encode() for i in range(1000))
+    own = b"sip:127.0.0.9:5999;status=active\r\n"
+    return {
+        "node list naming 1,000 others": ("notification_peer", own + made_up, 70),
+        "node list without its own line": ("notification_peer", made_up, 70),
+        "node-list query": ("notification_peer", b"", 70),
+        "htable sync request": ("htable", json.dumps({"action": 1}).encode(), 70),
+        "htable set": ("htable", json.dumps({"action": 2, "htname": "t", "cname": "k", "type": 2, "strval": "v",
+                                             "mode": 1}).encode(), 70),
+        "usrloc sync request": ("usrloc", json.dumps({"action": 3}).encode(), 70),
+        "dialog sync request": ("dialog", json.dumps({"action": 4}).encode(), 70),
+    }
+
+
+class OutsiderTests(SynchronousTestCase):
+    """No single datagram from a non-member makes a node send to more than one new address: the one it claims."""
+
+    def test_one_datagram_reaches_at_most_the_claimed_sender(self) -> None:
+        """Whatever an outsider sends, in two ping intervals the node sends to no address but its members and the claimed sender."""
+        from dmq.peers.dialog import DialogPeer
+        from dmq.peers.htable import HTablePeer
+        from dmq.peers.usrloc import UsrlocPeer
+
+        for name, (channel, body, max_forwards) in _stranger_datagrams().items():
+            with self.subTest(name):
+                cluster = FakeCluster()
+                a = cluster.add(5060, peers=[HTablePeer(tables=["t"]), UsrlocPeer(), DialogPeer()])
+                for port in (5061, 5062):
+                    cluster.add(port, seeds=(5060,), peers=[HTablePeer(tables=["t"]), UsrlocPeer(), DialogPeer()])
+                cluster.run(6, step=0.01)
+                a.transport.clear()
+                request = build_request(
+                    "KDMQ", SIPURI.parse(f"sip:{channel}@127.0.0.1:5060"),
+                    from_uri=SIPURI.parse(f"sip:{channel}@127.0.0.9:5999"), via_transport="UDP",
+                    via_sent_by="127.0.0.9:5999", body=body,
+                    content_type="application/json" if body.startswith(b"{") else "text/plain",
+                    max_forwards=max_forwards,
+                )
+                a.transport.receive(request.to_bytes(), Address("udp", "127.0.0.9", 5999))
+                cluster.run(10, step=0.01)
+                destinations = {(s.address.host, s.address.port) for s in a.transport.sent}
+                members = {("127.0.0.1", 5061), ("127.0.0.1", 5062)}
+                self.assertLessEqual(destinations - members, {("127.0.0.9", 5999)})
