@@ -423,6 +423,44 @@ def test_mutated_messages(generated, edits):
         _reparse_is_stable(message)
 
 
+def _mutate(data: bytes, edits: list[tuple[int, int, bytes, int]]) -> bytes:
+    for position, kind, nasty, count in edits:
+        at = position % (len(data) + 1)
+        if kind == 0:
+            data = data[:at] + nasty + data[at + 1 :]
+        elif kind == 1:
+            data = data[:at] + nasty * count + data[at:]
+        else:
+            data = data[:at] + data[at + count :]
+    return data
+
+
+@_examples(200)
+@given(messages(), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 2), st.sampled_from(NASTY),
+                                      st.integers(1, 12)), min_size=1, max_size=6))
+def test_error_answers_are_well_formed(generated, edits):
+    """The stateless answer to a request the parser refuses is None or a response whose every line is clean."""
+    from dmq.sip.build import error_response, reason_with
+
+    data = _mutate(generated[0].to_bytes(), edits)
+    try:
+        parse_message(data, strict=True)
+        return
+    except SIPParseError as e:
+        code = e.code
+        answer = error_response(data, code, reason_with(code, str(e)))
+    if answer is None:
+        return
+    head, blank, body = answer.partition(b"\r\n\r\n")
+    assert blank and body == b""
+    lines = head.split(b"\r\n")
+    assert lines[0].startswith(b"SIP/2.0 %d " % code)
+    for line in lines:
+        assert not any(c < 0x20 and c != 0x09 or c == 0x7F for c in line), line
+    assert lines[-1] == b"Content-Length: 0"
+    assert any(line.startswith(b"Via: SIP/2.0/") for line in lines[1:])
+
+
 # ---------------------------------------------------------------------------
 # (c) Adversarial sizes
 # ---------------------------------------------------------------------------
