@@ -500,6 +500,29 @@ class ExpiringMapTests(SynchronousTestCase):
         clock.advance(4)
         self.assertEqual((len(kept), clock.getDelayedCalls()), (0, []))
 
+    def test_weight_limit_forgets_the_oldest(self) -> None:
+        """With a weight, past max_weight the oldest entries go first; expiry and replacing keep the total right."""
+        clock = Clock()
+        kept: ExpiringMap[int, bytes] = ExpiringMap(clock, 10.0, weigh=len, max_weight=100)
+        for key in range(5):
+            kept.put(key, b"x" * 30)
+            clock.advance(1)
+        self.assertEqual(([key in kept for key in range(5)], kept.weight), ([False, False, True, True, True], 90))
+        kept.put(4, b"x" * 5)
+        self.assertEqual(kept.weight, 65)
+        clock.advance(10)
+        self.assertEqual((len(kept), kept.weight), (0, 0))
+
+    def test_large_answers_are_kept_up_to_a_byte_budget(self) -> None:
+        """Completed server transactions keep at most max_completed_bytes of answers; the newest stay."""
+        clock, transport, layer = make_layer(handler=lambda r, s: make_response(r, 200, body=b"x" * 1000))
+        layer.completed_servers.max_weight = 10_000
+        for _ in range(30):
+            transport.receive(kdmq().to_bytes(), PEER)
+        self.assertLessEqual(layer.completed_servers.weight, 10_000)
+        self.assertGreater(len(layer.completed_servers), 5)
+        self.assertEqual(len(transport.sent), 30)
+
     def test_limit_forgets_the_oldest(self) -> None:
         """Past the limit the oldest entries go first; clear forgets all and stops the timer."""
         clock = Clock()

@@ -63,10 +63,16 @@ T4 = 5.0
 """RFC 3261 timer T4 (seconds): how long the network may hold a message."""
 MAX_COMPLETED = 20000
 """Default cap on completed server transactions kept for retransmissions (Timer J)."""
+MAX_COMPLETED_BYTES = 16 << 20
+"""Default cap on the bytes of the answers those keep (node-list answers may be 20 KB each)."""
 LARGE_REQUEST = 1300
 """Requests above this size go over TCP where the target has it (RFC 3261 18.1.1)."""
 
 RequestHandler = Callable[[Request, "Source"], Union[Response, "Deferred[Response]"]]
+
+
+def _answer_size(kept: tuple[bytes, Address]) -> int:
+    return len(kept[0])
 
 
 class State(enum.Enum):
@@ -284,6 +290,8 @@ class TransactionLayer:
     :param t4: how long the network may hold a message.
     :param max_completed: how many completed server transactions are kept
         at most to answer retransmissions (the oldest are forgotten first).
+    :param max_completed_bytes: the most bytes of answers they keep in all
+        (the oldest are forgotten first).
     """
 
     def __init__(
@@ -295,6 +303,7 @@ class TransactionLayer:
         t2: float = T2,
         t4: float = T4,
         max_completed: int = MAX_COMPLETED,
+        max_completed_bytes: int = MAX_COMPLETED_BYTES,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -315,7 +324,7 @@ class TransactionLayer:
         # What completed transactions leave behind: for Timer J the final
         # answer and where it went, for Timer K only the key.
         self.completed_servers: ExpiringMap[tuple[object, ...], tuple[bytes, Address]] = ExpiringMap(
-            reactor, 64 * t1, max_completed
+            reactor, 64 * t1, max_completed, weigh=_answer_size, max_weight=max_completed_bytes
         )
         self.completed_clients: ExpiringMap[tuple[str, str], None] = ExpiringMap(reactor, t4)
 
