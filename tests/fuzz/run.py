@@ -99,6 +99,8 @@ class Report:
     pings: list[Optional[float]] = field(default_factory=list)
     rss_before_kib: int = 0
     rss_after_kib: int = 0
+    rss_samples: list[tuple[int, int]] = field(default_factory=list)
+    """(inputs tried, RSS in KiB) after each batch."""
     seconds: float = 0.0
     saved: Optional[Path] = None
 
@@ -121,6 +123,7 @@ class Report:
             f"wrong or missing replies {len(self.wrong)}",
             f"health pings {len(self.pings)}, unanswered {self.pings_lost}, slowest {worst}",
             f"RSS {self.rss_before_kib} KiB -> {self.rss_after_kib} KiB (growth {self.rss_growth_kib} KiB)",
+            "RSS after " + ", ".join(f"{tried}: {kib // 1024} MiB" for tried, kib in self.rss_samples[9::10]),
             f"time {self.seconds:.1f} s",
             f"failing inputs saved in {self.saved}" if self.saved else "no failing input",
         ]
@@ -225,6 +228,7 @@ def fuzz(node: LiveNode, member: Member, count: int, seed: int, save_dir: Option
                     fault(sent.data, "the node died")
             break
         report.pings.append(member.ping(node))
+        report.rss_samples.append((report.tried, node.rss_kib()))
     report.seconds = time.monotonic() - started
     if node.running:
         report.rss_after_kib = node.rss_kib()
