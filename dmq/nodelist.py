@@ -200,6 +200,8 @@ class NodeList:
         """Goes up at every change of the list (a node added or removed, a status changed)."""
         self._member_ips: frozenset[str] = frozenset()
         self._member_ips_version = -1
+        # Removed nodes that only their own list may bring back, until when.
+        self._held: dict[NodeKey, float] = {}
 
     # -- lookup -----------------------------------------------------------
 
@@ -328,6 +330,7 @@ class NodeList:
             return existing
         if node.local:
             raise ValueError(f"cannot add a second local node {node!r}")
+        self._held.pop(node.key, None)
         self._nodes[node.key] = node
         self._changed()
         if node.status is NodeStatus.ACTIVE:
@@ -355,6 +358,21 @@ class NodeList:
         self._changed()
         self._last_event.pop(listed.key, None)
         return True
+
+    def hold_out(self, node: NodeRef, until: float) -> None:
+        """
+        Until ``until``, let only ``node``'s own list add it again.
+
+        A node just removed (it timed out, or the operator removed it) is
+        still listed by the nodes that have not noticed yet; their lists
+        would bring it straight back.  Until ``until`` (the time given to
+        :meth:`merge_body`), a line naming it adds it only in a body the node
+        itself sent.  Held nodes past their time are forgotten as lines
+        name them; :meth:`add` lifts the hold at once.
+        """
+        key = self._key_of(node)
+        if key != self._local.key:
+            self._held[key] = until
 
     def set_status(self, node: NodeRef, status: NodeStatus) -> list[Event]:
         """
@@ -388,8 +406,10 @@ class NodeList:
         - a node not in the list is added with the line's status (peer-up when
           active), unless the list holds :attr:`max_nodes` already, this body
           added :attr:`max_new_per_list`, nothing may be sent to its address
-          (multicast, broadcast, unspecified), or the body is not ``trusted``
-          and the line does not name the ``sender`` (refused, counted);
+          (multicast, broadcast, unspecified), the body is not ``trusted``
+          and the line does not name the ``sender``, or the node was removed
+          a moment ago (:meth:`hold_out`) and the body is not its own
+          (refused, counted);
         - the local node's own line is ignored;
         - a line without any URI parameter leaves a known node's status alone
           (Kamailio only applies the status of a line that has parameters);
@@ -421,6 +441,12 @@ class NodeList:
                 continue
             known = nodes.get(key)
             if known is None:
+                held = self._held.get(key)
+                if held is not None:
+                    if now < held and key != sender_key:
+                        result.refused += 1
+                        continue
+                    del self._held[key]
                 if room <= 0 or not line.node.sendable:
                     result.refused += 1
                     continue

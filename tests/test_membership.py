@@ -40,6 +40,31 @@ class MembershipTests(SynchronousTestCase):
         m.result(remote, 408, sent_at=10, node_list=True)
         self.assertIs(remote.status, NodeStatus.ACTIVE)
 
+    def test_timeout_of_a_node_removed_and_added_again_is_ignored(self) -> None:
+        """A 408 for a request to a node that was removed and listed again since changes nothing on the new entry."""
+        m, remote, clock = membership()
+        clock.advance(10)
+        m.remove_node(remote)
+        again = m.add_node("sip:127.0.0.2:5060")
+        clock.advance(32)
+        m.result(remote, 408, sent_at=9, node_list=True)
+        self.assertIs(again.status, NodeStatus.ACTIVE)
+        self.assertIs(m.nodes.get(again.key), again)
+
+    def test_removed_node_comes_back_only_by_its_own_list_within_the_hold(self) -> None:
+        """After a timeout removes a node, a third party's list cannot add it for removal_hold s; its own list can."""
+        m, remote, clock = membership(removal_hold=32.0)
+        third = m.nodes.add(Node("127.0.0.3", 5060))
+        clock.advance(10)
+        m.result(remote, 408, sent_at=9, node_list=True)
+        m.result(remote, 408, sent_at=9.5, node_list=True)
+        self.assertNotIn(remote, m.nodes)
+        stale = b"sip:127.0.0.2:5060;status=active\r\nsip:127.0.0.3:5060;status=active\r\n"
+        m.nodes.merge_body(stale, 41.0, sender=third)
+        self.assertNotIn(remote, m.nodes)
+        m.nodes.merge_body(b"sip:127.0.0.2:5060;status=active\r\n", 41.0, sender=Node("127.0.0.2", 5060))
+        self.assertIn(remote, m.nodes)
+
     def test_other_channels_count_only_with_fail_counting(self) -> None:
         """A 408 on another channel changes nothing by default, and makes the node not active with fail counting."""
         m, remote, _ = membership()
