@@ -108,3 +108,76 @@ def replicate_under_loss(namespace: Callable[..., Namespace], dmq_node: NodeFact
         retransmissions=_delta(after_a, before_a, "retransmissions"),
         absorbed=_delta(after_b, before_b, "retransmitted_requests"), seconds=seconds, tables_equal=equal,
     )
+
+
+def view(node: Any) -> dict[str, str]:
+    """``sip:HOST:PORT`` -> status of every node ``node`` lists (a dmq process or a Kamailio node)."""
+    if isinstance(node, DmqProcess):
+        return node.list_nodes()
+    return {f"sip:{row['host']}:{row['port']}": row["status"] for row in node.list_nodes()}
+
+
+def all_converged(*nodes: Any) -> bool:
+    """Whether every node (dmq or Kamailio) lists exactly these nodes, all active."""
+    everyone = {node.uri: "active" for node in nodes}
+    return all(view(node) == everyone for node in nodes)
+
+
+def tables_agree(*nodes: Any) -> dict[str, Any] | None:
+    """Table ``t`` when every node (dmq or Kamailio) holds the same, else None."""
+    items = [node.htable_items("t") for node in nodes]
+    return items[0] if all(i == items[0] for i in items[1:]) else None
+
+
+@dataclass
+class RestartFigures:
+    """What :func:`kill_and_restart` saw: seconds from each kill until a dmq node saw the victim
+    not active, and from each restart to a converged cluster with equal tables."""
+
+    nodes: int
+    applied_once: bool
+    rejoin_seconds: list[float]
+    detect_seconds: list[float]
+    keys: int
+
+
+def kill_and_restart(dmq_node: NodeFactory, kamailio: Callable[..., Any], rounds: int = 1,
+                     sets: int = 20) -> RestartFigures:
+    """
+    A cluster of two dmq and two Kamailio nodes; each round SIGKILLs a dmq node and a Kamailio
+    node in turn, makes ``sets`` changes while it is down, waits until a dmq node no longer
+    lists it active (the crash was noticed), restarts it on the same address,
+    and waits until every node lists every other as active and all tables are equal (the
+    restarted node syncs at start-up). Before the first kill, ``sets`` changes made on a
+    Kamailio node reach each dmq node exactly once (counted by its htable channel).
+    """
+    a = dmq_node(ping_interval=1)
+    k1 = kamailio([a.uri])
+    b = dmq_node([a], ping_interval=1)
+    k2 = kamailio([a.uri])
+    cluster = (a, k1, b, k2)
+    wait_until(lambda: all_converged(*cluster), timeout=30, interval=0.5)
+    before = [htable_counts(n) for n in (a, b)]
+    for i in range(sets):
+        k1.rpc("htable.sets", "t", f"before-{i}", f"v{i}")
+    wait_until(lambda: tables_agree(*cluster) and len(a.htable_items()) == sets, timeout=15, interval=0.2)
+    after = [htable_counts(n) for n in (a, b)]
+    applied_once = all(_delta(x, y, "received") == sets for x, y in zip(after, before))
+    timings: list[float] = []
+    detections: list[float] = []
+    for round_ in range(rounds):
+        for victim, writer in ((b, k1), (k2, a)):
+            victim.kill()
+            killed = time.monotonic()
+            for i in range(sets):
+                writer.rpc("htable.sets", "t", f"down-{round_}-{victim.port}-{i}", f"v{i}")
+            watcher = a if victim is not a else b
+            wait_until(lambda: view(watcher).get(victim.uri) != "active", timeout=20, interval=0.2)
+            detections.append(time.monotonic() - killed)
+            victim.start()
+            started = time.monotonic()
+            wait_until(lambda: all_converged(*cluster) and tables_agree(*cluster), timeout=30, interval=0.2)
+            timings.append(time.monotonic() - started)
+    assert_alive(*[(n.host, n.port) for n in cluster])
+    return RestartFigures(nodes=len(cluster), applied_once=applied_once, rejoin_seconds=timings,
+                          detect_seconds=detections, keys=len(a.htable_items()))
