@@ -42,10 +42,11 @@ class Membership:
     :param init_with_single: become ready also when no seed answers.
     :param on_ready: called once, when the node becomes ready (the service
         runs its peers' init hooks there).
-    :param removal_hold: for this many seconds after a node is removed, only
-        its own node list brings it back (:meth:`NodeList.hold_out`): the
-        lists of nodes that have not noticed yet are stale on it.  The
-        service gives the request timeout, 64*T1.
+    :param timeout_hold: for this many seconds after a node times out here
+        or is removed, only the node itself (its own list, its answer) brings
+        it back (:meth:`NodeList.hold_out`): the lists of nodes that have not
+        noticed yet are stale on it.  The service gives the request timeout,
+        64*T1.
     :ivar rtt: the last node-list round trip per node key, in seconds.
     :ivar ready: whether the first node list has arrived.
     :ivar history: the most recent events (at most :data:`HISTORY`), oldest
@@ -59,10 +60,10 @@ class Membership:
         policy: TimeoutPolicy = TimeoutPolicy(),
         init_with_single: bool = False,
         on_ready: Optional[Callable[[], None]] = None,
-        removal_hold: float = 0.0,
+        timeout_hold: float = 0.0,
     ) -> None:
         self.nodes = nodes
-        self.removal_hold = removal_hold
+        self.timeout_hold = timeout_hold
         self.clock = clock
         self.policy = policy
         self.init_with_single = init_with_single
@@ -152,9 +153,9 @@ class Membership:
             if listed.last_seen is not None and listed.last_seen >= sent_at:
                 return  # the node answered something sent later: this timeout is stale
             outcome = self.nodes.mark_timeout(node, self.policy)
+            self.nodes.hold_out(node, now + self.timeout_hold)
             self.publish(outcome.events)
             if outcome.removed:
-                self.nodes.hold_out(node, now + self.removal_hold)
                 log.info("node {uri} removed after a timeout", uri=str(node.uri))
 
     # -- operator changes ------------------------------------------------------------
@@ -186,7 +187,7 @@ class Membership:
         events: list[Event] = []
         removed = self.nodes.remove(uri, events)
         if removed:
-            self.nodes.hold_out(uri, float(self.clock.seconds()) + self.removal_hold)
+            self.nodes.hold_out(uri, float(self.clock.seconds()) + self.timeout_hold)
             log.info("node {uri} removed by the operator", uri=str(uri))
         self.publish(events)
         return removed

@@ -200,7 +200,8 @@ class NodeList:
         """Goes up at every change of the list (a node added or removed, a status changed)."""
         self._member_ips: frozenset[str] = frozenset()
         self._member_ips_version = -1
-        # Removed nodes that only their own list may bring back, until when.
+        # Nodes that timed out or were removed here: until when only they themselves
+        # (their own list, their answer) may bring them back; see hold_out.
         self._held: dict[NodeKey, float] = {}
 
     # -- lookup -----------------------------------------------------------
@@ -361,18 +362,30 @@ class NodeList:
 
     def hold_out(self, node: NodeRef, until: float) -> None:
         """
-        Until ``until``, let only ``node``'s own list add it again.
+        Until ``until``, let only ``node`` itself bring it back.
 
-        A node just removed (it timed out, or the operator removed it) is
-        still listed by the nodes that have not noticed yet; their lists
-        would bring it straight back.  Until ``until`` (the time given to
-        :meth:`merge_body`), a line naming it adds it only in a body the node
-        itself sent.  Held nodes past their time are forgotten as lines
-        name them; :meth:`add` lifts the hold at once.
+        A node that just timed out here, or was removed, is still listed as
+        active by the nodes that have not noticed yet (a partition cuts
+        them off at different moments); their lists would bring it straight
+        back, and nodes on one side of a partition would keep each other's
+        stale view alive for good.  Until ``until`` (the time given to
+        :meth:`merge_body`), a line of another sender neither adds it nor
+        makes it active; its own list or its answer (:meth:`mark_reply`)
+        does, and lifts the hold, as does :meth:`add`.
         """
         key = self._key_of(node)
         if key != self._local.key:
             self._held[key] = until
+
+    def _held_out(self, key: NodeKey, now: float) -> bool:
+        """Whether ``key`` is held out at ``now`` (a hold whose time is over is forgotten)."""
+        until = self._held.get(key)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self._held[key]
+        return False
 
     def set_status(self, node: NodeRef, status: NodeStatus) -> list[Event]:
         """
@@ -410,6 +423,8 @@ class NodeList:
           and the line does not name the ``sender``, or the node was removed
           a moment ago (:meth:`hold_out`) and the body is not its own
           (refused, counted);
+        - a known node that timed out here a moment ago (:meth:`hold_out`)
+          is not made active by another sender's line;
         - the local node's own line is ignored;
         - a line without any URI parameter leaves a known node's status alone
           (Kamailio only applies the status of a line that has parameters);
@@ -441,12 +456,9 @@ class NodeList:
                 continue
             known = nodes.get(key)
             if known is None:
-                held = self._held.get(key)
-                if held is not None:
-                    if now < held and key != sender_key:
-                        result.refused += 1
-                        continue
-                    del self._held[key]
+                if key != sender_key and self._held_out(key, now):
+                    result.refused += 1
+                    continue
                 if room <= 0 or not line.node.sendable:
                     result.refused += 1
                     continue
@@ -457,6 +469,8 @@ class NodeList:
                 continue
             if known.local or not line.has_params or known.status is line.status:
                 continue
+            if line.status is NodeStatus.ACTIVE and key != sender_key and self._held_out(key, now):
+                continue
             if known.status is NodeStatus.DISABLED and not (
                 self.reactivate_disabled_from_body and line.status is NodeStatus.ACTIVE
             ):
@@ -466,6 +480,7 @@ class NodeList:
                 touched.add(key)
                 result.changed.append(known)
         if sender_key is not None:
+            self._held.pop(sender_key, None)
             listed = nodes.get(sender_key)
             if listed is not None and not listed.local:
                 listed.last_seen = now
@@ -507,6 +522,7 @@ class NodeList:
         listed = self._listed(node)
         if listed is None or listed.local:
             return []
+        self._held.pop(listed.key, None)
         events: list[Event] = []
         listed.fail_count = 0
         listed.last_seen = now

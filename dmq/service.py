@@ -157,7 +157,7 @@ class DMQService(MultiService):
             fail_count_threshold_disabled=fail_count_threshold_disabled,
         )
         self.membership = Membership(
-            self.nodes, reactor, policy, init_with_single, on_ready=self._run_inits, removal_hold=64 * t1
+            self.nodes, reactor, policy, init_with_single, on_ready=self._run_inits, timeout_hold=64 * t1
         )
         self.stop_timeout = stop_timeout
         self.request_hook = request_hook
