@@ -181,3 +181,59 @@ def kill_and_restart(dmq_node: NodeFactory, kamailio: Callable[..., Any], rounds
     assert_alive(*[(n.host, n.port) for n in cluster])
     return RestartFigures(nodes=len(cluster), applied_once=applied_once, rejoin_seconds=timings,
                           detect_seconds=detections, keys=len(a.htable_items()))
+
+
+@dataclass
+class PartitionFigures:
+    """What :func:`partition_and_heal` saw."""
+
+    ping_interval: float
+    short_partition: float
+    applied_once: bool
+    tables_equal: bool
+    split_seconds: float
+    converge_seconds: float
+
+
+def partition_and_heal(namespace: Callable[..., Namespace], dmq_node: NodeFactory, ping_interval: int = 2,
+                       short: float = 2.0, sets: int = 20) -> PartitionFigures:
+    """
+    Three dmq nodes in a namespace (T1 100 ms: a request gives up after 6.4 s), cut in two: A | B, C.
+
+    First a short partition (``short`` s, under the request timeout): ``sets`` changes on A and
+    on B meanwhile are retransmitted through it once it heals, and each node applies each
+    change it should get exactly once (its htable channel counts). Then a long one: A removes
+    B and C, B and C hold A (their seed) as not active. Measured: seconds until that split,
+    and from healing until every node lists all three as active again.
+    """
+    ns = namespace()
+    a = dmq_node(namespace=ns, ping_interval=ping_interval)
+    b = dmq_node([a], namespace=ns, ping_interval=ping_interval)
+    c = dmq_node([a], namespace=ns, ping_interval=ping_interval)
+    nodes = (a, b, c)
+    wait_until(lambda: converged(*nodes), timeout=20, interval=0.2)
+    before = [htable_counts(n) for n in nodes]
+    ns.partition([a.host], [b.host, c.host])
+    for i in range(sets):
+        a.rpc("htable.sets", "t", f"short-a-{i}", f"v{i}")
+        b.rpc("htable.sets", "t", f"short-b-{i}", f"v{i}")
+    time.sleep(short)
+    ns.flush()
+    wait_until(lambda: tables_equal(*nodes) and len(a.htable_items()) == 2 * sets, timeout=20, interval=0.2)
+    after = [htable_counts(n) for n in nodes]
+    received = [_delta(x, y, "received") for x, y in zip(after, before)]
+    applied_once = received == [sets, sets, 2 * sets]
+    ns.partition([a.host], [b.host, c.host])
+    cut = time.monotonic()
+    wait_until(lambda: set(a.list_nodes()) == {a.uri} and b.list_nodes().get(a.uri) == "not_active"
+               and c.list_nodes().get(a.uri) == "not_active", timeout=40, interval=0.2)
+    split = time.monotonic() - cut
+    ns.flush()
+    healed = time.monotonic()
+    wait_until(lambda: converged(*nodes), timeout=10 * ping_interval, interval=0.05)
+    converge = time.monotonic() - healed
+    equal = tables_equal(*nodes) is not None
+    with ns.entered():
+        assert_alive(*[(n.host, n.port) for n in nodes])
+    return PartitionFigures(ping_interval=ping_interval, short_partition=short, applied_once=applied_once,
+                            tables_equal=equal, split_seconds=split, converge_seconds=converge)
