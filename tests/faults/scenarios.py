@@ -237,3 +237,42 @@ def partition_and_heal(namespace: Callable[..., Namespace], dmq_node: NodeFactor
         assert_alive(*[(n.host, n.port) for n in nodes])
     return PartitionFigures(ping_interval=ping_interval, short_partition=short, applied_once=applied_once,
                             tables_equal=equal, split_seconds=split, converge_seconds=converge)
+
+
+@dataclass
+class SeedMoveFigures:
+    """What :func:`seed_moves` saw: seconds from the hosts-file edit until the node lists the seed's new
+    address as active and the moved seed lists the node, and until the old address has left its list."""
+
+    ping_interval: float
+    joined_seconds: float
+    old_gone_seconds: float
+
+
+def seed_moves(namespace: Callable[..., Namespace], dmq_node: NodeFactory, ping_interval: int = 1) -> SeedMoveFigures:
+    """
+    A node whose seed is a host name (``/etc/hosts`` of a namespace, read through ``ip netns exec``).
+
+    The seed process is SIGKILLed and another starts on a new address; the name is moved
+    there. The node (``--seed-refresh 1``) resolves the name again, pings the new address,
+    and the old one, no longer a seed, times out and leaves its list: no node stays twice.
+    """
+    (old_host, port), (new_host, _) = free_address("udp"), free_address("udp")
+    name = "seed.dmq.test"
+    ns = namespace({name: old_host})
+    seed = dmq_node(namespace=ns, address=(old_host, port), ping_interval=ping_interval)
+    node = dmq_node([f"sip:{name}:{port}"], namespace=ns, ping_interval=ping_interval,
+                    options=("--seed-refresh", "1"))
+    wait_until(lambda: converged(seed, node), timeout=20, interval=0.2)
+    moved = dmq_node(namespace=ns, address=(new_host, port), ping_interval=ping_interval)
+    seed.kill()
+    ns.set_host(name, new_host)
+    edited = time.monotonic()
+    wait_until(lambda: node.list_nodes().get(moved.uri) == "active" and moved.list_nodes().get(node.uri) == "active",
+               timeout=20, interval=0.1)
+    joined = time.monotonic() - edited
+    wait_until(lambda: converged(moved, node), timeout=30, interval=0.1)
+    gone = time.monotonic() - edited
+    with ns.entered():
+        assert_alive((node.host, node.port), (moved.host, moved.port))
+    return SeedMoveFigures(ping_interval=ping_interval, joined_seconds=joined, old_gone_seconds=gone)
