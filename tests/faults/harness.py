@@ -251,12 +251,12 @@ class DmqProcess:
         return {cell["name"]: cell["value"] for slot in self.rpc("htable.dump", table) for cell in slot["slot"]}
 
     def stats(self) -> dict[str, Any]:
-        """``dmq.stats`` with the htable peer's counters under ``htable``."""
+        """``dmq.stats``: the node's counters."""
         stats: dict[str, Any] = self.rpc("dmq.stats")
         return stats
 
 
 def tables_equal(*nodes: Any, table: str = "t") -> dict[str, Any] | None:
-    """The table all ``nodes`` hold when they hold the same one, else None (for :func:`wait_until`)."""
+    """The table all ``nodes`` (dmq processes or Kamailio nodes) hold when they hold the same one, else None."""
     items = [node.htable_items(table) for node in nodes]
     return items[0] if all(i == items[0] for i in items[1:]) else None

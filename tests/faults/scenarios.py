@@ -15,8 +15,8 @@ from typing import Any, Callable
 from ..helpers import assert_alive, free_address, wait_until
 from .harness import DmqProcess, Namespace, tables_equal
 
-__all__ = ["LossFigures", "PartitionFigures", "SeedMoveFigures", "htable_counts", "converged",
-           "replicate_under_loss", "partition_and_heal", "seed_moves"]
+__all__ = ["LossFigures", "PartitionFigures", "RestartFigures", "SeedMoveFigures", "converged", "htable_counts",
+           "kill_and_restart", "partition_and_heal", "replicate_under_loss", "seed_moves", "view"]
 
 NodeFactory = Callable[..., DmqProcess]
 
@@ -32,12 +32,6 @@ def htable_counts(node: DmqProcess) -> dict[str, Any]:
         "retransmissions": stats["transactions"]["retransmissions"],
         "retransmitted_requests": stats["transactions"]["retransmitted_requests"],
     }
-
-
-def converged(*nodes: Any) -> bool:
-    """Whether every node lists every node (itself included) as active, and nothing else."""
-    everyone = {node.uri: "active" for node in nodes}
-    return all(node.list_nodes() == everyone for node in nodes)
 
 
 def _delta(after: dict[str, Any], before: dict[str, Any], name: str) -> int:
@@ -117,16 +111,10 @@ def view(node: Any) -> dict[str, str]:
     return {f"sip:{row['host']}:{row['port']}": row["status"] for row in node.list_nodes()}
 
 
-def all_converged(*nodes: Any) -> bool:
-    """Whether every node (dmq or Kamailio) lists exactly these nodes, all active."""
+def converged(*nodes: Any) -> bool:
+    """Whether every node (dmq or Kamailio) lists exactly these nodes, itself included, all active."""
     everyone = {node.uri: "active" for node in nodes}
     return all(view(node) == everyone for node in nodes)
-
-
-def tables_agree(*nodes: Any) -> dict[str, Any] | None:
-    """Table ``t`` when every node (dmq or Kamailio) holds the same, else None."""
-    items = [node.htable_items("t") for node in nodes]
-    return items[0] if all(i == items[0] for i in items[1:]) else None
 
 
 @dataclass
@@ -156,11 +144,11 @@ def kill_and_restart(dmq_node: NodeFactory, kamailio: Callable[..., Any], rounds
     b = dmq_node([a], ping_interval=1)
     k2 = kamailio([a.uri])
     cluster = (a, k1, b, k2)
-    wait_until(lambda: all_converged(*cluster), timeout=30, interval=0.5)
+    wait_until(lambda: converged(*cluster), timeout=30, interval=0.5)
     before = [htable_counts(n) for n in (a, b)]
     for i in range(sets):
         k1.rpc("htable.sets", "t", f"before-{i}", f"v{i}")
-    wait_until(lambda: tables_agree(*cluster) and len(a.htable_items()) == sets, timeout=15, interval=0.2)
+    wait_until(lambda: tables_equal(*cluster) and len(a.htable_items()) == sets, timeout=15, interval=0.2)
     after = [htable_counts(n) for n in (a, b)]
     applied_once = all(_delta(x, y, "received") == sets for x, y in zip(after, before))
     timings: list[float] = []
@@ -176,7 +164,7 @@ def kill_and_restart(dmq_node: NodeFactory, kamailio: Callable[..., Any], rounds
             detections.append(time.monotonic() - killed)
             victim.start()
             started = time.monotonic()
-            wait_until(lambda: all_converged(*cluster) and tables_agree(*cluster), timeout=30, interval=0.2)
+            wait_until(lambda: converged(*cluster) and tables_equal(*cluster), timeout=30, interval=0.2)
             timings.append(time.monotonic() - started)
     assert_alive(*[(n.host, n.port) for n in cluster])
     return RestartFigures(nodes=len(cluster), applied_once=applied_once, rejoin_seconds=timings,
