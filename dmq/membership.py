@@ -42,6 +42,11 @@ class Membership:
     :param init_with_single: become ready also when no seed answers.
     :param on_ready: called once, when the node becomes ready (the service
         runs its peers' init hooks there).
+    :param timeout_hold: for this many seconds after a node times out here
+        or is removed, only the node itself (its own list, its answer) brings
+        it back (:meth:`NodeList.hold_out`): the lists of nodes that have not
+        noticed yet are stale on it.  The service gives the request timeout,
+        64*T1.
     :ivar rtt: the last node-list round trip per node key, in seconds.
     :ivar ready: whether the first node list has arrived.
     :ivar history: the most recent events (at most :data:`HISTORY`), oldest
@@ -55,8 +60,10 @@ class Membership:
         policy: TimeoutPolicy = TimeoutPolicy(),
         init_with_single: bool = False,
         on_ready: Optional[Callable[[], None]] = None,
+        timeout_hold: float = 0.0,
     ) -> None:
         self.nodes = nodes
+        self.timeout_hold = timeout_hold
         self.clock = clock
         self.policy = policy
         self.init_with_single = init_with_single
@@ -126,7 +133,8 @@ class Membership:
         For a node-list request (a join, a ping, a broadcast) a 200 records
         the round trip and makes the node active (:meth:`NodeList.mark_reply`),
         and a 408 applies the timeout rules, unless the node has answered
-        something sent later (then the timeout is stale).  For any other
+        something sent later, or was removed and listed again since (then
+        the timeout is stale: it concerns a node that is gone).  For any other
         channel only a 408 counts, and only with fail counting
         (:meth:`NodeList.mark_message_timeout`).
         """
@@ -140,9 +148,12 @@ class Membership:
             self.publish(self.nodes.mark_reply(node, now))
         elif code == 408:
             listed = self.nodes.get(node.key)
-            if listed is not None and listed.last_seen is not None and listed.last_seen >= sent_at:
+            if listed is not node:
+                return  # removed (and perhaps listed again) since the request went: stale
+            if listed.last_seen is not None and listed.last_seen >= sent_at:
                 return  # the node answered something sent later: this timeout is stale
             outcome = self.nodes.mark_timeout(node, self.policy)
+            self.nodes.hold_out(node, now + self.timeout_hold)
             self.publish(outcome.events)
             if outcome.removed:
                 log.info("node {uri} removed after a timeout", uri=str(node.uri))
@@ -176,6 +187,7 @@ class Membership:
         events: list[Event] = []
         removed = self.nodes.remove(uri, events)
         if removed:
+            self.nodes.hold_out(uri, float(self.clock.seconds()) + self.timeout_hold)
             log.info("node {uri} removed by the operator", uri=str(uri))
         self.publish(events)
         return removed

@@ -200,6 +200,9 @@ class NodeList:
         """Goes up at every change of the list (a node added or removed, a status changed)."""
         self._member_ips: frozenset[str] = frozenset()
         self._member_ips_version = -1
+        # Nodes that timed out or were removed here: until when only they themselves
+        # (their own list, their answer) may bring them back; see hold_out.
+        self._held: dict[NodeKey, float] = {}
 
     # -- lookup -----------------------------------------------------------
 
@@ -328,6 +331,7 @@ class NodeList:
             return existing
         if node.local:
             raise ValueError(f"cannot add a second local node {node!r}")
+        self._held.pop(node.key, None)
         self._nodes[node.key] = node
         self._changed()
         if node.status is NodeStatus.ACTIVE:
@@ -355,6 +359,33 @@ class NodeList:
         self._changed()
         self._last_event.pop(listed.key, None)
         return True
+
+    def hold_out(self, node: NodeRef, until: float) -> None:
+        """
+        Until ``until``, let only ``node`` itself bring it back.
+
+        A node that just timed out here, or was removed, is still listed as
+        active by the nodes that have not noticed yet (a partition cuts
+        them off at different moments); their lists would bring it straight
+        back, and nodes on one side of a partition would keep each other's
+        stale view alive for good.  Until ``until`` (the time given to
+        :meth:`merge_body`), a line of another sender neither adds it nor
+        makes it active; its own list or its answer (:meth:`mark_reply`)
+        does, and lifts the hold, as does :meth:`add`.
+        """
+        key = self._key_of(node)
+        if key != self._local.key:
+            self._held[key] = until
+
+    def _held_out(self, key: NodeKey, now: float) -> bool:
+        """Whether ``key`` is held out at ``now`` (a hold whose time is over is forgotten)."""
+        until = self._held.get(key)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self._held[key]
+        return False
 
     def set_status(self, node: NodeRef, status: NodeStatus) -> list[Event]:
         """
@@ -388,8 +419,12 @@ class NodeList:
         - a node not in the list is added with the line's status (peer-up when
           active), unless the list holds :attr:`max_nodes` already, this body
           added :attr:`max_new_per_list`, nothing may be sent to its address
-          (multicast, broadcast, unspecified), or the body is not ``trusted``
-          and the line does not name the ``sender`` (refused, counted);
+          (multicast, broadcast, unspecified), the body is not ``trusted``
+          and the line does not name the ``sender``, or the node was removed
+          a moment ago (:meth:`hold_out`) and the body is not its own
+          (refused, counted);
+        - a known node that timed out here a moment ago (:meth:`hold_out`)
+          is not made active by another sender's line;
         - the local node's own line is ignored;
         - a line without any URI parameter leaves a known node's status alone
           (Kamailio only applies the status of a line that has parameters);
@@ -421,6 +456,9 @@ class NodeList:
                 continue
             known = nodes.get(key)
             if known is None:
+                if key != sender_key and self._held_out(key, now):
+                    result.refused += 1
+                    continue
                 if room <= 0 or not line.node.sendable:
                     result.refused += 1
                     continue
@@ -431,6 +469,8 @@ class NodeList:
                 continue
             if known.local or not line.has_params or known.status is line.status:
                 continue
+            if line.status is NodeStatus.ACTIVE and key != sender_key and self._held_out(key, now):
+                continue
             if known.status is NodeStatus.DISABLED and not (
                 self.reactivate_disabled_from_body and line.status is NodeStatus.ACTIVE
             ):
@@ -440,6 +480,7 @@ class NodeList:
                 touched.add(key)
                 result.changed.append(known)
         if sender_key is not None:
+            self._held.pop(sender_key, None)
             listed = nodes.get(sender_key)
             if listed is not None and not listed.local:
                 listed.last_seen = now
@@ -481,6 +522,7 @@ class NodeList:
         listed = self._listed(node)
         if listed is None or listed.local:
             return []
+        self._held.pop(listed.key, None)
         events: list[Event] = []
         listed.fail_count = 0
         listed.last_seen = now

@@ -30,7 +30,10 @@ from dmq.seeds import Resolver, Seeds
 from dmq.sip.message import Response
 from dmq.sip.uri import SIPURI
 
-__all__ = ["NotificationPeer", "DEFAULT_CHANNEL", "JOIN_MAX_FORWARDS", "HOP_BUDGET", "AMPLIFICATION", "SEED_REFRESH"]
+__all__ = [
+    "NotificationPeer", "DEFAULT_CHANNEL", "JOIN_MAX_FORWARDS", "HOP_BUDGET", "AMPLIFICATION", "SEED_REFRESH",
+    "REBROADCAST_GAP",
+]
 
 log = Logger()
 
@@ -45,6 +48,8 @@ SERVER_PRODUCT = "dmq/"
 """How the ``User-Agent`` of a dmq node begins (``dmq/0.1.0``)."""
 SEED_REFRESH = 10
 """Default: seeds given by host name are resolved again every this many ping intervals."""
+REBROADCAST_GAP = 0.25
+"""Seconds between two re-broadcasts at least: the changes of a burst of requests go out together."""
 
 
 class NotificationPeer(Peer):
@@ -90,7 +95,12 @@ class NotificationPeer(Peer):
         self._first_ping: Optional[IDelayedCall] = None
         self._retry: Optional[IDelayedCall] = None
         self._joining = False
+        self._rebroadcast: Optional[IDelayedCall] = None
+        self._rebroadcast_at = float("-inf")
+        self._rebroadcast_hops = 0
+        self._rebroadcast_except: set[Any] = set()
         self.joins = 0
+        self.rebroadcasts = 0
         self.pings = 0
         self.refused_nodes = 0
 
@@ -140,6 +150,9 @@ class NotificationPeer(Peer):
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        if self._rebroadcast is not None and self._rebroadcast.active():
+            self._rebroadcast.cancel()
+        self._rebroadcast = None
 
     def _check_own_ip(self, seed: Node) -> None:
         """
@@ -198,7 +211,7 @@ class NotificationPeer(Peer):
                 self._retry_later()
             return defer.succeed(False)
         self.joins += 1
-        body = service.nodes.format_body()
+        body = service.nodes.format_body(limit=service.max_body_size)
         attempts = [self._exchange(node, body, JOIN_MAX_FORWARDS) for node in seeds]
         d = defer.gatherResults(attempts)
 
@@ -280,6 +293,10 @@ class NotificationPeer(Peer):
         """
         Send this node's list (Max-Forwards 1) to every known node, whatever
         its status; when the list holds only this node, join instead.
+
+        Every list this node sends, here and elsewhere, is cut to the
+        service's ``max_body_size`` (this node's line and the newest nodes
+        that fit), so that it always goes in one datagram.
         """
         nodes = self.service.nodes
         others = nodes.others()
@@ -288,7 +305,7 @@ class NotificationPeer(Peer):
                 return defer.succeed([])
             return self.join().addCallback(lambda joined: [joined])
         self.pings += 1
-        body = nodes.format_body()
+        body = nodes.format_body(limit=self.service.max_body_size)
         return defer.gatherResults([self._exchange(node, body, 1) for node in others])
 
     def broadcast(
@@ -300,9 +317,42 @@ class NotificationPeer(Peer):
         ping.
         """
         service = self.service
-        body = service.nodes.format_body(leaving=leaving)
+        body = service.nodes.format_body(leaving=leaving, limit=service.max_body_size)
         targets = service.targets(except_node)
         return defer.gatherResults([self._exchange(node, body, max_forwards) for node in targets])
+
+    def rebroadcast(self, max_forwards: int, except_node: Optional[Node] = None) -> None:
+        """
+        Send this node's list on to the active nodes after a received request
+        changed it: at once, unless one went less than
+        :data:`REBROADCAST_GAP` seconds ago; then one more goes when the gap
+        is over, carrying every change made meanwhile.  A burst of joins or
+        leaves causes a few re-broadcasts per second, not one per change.
+        ``except_node`` (a stranger, which gets the whole list on its own)
+        is left out.
+        """
+        if except_node is not None:
+            self._rebroadcast_except.add(except_node.key)
+        self._rebroadcast_hops = max(self._rebroadcast_hops, max_forwards)
+        if self._rebroadcast is not None:
+            return
+        clock = self.service.clock
+        wait = self._rebroadcast_at + REBROADCAST_GAP - clock.seconds()
+        if wait > 0:
+            self._rebroadcast = clock.callLater(wait, self._send_rebroadcast)
+        else:
+            self._send_rebroadcast()
+
+    def _send_rebroadcast(self) -> None:
+        self._rebroadcast = None
+        self._rebroadcast_at = self.service.clock.seconds()
+        hops, self._rebroadcast_hops = self._rebroadcast_hops, 0
+        left_out, self._rebroadcast_except = self._rebroadcast_except, set()
+        self.rebroadcasts += 1
+        body = self.service.nodes.format_body(limit=self.service.max_body_size)
+        targets = [node for node in self.service.targets() if node.key not in left_out]
+        for node in targets:
+            self._exchange(node, body, hops)
 
     def leave(self) -> "Deferred[Any]":
         """
@@ -317,8 +367,8 @@ class NotificationPeer(Peer):
 
     def handle_message(self, message: DMQMessage) -> PeerResponse:
         """
-        A node-list request: merge it, re-broadcast what changed, answer 200
-        with this node's list.  An empty body is a read-only query.
+        A node-list request: merge it, re-broadcast what changed
+        (:meth:`rebroadcast`), answer 200 with this node's list.  An empty body is a read-only query.
 
         A sender that is not a member (its From names no listed node) adds at
         most itself, is left out of the re-broadcast, and its answer is cut
@@ -346,19 +396,20 @@ class NotificationPeer(Peer):
             result = self._merge(message.body, sender, from_request=True, trusted=member is not None)
             hops = min(message.max_forwards if message.max_forwards is not None else 1, HOP_BUDGET)
             if result is not None and result.changed_anything and hops > 1:
-                self.broadcast(hops - 1, except_node=None if member is not None else sender)
+                self.rebroadcast(hops - 1, except_node=None if member is not None else sender)
             if member is None and result is not None and result.added:
                 # The stranger is a member now: its answer was cut, so the whole list
                 # follows as a request of its own, once, to the one address it claims.
                 joined = result.added[0]
-                service.clock.callLater(0, self._exchange, joined, service.nodes.format_body(), 1)
+                body = service.nodes.format_body(limit=service.max_body_size)
+                service.clock.callLater(0, self._exchange, joined, body, 1)
         if member is not None and message.max_forwards == 1 and (member.agent or "").startswith(SERVER_PRODUCT):
             # A dmq member's ping: it gets this node's list in this node's own pings, and merges the
             # answer only to learn that this node lives; Kamailio nodes and joins always get the list.
             return PeerResponse(200)
-        limit = None
+        limit = service.max_body_size
         if member is None and message.request is not None:
-            limit = (AMPLIFICATION - 1) * len(message.request.to_bytes())
+            limit = min(limit, (AMPLIFICATION - 1) * len(message.request.to_bytes()))
         return PeerResponse(200, body=service.nodes.format_body(limit=limit), content_type="text/plain")
 
 

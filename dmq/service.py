@@ -161,7 +161,9 @@ class DMQService(MultiService):
             fail_count_threshold_not_active=fail_count_threshold_not_active,
             fail_count_threshold_disabled=fail_count_threshold_disabled,
         )
-        self.membership = Membership(self.nodes, reactor, policy, init_with_single, on_ready=self._run_inits)
+        self.membership = Membership(
+            self.nodes, reactor, policy, init_with_single, on_ready=self._run_inits, timeout_hold=64 * t1
+        )
         self.stop_timeout = stop_timeout
         self.request_hook = request_hook
         self.allow = [ipaddress.ip_network(a, strict=False) for a in allow] if allow else None

@@ -40,6 +40,47 @@ class MembershipTests(SynchronousTestCase):
         m.result(remote, 408, sent_at=10, node_list=True)
         self.assertIs(remote.status, NodeStatus.ACTIVE)
 
+    def test_timeout_of_a_node_removed_and_added_again_is_ignored(self) -> None:
+        """A 408 for a request to a node that was removed and listed again since changes nothing on the new entry."""
+        m, remote, clock = membership()
+        clock.advance(10)
+        m.remove_node(remote)
+        again = m.add_node("sip:127.0.0.2:5060")
+        clock.advance(32)
+        m.result(remote, 408, sent_at=9, node_list=True)
+        self.assertIs(again.status, NodeStatus.ACTIVE)
+        self.assertIs(m.nodes.get(again.key), again)
+
+    def test_removed_node_comes_back_only_by_its_own_list_within_the_hold(self) -> None:
+        """After a timeout removes a node, a third party's list cannot add it for timeout_hold s; its own list can."""
+        m, remote, clock = membership(timeout_hold=32.0)
+        third = m.nodes.add(Node("127.0.0.3", 5060))
+        clock.advance(10)
+        m.result(remote, 408, sent_at=9, node_list=True)
+        m.result(remote, 408, sent_at=9.5, node_list=True)
+        self.assertNotIn(remote, m.nodes)
+        stale = b"sip:127.0.0.2:5060;status=active\r\nsip:127.0.0.3:5060;status=active\r\n"
+        m.nodes.merge_body(stale, 41.0, sender=third)
+        self.assertNotIn(remote, m.nodes)
+        m.nodes.merge_body(b"sip:127.0.0.2:5060;status=active\r\n", 41.0, sender=Node("127.0.0.2", 5060))
+        self.assertIn(remote, m.nodes)
+
+    def test_third_party_list_does_not_revive_a_node_that_timed_out_here(self) -> None:
+        """A node that timed out here is made active again within timeout_hold only by itself; another member's list is stale on it."""
+        m, remote, clock = membership(timeout_hold=6.4, policy=TimeoutPolicy(remove_inactive=False))
+        third = m.nodes.add(Node("127.0.0.3", 5060))
+        clock.advance(10)
+        m.result(remote, 408, sent_at=3, node_list=True)
+        self.assertIs(remote.status, NodeStatus.NOT_ACTIVE)
+        says_active = b"sip:127.0.0.2:5060;status=active\r\nsip:127.0.0.3:5060;status=active\r\n"
+        m.nodes.merge_body(says_active, 16.0, sender=third)
+        self.assertIs(remote.status, NodeStatus.NOT_ACTIVE)
+        m.nodes.merge_body(says_active, 16.5, sender=third)  # the hold is over: Kamailio's rule again
+        self.assertIs(remote.status, NodeStatus.ACTIVE)
+        m.result(remote, 408, sent_at=12, node_list=True)
+        m.nodes.merge_body(b"sip:127.0.0.2:5060;status=active\r\n", 17.0, sender=Node("127.0.0.2", 5060))
+        self.assertIs(remote.status, NodeStatus.ACTIVE)
+
     def test_other_channels_count_only_with_fail_counting(self) -> None:
         """A 408 on another channel changes nothing by default, and makes the node not active with fail counting."""
         m, remote, _ = membership()

@@ -730,6 +730,31 @@ def test_merge_unknown_or_local_sender_ignored() -> None:
     assert B not in nodes and nodes.local.last_seen is None
 
 
+def test_removed_node_held_out_of_other_lists() -> None:
+    """Until its hold ends a removed node comes back only by its own list; then any member's list adds it again."""
+    nodes = make_list(node(A), node(B))
+    nodes.remove(A)
+    nodes.hold_out(A, until=10.0)
+    result = nodes.merge_body(line(A), now=5.0, sender=node(B))
+    assert A not in nodes and result.refused == 1 and not result.changed_anything
+    nodes.merge_body(line(A), now=6.0, sender=node(A))
+    assert nodes.get(A) is not None
+    nodes.remove(A)
+    nodes.hold_out(A, until=20.0)
+    nodes.merge_body(line(A), now=20.0, sender=node(B))
+    assert nodes.get(A) is not None
+
+
+def test_operator_add_lifts_the_hold() -> None:
+    """Adding a held node by hand lifts its hold: removed again later, a third party's list brings it back at once."""
+    nodes = make_list(node(B))
+    nodes.hold_out(A, until=10.0)
+    nodes.add(node(A))
+    nodes.remove(A)
+    nodes.merge_body(line(A), now=1.0, sender=node(B))
+    assert nodes.get(A) is not None
+
+
 def test_merge_lines_apply_in_order() -> None:
     """A node named twice is added by its first line and changed by its second."""
     nodes = make_list()

@@ -298,6 +298,52 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(len(to_joiner), 1)
         self.assertEqual(to_joiner[0].body, a.nodes.format_body())
 
+    def test_a_burst_of_changes_is_rebroadcast_together(self) -> None:
+        """Ten changing requests from a member within 0.1 s cause two re-broadcasts (at once, then after the gap), the second with every change."""
+        from dmq.notification import REBROADCAST_GAP
+
+        cluster = FakeCluster()
+        a = cluster.add(5060)
+        cluster.add(5061, seeds=(5060,))
+        cluster.run(0.5)
+        a.transport.clear()
+        before = a.notification.rebroadcasts
+        for i in range(10):
+            request = build_request(
+                "KDMQ",
+                SIPURI.parse("sip:notification_peer@127.0.0.1:5060"),
+                from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5061"),
+                via_transport="UDP",
+                via_sent_by="127.0.0.1:5061",
+                body=f"sip:127.0.0.1:5061;status=active\r\nsip:127.0.0.1:{6000 + i};status=active\r\n".encode(),
+                content_type="text/plain",
+                max_forwards=2,
+            )
+            a.transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5061))
+            cluster.clock.advance(0.01)
+        self.assertEqual(a.notification.rebroadcasts - before, 1)
+        cluster.clock.advance(REBROADCAST_GAP)
+        self.assertEqual(a.notification.rebroadcasts - before, 2)
+        to_b = [s.message for s in a.transport.sent if isinstance(s.message, Request) and s.address.port == 5061]
+        self.assertEqual(len(to_b), 2)
+        self.assertEqual(to_b[-1].body.count(b"\r\n"), 12)  # a, b and the ten new nodes
+        self.assertEqual({m.max_forwards for m in to_b}, {1})
+
+    def test_node_lists_fit_one_datagram(self) -> None:
+        """With a small udp_max_size, pings, broadcasts and answers carry a list cut to max_body_size: 60 nodes stay active."""
+        cluster = FakeCluster()
+        a = cluster.add(5060, udp_max_size=2048)
+        others = [cluster.add(port, seeds=(5060,), udp_max_size=2048) for port in range(5061, 5120)]
+        cluster.run(12, step=0.01)  # two ping intervals
+        self.assertGreater(len(a.nodes.format_body()), a.max_body_size)
+        requests = [s for s in a.transport.sent if isinstance(s.message, Request)]
+        self.assertTrue(requests)
+        self.assertLessEqual(max(len(s.data) for s in requests), 2048)
+        self.assertEqual(set(cluster.view(5060).values()), {"active"})
+        self.assertEqual(len(cluster.view(5060)), 60)
+        self.assertEqual(a.transactions.stats.too_large, 0)
+        self.assertEqual(sum(o.transactions.stats.too_large for o in others), 0)
+
     def test_dmq_member_pings_get_an_empty_answer(self) -> None:
         """A ping (Max-Forwards 1) from a dmq member is answered 200 with no body; from a Kamailio member, with the list."""
         cluster = FakeCluster()
@@ -374,7 +420,7 @@ class ChannelTests(SynchronousTestCase):
         self.received: list[tuple[int, DMQMessage]] = []
         for port, svc in ((5061, self.b), (5062, self.c)):
             svc.register_peer(CallbackPeer("custom1", lambda m, port=port: self.received.append((port, m))))
-        self.cluster.run(0.1)
+        self.cluster.run(0.5)  # joins at once; the second re-broadcast follows REBROADCAST_GAP later
 
     def test_bcast_reaches_every_other_node(self) -> None:
         """A broadcast reaches every other active node once and each answers 200 with no body."""
@@ -480,7 +526,7 @@ class ChannelTests(SynchronousTestCase):
         self.a.add_event_listener(heard.append)
         self.a.remove_event_listener(heard.append)
         self.cluster.kill(5062)
-        self.cluster.run(40, step=0.05)
+        self.cluster.run(38, step=0.05)  # first timeout at 34.5-37 s, the second (removal) from 39.5 s
         self.assertEqual(heard, [])
         self.assertEqual(self.cluster.view(5060).get(5062), "disabled")
 

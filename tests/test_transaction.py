@@ -313,6 +313,22 @@ class ServerTransactionTests(SynchronousTestCase):
         transport.receive(data, PEER)
         self.assertEqual(len(calls), 2)
 
+    def test_timer_j_covers_a_peer_on_the_default_t1(self) -> None:
+        """With a short own T1, answers are still kept 64 times the default T1 (32 s): a late copy is not applied twice."""
+        calls = []
+        clock, transport, layer = make_layer(
+            handler=lambda request, source: calls.append(1) or make_response(request, 200), t1=0.05, t2=0.4
+        )
+        data = kdmq().to_bytes()
+        transport.receive(data, PEER)
+        clock.advance(31.5)  # a peer on T1 = 0.5 s sends its last copy at 31.5 s
+        transport.receive(data, PEER)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(transport.messages()[-1].code, 200)
+        self.assertEqual(len(transport.sent), 2)
+        clock.advance(0.5)
+        self.assertEqual(len(layer.completed_servers), 0)
+
     def test_completed_transactions_capped(self) -> None:
         """Past max_completed, the oldest completed transactions are forgotten first."""
         calls = []

@@ -12,7 +12,8 @@ provisional response arrived), F (give up after 64*T1: the request's Deferred
 fails with :class:`~dmq.errors.TransactionTimeout`, code 408) and K (absorb
 retransmitted responses for T4).  Over TCP and TLS nothing is retransmitted
 and K is zero.  Server transaction timer: J (answer retransmissions with the
-stored final response for 64*T1 over UDP; zero over streams).
+stored final response for 64*T1 over UDP, at least 64 times the default T1
+whatever this node's own T1; zero over streams).
 
 RFC 4320 is kept in mind: a non-INVITE server transaction never sends a 408,
 and the client reports its own timeout rather than waiting for one.
@@ -322,9 +323,13 @@ class TransactionLayer:
         self.clients: dict[tuple[str, str], ClientTransaction] = {}
         self.servers: dict[tuple[object, ...], ServerTransaction] = {}
         # What completed transactions leave behind: for Timer J the final
-        # answer and where it went, for Timer K only the key.
+        # answer and where it went, for Timer K only the key.  Timer J must
+        # outlast the *sender's* retransmissions, which run on its own T1: a
+        # node with a short T1 still keeps answers for 64 times the default
+        # T1 (32 s), or a late copy from a peer on the default would be
+        # handled, and applied, a second time.
         self.completed_servers: ExpiringMap[tuple[object, ...], tuple[bytes, Address]] = ExpiringMap(
-            reactor, 64 * t1, max_completed, weigh=_answer_size, max_weight=max_completed_bytes
+            reactor, 64 * max(t1, T1), max_completed, weigh=_answer_size, max_weight=max_completed_bytes
         )
         self.completed_clients: ExpiringMap[tuple[str, str], None] = ExpiringMap(reactor, t4)
 
