@@ -119,6 +119,13 @@ class Namespace:
                 if libc.setns(home.fileno(), _CLONE_NEWNET) != 0:
                     raise OSError(ctypes.get_errno(), "setns back to the test process's namespace failed")
 
+    def wrap(self, binary: str, folder: Path) -> str:
+        """A script in ``folder`` that runs ``binary`` with its arguments inside this namespace (same pid)."""
+        script = Path(folder) / f"{Path(binary).name}-in-{self.name}"
+        script.write_text(f'#!/bin/sh\nexec ip netns exec {self.name} {binary} "$@"\n')
+        script.chmod(0o755)
+        return str(script)
+
     def delete(self) -> None:
         """Delete the namespace (its rules go with it) and its /etc/netns folder."""
         subprocess.run(["ip", "netns", "delete", self.name], check=False, capture_output=True)

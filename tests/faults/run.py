@@ -1,7 +1,7 @@
 """Run the fault scenarios longer than the tests do and print their figures (for docs/reliability.md).
 
 ``python -m tests.faults.run`` (as root, from the project folder, with the project's venv):
-every scenario of :mod:`tests.faults.scenarios`; ``--only loss,partition,seeds,restarts`` picks
+every scenario of :mod:`tests.faults.scenarios`; ``--only loss,kamailio-loss,partition,seeds,restarts`` picks
 some, ``--sets N`` changes the sets per loss rate, ``--repeat N`` the runs of the others.
 """
 
@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterator
 
 from ..interop.kamailio import NodeFactory, find_builds
 from .harness import DmqProcess, Namespace
-from .scenarios import kill_and_restart, partition_and_heal, replicate_under_loss, seed_moves
+from .scenarios import kamailio_under_loss, kill_and_restart, partition_and_heal, replicate_under_loss, seed_moves
 
-SCENARIOS = ("loss", "partition", "seeds", "restarts")
+SCENARIOS = ("loss", "kamailio-loss", "partition", "seeds", "restarts")
 
 
 @contextlib.contextmanager
@@ -81,6 +81,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {rate:.0%} | {f.sets} | {f.answered_200} | {f.answered_other} | {f.distinct} | {f.lost} | "
                   f"{f.applied - f.distinct} | {f.retransmissions} | {f.absorbed} | {f.seconds:.1f} | "
                   f"{'yes' if f.tables_equal else 'NO'} |", flush=True)
+    if "kamailio-loss" in chosen:
+        print("\n| Kamailio | loss | sets | arrived | handled | lost | handled twice | copies absorbed | seconds |\n"
+              "|---|---|---|---|---|---|---|---|---|")
+        for build in find_builds():
+            if build.missing:
+                continue
+            for rate in (0.01, 0.05, 0.10, 0.20):
+                kamailio = NodeFactory(build, lambda: Path(tempfile.mkdtemp(dir=root, prefix="k")))
+                try:
+                    with factories(folder()) as (namespace, dmq_node):
+                        f = kamailio_under_loss(namespace, dmq_node, kamailio, rate, sets=args.sets)
+                finally:
+                    for node in kamailio.nodes:
+                        node.stop()
+                print(f"| {build.label} | {rate:.0%} | {f.sets} | {f.distinct} | {f.applied} | {f.lost} | "
+                      f"{f.applied - f.distinct} | {f.absorbed} | {f.seconds:.1f} |", flush=True)
     if "partition" in chosen:
         split, converge, once = [], [], []
         for _ in range(args.repeat):

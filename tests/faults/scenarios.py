@@ -16,7 +16,7 @@ from ..helpers import assert_alive, free_address, wait_until
 from .harness import DmqProcess, Namespace, tables_equal
 
 __all__ = ["LossFigures", "PartitionFigures", "RestartFigures", "SeedMoveFigures", "converged", "htable_counts",
-           "kill_and_restart", "partition_and_heal", "replicate_under_loss", "seed_moves", "view"]
+           "kamailio_under_loss", "kill_and_restart", "partition_and_heal", "replicate_under_loss", "seed_moves", "view"]
 
 NodeFactory = Callable[..., DmqProcess]
 
@@ -101,6 +101,47 @@ def replicate_under_loss(namespace: Callable[..., Namespace], dmq_node: NodeFact
         applied=_delta(after_b, before_b, "received"), distinct=len(present), lost=max(0, ok - len(present)),
         retransmissions=_delta(after_a, before_a, "retransmissions"),
         absorbed=_delta(after_b, before_b, "retransmitted_requests"), seconds=seconds, tables_equal=equal,
+    )
+
+
+def kamailio_under_loss(namespace: Callable[..., Namespace], dmq_node: NodeFactory, kamailio: Callable[..., Any],
+                        rate: float, sets: int = 100) -> LossFigures:
+    """
+    A Kamailio node and a dmq node in a namespace that drops ``rate`` of every UDP datagram; ``sets``
+    htable sets on Kamailio (over its RPC socket, not dropped), each replicated to the dmq node.
+
+    Kamailio retransmits each KDMQ (T1 500 ms, up to ``fr_timer``, 30 s here as by default) with
+    the same branch; the dmq node must handle each set once whatever reaches it. Counted on the
+    dmq node only: requests its htable channel handled and distinct keys it holds (so
+    ``answered_200`` is the keys it holds: Kamailio's own answers are not counted).
+    """
+    ns = namespace()
+    d = dmq_node(namespace=ns, t1_ms=500)
+    k = kamailio([d.uri], start=False, fr_timer_ms=30000)
+    k.binary = ns.wrap(k.build.binary, k.directory)
+    k.start()
+    wait_until(lambda: converged(d, k), timeout=20, interval=0.2)
+    before = htable_counts(d)
+    ns.drop_at_random(rate)
+    started = time.monotonic()
+    keys = [f"kloss-{rate:g}-{i}" for i in range(sets)]
+    for i, key in enumerate(keys):
+        k.rpc("htable.sets", "t", key, f"v{i}")
+
+    def all_arrived() -> bool:
+        return tables_equal(d, k) is not None and len(d.htable_items()) == sets
+
+    wait_until(all_arrived, timeout=40, interval=0.2)
+    seconds = time.monotonic() - started
+    ns.flush()
+    after = htable_counts(d)
+    present = [key for key in keys if key in d.htable_items()]
+    with ns.entered():
+        assert_alive(k, (d.host, d.port))
+    return LossFigures(
+        rate=rate, sets=sets, answered_200=len(present), answered_other=0, applied=_delta(after, before, "received"),
+        distinct=len(present), lost=sets - len(present), retransmissions=0,
+        absorbed=_delta(after, before, "retransmitted_requests"), seconds=seconds, tables_equal=True,
     )
 
 

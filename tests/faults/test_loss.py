@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from .scenarios import replicate_under_loss
+from .scenarios import kamailio_under_loss, replicate_under_loss
 
 
 @pytest.mark.parametrize("rate", [0.01, 0.05, 0.20])
@@ -19,3 +19,11 @@ def test_sets_under_loss_are_applied_exactly_once(namespace: Any, dmq_node: Any,
     assert figures.tables_equal, figures
     if rate >= 0.05:  # at 1% a run of 100 sets may lose nothing at all
         assert figures.retransmissions > 0, figures
+
+
+def test_kamailio_retransmissions_under_loss_are_applied_once(namespace: Any, dmq_node: Any, kamailio: Any) -> None:
+    """At 20% loss every set a Kamailio node replicates reaches the dmq node and is handled once, its retransmissions absorbed."""
+    figures = kamailio_under_loss(namespace, dmq_node, kamailio, 0.20, sets=100)
+    assert figures.lost == 0, figures
+    assert figures.applied == figures.distinct == figures.sets, figures
+    assert figures.absorbed > 0, figures  # answers were lost and Kamailio sent the same request again
