@@ -52,6 +52,13 @@ class ISIPTransport(Interface):
         :class:`~dmq.errors.TransportError` when the bytes cannot be sent.
         """
 
+    def send_datagram(data: bytes, address: Address) -> None:
+        """
+        Send bytes to a UDP :class:`~dmq.sip.address.Address` at once; raises
+        :class:`~dmq.errors.TransportError` (:class:`~dmq.errors.MessageTooLarge`
+        over the datagram limit) when they cannot be sent.
+        """
+
 
 class IMessageHandler(Interface):
     """The controller transports hand parsed messages to."""

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dmq.errors import MessageTooLarge, TransportError
@@ -107,6 +108,13 @@ class FakeSIPTransport:
         if self.network is not None:
             self.network.deliver(self, data, address)
         return defer.succeed(None)
+
+    def send_datagram(self, data: bytes, address: Address) -> None:
+        """:meth:`send` over UDP at once: raises what its Deferred would fail with."""
+        result: list[Failure] = []
+        self.send(data, address).addErrback(result.append)
+        if result:
+            result[0].raiseException()
 
     def receive(self, data: Union[bytes, Request, Response], source: Union[Source, Address]) -> None:
         """Deliver a message to the controller as if it came from ``source``."""

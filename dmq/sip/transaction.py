@@ -245,32 +245,18 @@ class ServerTransaction:
         if self.state in (State.COMPLETED, State.TERMINATED):
             log.debug("late response {code} ignored", code=response.code)
             return
-        data = response.to_bytes()
-        limit = self.layer.transport.udp_max_size
-        if len(data) > limit and not self.source.address.reliable:
-            self.layer.stats.too_large += 1
-            log.warn(
-                "a {code} answer of {size} bytes to {source} is over the {limit}-byte datagram limit; answering 513",
-                code=response.code,
-                size=len(data),
-                source=self.source.address,
-                limit=limit,
-            )
-            response = make_response(self.request, 513, "Message Too Large")
-            data = response.to_bytes()
+        layer = self.layer
+        data = layer._response_bytes(response, self.request, self.source)
         self._last = data
-        stats = self.layer.stats
-        stats.responses_sent += 1
-        stats.by_code[response.code] = stats.by_code.get(response.code, 0) + 1
-        address = self.layer._send_response(data, self.request, self.source)
+        address = layer._send_response(data, self.request, self.source)
         if response.code < 200:
             self.state = State.PROCEEDING
             return
         self.state = State.TERMINATED
-        self.layer._server_done(self)
+        layer._server_done(self)
         if not self.source.address.reliable:
             # Timer J: retransmissions of the request get these bytes again.
-            self.layer.completed_servers.put(self.key, (data, address))
+            layer.completed_servers.put(self.key, (data, address))
 
 
 @implementer(IMessageHandler)
@@ -455,36 +441,74 @@ class TransactionLayer:
         # handler sees it, so no answer carries a malformed one.
         request.from_, request.to  # noqa: B018
         self.stats.requests_received += 1
-        transaction = ServerTransaction(self, key, request, source)
-        self.servers[key] = transaction
         handler = self.request_handler
         if handler is None:
-            transaction.respond(make_response(request, 501))
+            answer: Union[Response, Deferred[Response]] = make_response(request, 501)
+        else:
+            try:
+                answer = handler(request, source)
+            except Exception:
+                answer = self._failure_response(Failure(), request, source)
+        if type(answer) is Response and answer.code >= 200:
+            # Answered at once (the usual case): no transaction object and no
+            # Deferred; only the answer's bytes stay, for retransmissions.
+            try:
+                self._answer_now(key, request, source, answer)
+            except Exception:
+                self._answer_now(key, request, source, self._failure_response(Failure(), request, source))
             return
+        transaction = ServerTransaction(self, key, request, source)
+        self.servers[key] = transaction
         now_or_later(
-            lambda: handler(request, source),
+            lambda: answer,
             transaction.respond,
-            lambda failure: self._handler_failed(failure, transaction),
+            lambda failure: transaction.respond(self._failure_response(failure, request, source)),
         )
 
-    def _handler_failed(self, failure: Failure, transaction: ServerTransaction) -> None:
+    def _answer_now(self, key: tuple[object, ...], request: Request, source: Source, response: Response) -> None:
+        """Send the final ``response`` to a request no server transaction holds, and keep its bytes (Timer J)."""
+        data = self._response_bytes(response, request, source)
+        address = source.address
+        if address.reliable:
+            self._send_response(data, request, source)
+            return
+        try:
+            self.transport.send_datagram(data, address)
+        except Exception as e:
+            log.info("cannot send response to {address}: {reason}", address=address, reason=str(e))
+        self.completed_servers.put(key, (data, address))
+
+    def _response_bytes(self, response: Response, request: Request, source: Source) -> bytes:
+        """``response`` as bytes (a 513 when it would not fit a datagram), counted."""
+        data = response.to_bytes()
+        limit = self.transport.udp_max_size
+        if len(data) > limit and not source.address.reliable:
+            self.stats.too_large += 1
+            log.warn(
+                "a {code} answer of {size} bytes to {source} is over the {limit}-byte datagram limit; answering 513",
+                code=response.code,
+                size=len(data),
+                source=source.address,
+                limit=limit,
+            )
+            response = make_response(request, 513, "Message Too Large")
+            data = response.to_bytes()
+        stats = self.stats
+        stats.responses_sent += 1
+        by_code = stats.by_code
+        code = response.code
+        by_code[code] = by_code.get(code, 0) + 1
+        return data
+
+    def _failure_response(self, failure: Failure, request: Request, source: Source) -> Response:
+        """The answer to a request whose handler failed: the fault's own code for a SIPParseError, else 500."""
         self.stats.handler_errors += 1
         if failure.check(SIPParseError):
             error = failure.value
-            log.info(
-                "bad request from {source}: {reason}",
-                source=transaction.source.address,
-                reason=str(error),
-            )
-            transaction.respond(make_response(transaction.request, error.code, reason_with(error.code, str(error))))
-            return
-        log.failure(
-            "handler failed on {method} from {source}",
-            failure,
-            method=transaction.request.method,
-            source=transaction.source.address,
-        )
-        transaction.respond(make_response(transaction.request, 500))
+            log.info("bad request from {source}: {reason}", source=source.address, reason=str(error))
+            return make_response(request, error.code, reason_with(error.code, str(error)))
+        log.failure("handler failed on {method} from {source}", failure, method=request.method, source=source.address)
+        return make_response(request, 500)
 
     def response_address(self, request: Request, source: Source) -> Address:
         """

@@ -221,23 +221,36 @@ class SIPTransport:
         return result
 
     def _send_udp(self, data: bytes, address: Address) -> "Deferred[None]":
+        try:
+            self.send_datagram(data, address)
+        except TransportError as e:
+            return defer.fail(e)
+        return defer.succeed(None)
+
+    def send_datagram(self, data: bytes, address: Address) -> None:
+        """
+        Send ``data`` to a UDP ``address`` at once, without a Deferred (the
+        hot path of answers and replication).
+
+        :raises MessageTooLarge: when ``data`` is over :attr:`udp_max_size`.
+        :raises TransportError: when UDP is not listening or the send fails.
+        """
         if len(data) > self.udp_max_size:
-            return defer.fail(
-                MessageTooLarge(f"{len(data)} bytes for {address}: over the {self.udp_max_size}-byte datagram limit")
-            )
+            raise MessageTooLarge(f"{len(data)} bytes for {address}: over the {self.udp_max_size}-byte datagram limit")
         datagram = self._datagram
         if datagram is None or datagram.transport is None:
-            return defer.fail(TransportError("UDP is not listening"))
+            raise TransportError("UDP is not listening")
         port = datagram.transport
         sock = getattr(port, "socket", None)
         host = address.host
-        if sock is None or not self._sendable(host, sock.family):
+        known = self._ip_ok.get(host)
+        if sock is None or not (known or (known is None and self._sendable(host, sock.family))):
             # Anything unusual (a host name, a family mismatch) gets Twisted's checks and errors.
             try:
                 port.write(data, (host, address.port))
             except Exception as e:
-                return defer.fail(TransportError(f"cannot send to {address}: {e}"))
-            return defer.succeed(None)
+                raise TransportError(f"cannot send to {address}: {e}") from None
+            return
         # The usual case, without re-validating the address on every datagram.
         while True:
             try:
@@ -247,8 +260,8 @@ class SIPTransport:
             except ConnectionRefusedError:
                 pass  # an ICMP error for an earlier datagram: meaningless on unconnected UDP
             except OSError as e:
-                return defer.fail(TransportError(f"cannot send to {address}: {e}"))
-            return defer.succeed(None)
+                raise TransportError(f"cannot send to {address}: {e}") from None
+            return
 
     def _sendable(self, host: str, family: int) -> bool:
         """Whether ``host`` is an IP address of the socket's family (remembered per host)."""
