@@ -16,7 +16,7 @@ all active ones::
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union, cast
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -35,9 +35,10 @@ from dmq.nodelist import MAX_NEW_PER_LIST, MAX_NODES, NodeList, TimeoutPolicy
 from dmq.notification import DEFAULT_CHANNEL, SEED_REFRESH, SERVER_PRODUCT, NotificationPeer
 from dmq.peer import Peer, PeerResponse
 from dmq.sip.address import UDP_HARD_LIMIT, UDP_MAX_SIZE, Address
-from dmq.sip.build import build_request, make_response, via_value
+from dmq.sip.build import RequestTemplate, build_request, make_response, via_value
 from dmq.sip.message import Request, Response
-from dmq.sip.transaction import T1, T2, T4, Source, TransactionLayer
+from dmq.sip.parse import parse_message
+from dmq.sip.transaction import LARGE_REQUEST, T1, T2, T4, Source, TransactionLayer
 from dmq.sip.transport import SIPTransport, TLSSettings
 from dmq.sip.uri import SIPURI
 
@@ -47,6 +48,9 @@ log = Logger()
 
 SERVER_NAME = f"{SERVER_PRODUCT}{__version__}"
 """The ``Server`` / ``User-Agent`` value."""
+
+MAX_TEMPLATES = 4096
+"""The most KDMQ templates kept (one per channel, node and kind); all are forgotten past it."""
 
 STOP_TIMEOUT = 1.0
 """Default seconds a stopping node waits for answers to its leave announcement."""
@@ -194,6 +198,7 @@ class DMQService(MultiService):
         self.peers: dict[str, Peer] = {}
         self.channel_stats: dict[str, ChannelStats] = {}
         self._initialized = False
+        self._templates: dict[tuple[Any, ...], tuple[Optional[RequestTemplate], Address]] = {}
         self.notification = NotificationPeer(
             notification_channel,
             notification_addresses,
@@ -362,9 +367,20 @@ class DMQService(MultiService):
         return [n for n in nodes if n.key != skip]
 
     def build_kdmq(
-        self, channel: str, node: Node, body: bytes, content_type: Optional[str], max_forwards: int = 1
+        self,
+        channel: str,
+        node: Node,
+        body: bytes,
+        content_type: Optional[str],
+        max_forwards: int = 1,
+        ids: Optional[tuple[str, str, str]] = None,
     ) -> tuple[Request, Address]:
-        """The KDMQ request for ``channel`` to ``node``, and where it goes."""
+        """
+        The KDMQ request for ``channel`` to ``node``, and where it goes.
+
+        :param ids: its branch, From-tag and Call-ID (new ones when not given).
+        """
+        branch, from_tag, call_id = ids if ids is not None else (None, None, None)
         local = self.nodes.local
         params: dict[str, Optional[str]] = {}
         if node.transport != "udp":
@@ -390,8 +406,35 @@ class DMQService(MultiService):
             content_type=content_type,
             max_forwards=max_forwards,
             user_agent=SERVER_NAME,
+            branch=branch,
+            from_tag=from_tag,
+            call_id=call_id,
         )
         return request, address
+
+    def _kdmq_template(
+        self, channel: str, node: Node, content_type: Optional[str], max_forwards: int
+    ) -> tuple[Optional[RequestTemplate], Address]:
+        """
+        The template of KDMQs for ``channel`` to ``node`` over UDP (``None``
+        over a stream or for names it cannot hold), and where they go; made
+        once per channel, node and kind.
+        """
+        key = (channel, node.key, content_type, max_forwards)
+        entry = self._templates.get(key)
+        if entry is None:
+            marks = (RequestTemplate.BRANCH_MARK, RequestTemplate.TAG_MARK, RequestTemplate.CALL_ID_MARK)
+            request, address = self.build_kdmq(channel, node, b"", content_type, max_forwards, marks)
+            template = None
+            if address.transport == "udp":
+                try:
+                    template = RequestTemplate(request, self.nodes.local.host)
+                except ValueError:
+                    template = None
+            if len(self._templates) >= MAX_TEMPLATES:
+                self._templates.clear()
+            entry = self._templates[key] = (template, address)
+        return entry
 
     def send_message(
         self,
@@ -412,12 +455,19 @@ class DMQService(MultiService):
         sender = self.peers.get(channel)
         node_list = sender is not None and sender.exchanges_node_lists
         target = self._target(node)
-        request, address = self.build_kdmq(channel, target, body, content_type, max_forwards)
         stats = self.dispatcher.stats(channel)
         stats.sent += 1
         sent_at = self.clock.seconds()
-        d = self.transactions.request(request, address)
-        d.addErrback(self._local_failure, request)
+        template, address = self._kdmq_template(channel, target, content_type, max_forwards)
+        if template is not None and template.size + len(body) <= min(LARGE_REQUEST, self.transport.udp_max_size):
+            # The usual case: the request joined as bytes from the node's template.
+            data, branch = template.render(body)
+            d = self.transactions.request_data(data, branch, "KDMQ", address)
+            d.addErrback(self._local_failure, data)
+        else:
+            request, address = self.build_kdmq(channel, target, body, content_type, max_forwards)
+            d = self.transactions.request(request, address)
+            d.addErrback(self._local_failure, request)
 
         def counted(response: Response) -> Response:
             stats.results[response.code] = stats.results.get(response.code, 0) + 1
@@ -429,12 +479,16 @@ class DMQService(MultiService):
         d.addCallback(counted)
         return d
 
-    def _local_failure(self, failure: Any, request: Request) -> Response:
+    def _local_failure(self, failure: Any, request: Union[Request, bytes]) -> Response:
         """
         The final response a failed send stands for: 513 for a message too
         large to send, else 408 (as Kamailio's ``tm`` reports a request that
         got no answer), the reason saying why.
+
+        :param request: the request, or its bytes (parsed only here).
         """
+        if isinstance(request, bytes):
+            request = cast(Request, parse_message(request))
         error = failure.value
         if not isinstance(error, DMQError):
             log.failure("sending {method} failed", failure, method=request.method)

@@ -241,6 +241,28 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 1)
         self.assertIn("seed sip:127.0.0.2:5061 is on this node's own IP address 127.0.0.2", warnings[0])
 
+    def test_kdmq_from_template(self) -> None:
+        """A KDMQ joined from a node's template is byte for byte the one build_kdmq makes with the same ids."""
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        service = DMQService("sip:127.0.0.2:5060", reactor=clock, transport=FakeSIPTransport(clock))
+        node = service.add_node("sip:127.0.0.3:5062")
+        template, address = service._kdmq_template("htable", node, "application/json", 1)
+        assert template is not None
+        body = '{"k":"ä"}'.encode()
+        data, branch = template.render(body)
+        parsed = parse_message(data, strict=True)
+        assert isinstance(parsed, Request)
+        request, same_address = service.build_kdmq(
+            "htable", node, body, "application/json", 1, (branch, parsed.from_.tag or "", parsed.call_id)
+        )
+        self.assertEqual(data, request.to_bytes())
+        self.assertEqual(address, same_address)
+        self.assertNotEqual(template.render(body)[1], branch)
+        tcp = service.add_node("sip:127.0.0.4:5062;transport=tcp")
+        self.assertIsNone(service._kdmq_template("htable", tcp, "application/json", 1)[0])
+
     def test_a_stranger_cannot_vouch_for_others(self) -> None:
         """One datagram from a non-member listing 1,000 made-up nodes adds only its sender; nothing goes to a made-up address."""
         cluster = FakeCluster()

@@ -70,6 +70,42 @@ class ClientTransactionTests(SynchronousTestCase):
         self.assertEqual(layer.clients, {})
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_one_timer_for_young_transactions(self) -> None:
+        """Requests in flight less than T1 share one timer; answered ones leave none; late ones get E and F at T1."""
+        clock, transport, layer = make_layer()
+        requests = [kdmq() for _ in range(50)]
+        ds = [layer.request(request, PEER) for request in requests]
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(0.25)
+        for request in requests[:49]:
+            transport.receive(make_response(request, 200).to_bytes(), PEER)
+        self.assertEqual([self.successResultOf(d).code for d in ds[:49]], [200] * 49)
+        self.assertNoResult(ds[49])
+        self.assertEqual(len(layer.clients), 1)
+        clock.advance(0.25)  # T1: the last one is retransmitted and gets timers of its own
+        self.assertEqual(len(transport.sent), 51)
+        self.assertEqual(transport.sent[-1].data, transport.sent[49].data)
+        self.assertEqual(len(clock.getDelayedCalls()), 3)  # E, F and Timer K's sweep of the answered ones
+        transport.receive(make_response(requests[49], 200).to_bytes(), PEER)
+        self.assertEqual(self.successResultOf(ds[49]).code, 200)
+        clock.advance(layer.t4)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(layer.clients, {})
+
+    def test_request_data(self) -> None:
+        """A request given as bytes is sent, retransmitted and matched like one given as a Request."""
+        clock, transport, layer = make_layer()
+        request = kdmq()
+        d = layer.request_data(request.to_bytes(), request.branch or "", "KDMQ", PEER)
+        clock.advance(0.5)
+        self.assertEqual([s.data for s in transport.sent], [request.to_bytes()] * 2)
+        transport.receive(make_response(request, 202).to_bytes(), PEER)
+        self.assertEqual(self.successResultOf(d).code, 202)
+        d = layer.request_data(request.to_bytes(), request.branch or "", "KDMQ", PEER)
+        clock.pump([0.5] * 64)
+        self.failureResultOf(d, TransactionTimeout)
+        self.assertEqual(len(transport.sent), 2 + 11)  # sent at 0, .5, 1.5, 3.5, 7.5, ... 31.5 s
+
     def test_tcp_sends_once_and_times_out(self) -> None:
         """Over TCP the request is sent once, never retransmitted, and still times out at 64*T1."""
         clock, transport, layer = make_layer(("udp", "tcp"))

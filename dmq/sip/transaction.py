@@ -22,6 +22,7 @@ and the client reports its own timeout rather than waiting for one.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
@@ -108,15 +109,27 @@ class ClientTransaction:
     """
     A non-INVITE client transaction: one request to one address.
 
+    Most transactions are answered within T1, so none starts timers of its
+    own: the layer keeps them in one queue in the order they started, served
+    by one timer (:meth:`TransactionLayer._sweep_young`).  Only a transaction
+    still unanswered after T1 gets timers E (over UDP) and F.  An in-flight
+    transaction holds its request's bytes, its key and address, and its
+    Deferred; once it completes only its key stays (Timer K, T4 over UDP).
+
     :ivar deferred: fires with the final :class:`Response`, or fails with
         :class:`TransactionTimeout` or :class:`TransportError`.
     """
+
+    __slots__ = (
+        "layer", "key", "request", "data", "address", "state", "deferred",
+        "_fallback", "_interval", "_started", "_timer_e", "_timer_f",
+    )
 
     def __init__(
         self,
         layer: "TransactionLayer",
         key: tuple[str, str],
-        request: Request,
+        request: Optional[Request],
         data: bytes,
         address: Address,
         fallback: Optional[tuple[bytes, Address]] = None,
@@ -130,19 +143,34 @@ class ClientTransaction:
         self.deferred: Deferred[Response] = Deferred()
         self._fallback = fallback
         self._interval = layer.t1
+        self._started = 0.0
         self._timer_e: Optional[IDelayedCall] = None
         self._timer_f: Optional[IDelayedCall] = None
 
     def start(self) -> None:
-        """Send the request and start timers E (over UDP) and F."""
-        clock = self.layer.clock
-        if not self.address.reliable:
-            self._timer_e = clock.callLater(self._interval, self._on_timer_e)
-        self._timer_f = clock.callLater(64 * self.layer.t1, self._on_timer_f)
+        """Send the request; the layer looks at it again after T1."""
+        layer = self.layer
+        self._started = started = layer.clock.seconds()
+        layer._young(self, started)
         self._send()  # last: a send may fail at once and end the transaction
 
     def _send(self) -> None:
-        self.layer.transport.send(self.data, self.address).addErrback(self._on_transport_error)
+        address = self.address
+        if address.transport == "udp":
+            try:
+                self.layer.transport.send_datagram(self.data, address)
+            except Exception:
+                self._on_transport_error(Failure())
+            return
+        self.layer.transport.send(self.data, address).addErrback(self._on_transport_error)
+
+    def _after_t1(self) -> None:
+        """Still unanswered T1 after it started: timer F for the rest of 64*T1, and over UDP a retransmission."""
+        layer = self.layer
+        remaining = self._started + 64 * layer.t1 - layer.clock.seconds()
+        self._timer_f = layer.clock.callLater(max(0.0, remaining), self._on_timer_f)
+        if not self.address.reliable:
+            self._on_timer_e()
 
     def _on_timer_e(self) -> None:
         self._timer_e = None
@@ -198,20 +226,24 @@ class ClientTransaction:
         if response.code < 200:
             self.state = State.PROCEEDING
             return
-        self.state = State.COMPLETED
-        self._cancel_timers()
         self._terminate()
+        self.state = State.COMPLETED
         if not self.address.reliable:
             # Timer K: retransmitted copies of the response are absorbed for T4.
             self.layer.completed_clients.put(self.key, None)
         self.deferred.callback(response)
 
     def _cancel_timers(self) -> None:
-        for name in ("_timer_e", "_timer_f"):
-            timer = getattr(self, name)
-            if timer is not None and timer.active():
+        timer = self._timer_e
+        if timer is not None:
+            if timer.active():
                 timer.cancel()
-            setattr(self, name, None)
+            self._timer_e = None
+        timer = self._timer_f
+        if timer is not None:
+            if timer.active():
+                timer.cancel()
+            self._timer_f = None
 
     def _terminate(self) -> None:
         self._cancel_timers()
@@ -318,6 +350,10 @@ class TransactionLayer:
             reactor, 64 * max(t1, T1), max_completed, weigh=_answer_size, max_weight=max_completed_bytes
         )
         self.completed_clients: ExpiringMap[tuple[str, str], None] = ExpiringMap(reactor, t4)
+        # Client transactions started less than T1 ago, oldest first, with
+        # when each started: one timer for all of them (_sweep_young).
+        self._young_queue: deque[tuple[float, ClientTransaction]] = deque()
+        self._young_timer: Optional[IDelayedCall] = None
 
     # -- outbound ----------------------------------------------------------
 
@@ -362,6 +398,50 @@ class TransactionLayer:
         transaction.start()
         return transaction.deferred
 
+    def request_data(self, data: bytes, branch: str, method: str, address: Address) -> "Deferred[Response]":
+        """
+        Send a request already in bytes (a :class:`~dmq.sip.build.RequestTemplate`'s)
+        to a UDP ``address`` in a new client transaction, as :meth:`request`
+        does; ``data`` must fit a datagram and stay within
+        :data:`LARGE_REQUEST` (else use :meth:`request`).
+
+        :param branch: the branch of its top Via; ``method`` its CSeq method.
+        """
+        key = (branch, method)
+        if key in self.clients:
+            raise ValueError(f"a transaction with branch {branch!r} is already running")
+        transaction = ClientTransaction(self, key, None, data, address)
+        self.clients[key] = transaction
+        self.stats.requests_sent += 1
+        transaction.start()
+        return transaction.deferred
+
+    def _young(self, transaction: ClientTransaction, started: float) -> None:
+        """Look at ``transaction`` again T1 after ``started`` (its own timers start then, if it is still running)."""
+        self._young_queue.append((started, transaction))
+        if self._young_timer is None:
+            self._young_timer = self.clock.callLater(self.t1, self._sweep_young)
+
+    def _sweep_young(self) -> None:
+        """Hand every transaction started T1 ago or more and still running its own timers."""
+        self._young_timer = None
+        queue = self._young_queue
+        # A little slack: the timer was set for the head's time, which float
+        # arithmetic may put a hair after the clock's reading when it fires.
+        due = self.clock.seconds() - self.t1 + 1e-9
+        running = (State.TRYING, State.PROCEEDING)
+        while queue and queue[0][0] <= due:
+            started, transaction = queue.popleft()
+            if (
+                transaction.state in running
+                and transaction._started == started
+                and transaction._timer_f is None
+                and self.clients.get(transaction.key) is transaction
+            ):
+                transaction._after_t1()
+        if queue and self._young_timer is None:
+            self._young_timer = self.clock.callLater(max(0.0, queue[0][0] + self.t1 - self.clock.seconds()), self._sweep_young)
+
     def _client_key(self, request: Request) -> tuple[str, str]:
         branch = request.branch
         if not branch:
@@ -369,8 +449,15 @@ class TransactionLayer:
         return (branch, request.cseq[1])
 
     def _client_done(self, transaction: ClientTransaction) -> None:
-        if self.clients.get(transaction.key) is transaction:
-            del self.clients[transaction.key]
+        clients = self.clients
+        if clients.get(transaction.key) is transaction:
+            del clients[transaction.key]
+            if not clients and self._young_timer is not None:
+                # Nothing runs any more: no timer stays behind for the queue.
+                self._young_queue.clear()
+                if self._young_timer.active():
+                    self._young_timer.cancel()
+                self._young_timer = None
 
     # -- inbound -----------------------------------------------------------
 
@@ -547,6 +634,10 @@ class TransactionLayer:
                 transaction.deferred.errback(TransportError("transaction layer stopped"))
             else:
                 transaction._terminate()
+        self._young_queue.clear()
+        if self._young_timer is not None and self._young_timer.active():
+            self._young_timer.cancel()
+        self._young_timer = None
         self.servers.clear()
         self.completed_servers.clear()
         self.completed_clients.clear()
