@@ -285,11 +285,15 @@ class Dispatcher:
 
     def _other_method(self, request: Request, source: Source) -> Any:
         hook = self.service.request_hook
-        not_allowed = make_response(request, 405, headers=[("Allow", "KDMQ")], server=self.server)
         if hook is None:
-            return not_allowed
-        d = defer.maybeDeferred(hook, request, source)
-        return d.addCallback(lambda answer: answer if answer is not None else not_allowed)
+            return self._not_allowed(request)
+        answer = hook(request, source)  # an exception is the transaction layer's 500
+        if isinstance(answer, Deferred):
+            return answer.addCallback(lambda later: later if later is not None else self._not_allowed(request))
+        return answer if answer is not None else self._not_allowed(request)
+
+    def _not_allowed(self, request: Request) -> Response:
+        return make_response(request, 405, headers=[("Allow", "KDMQ")], server=self.server)
 
     def process_message(
         self, channel: str, body: bytes, content_type: Optional[str], node: Optional[Node]

@@ -228,7 +228,12 @@ class Outbox:
             body = item.body
         self.in_flight += 1
         lane.started(item, +1)
-        sent: Deferred[int] = defer.maybeDeferred(self._send, item.node, body)
+        try:
+            sent: Deferred[int] = self._send(item.node, body)
+        except Exception:
+            sent = defer.fail()
+        if not isinstance(sent, Deferred):
+            sent = defer.succeed(sent)
         sent.addBoth(self._done, lane, item)
 
     def _done(self, result: "Union[int, Failure]", lane: _Lane, item: _Item) -> None:

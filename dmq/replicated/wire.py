@@ -86,6 +86,8 @@ def wire_str(doc: dict[str, Any], key: str) -> Optional[str]:
     :raises PeerError: 400 when it is not a string or not valid UTF-8.
     """
     value = doc.get(key)
+    if type(value) is str and value.isascii() and "\x00" not in value:
+        return value  # the usual case: ASCII is valid UTF-8, and nothing to cut
     if value is None:
         return None
     if not isinstance(value, str):
@@ -106,8 +108,8 @@ def wire_int(doc: dict[str, Any], key: str) -> Optional[int]:
         not a whole one.
     """
     value = doc.get(key)
-    if value is None:
-        return None
+    if type(value) is int or value is None:
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad_request(f"{key} is not a number")
     if isinstance(value, float):

@@ -168,11 +168,13 @@ def parse_action(doc: dict[str, Any]) -> tuple[Action, Optional[str]]:
     number = wire_int(doc, "action")
     if number is None:
         raise bad_request("no action")
-    try:
-        action = Action(number)
-    except ValueError:
-        raise bad_request(f"unknown action {number}") from None
+    action = _ACTIONS.get(number)
+    if action is None:
+        raise bad_request(f"unknown action {number}")
     return action, wire_str(doc, "htname")
+
+
+_ACTIONS = {int(action): action for action in Action}
 
 
 @dataclass(frozen=True)
