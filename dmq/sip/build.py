@@ -309,6 +309,7 @@ class RequestTemplate:
             out.append(parts[index])
         return "".join(out).encode("utf-8", "surrogateescape") + body, branch
 
+
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
