@@ -67,6 +67,8 @@ MAX_COMPLETED = 20000
 """Default cap on completed server transactions kept for retransmissions (Timer J)."""
 MAX_COMPLETED_BYTES = 16 << 20
 """Default cap on the bytes of the answers those keep (node-list answers may be 20 KB each)."""
+MAX_VALID_TO = 4096
+"""The most ``To`` values remembered as well-formed (all are forgotten past it)."""
 LARGE_REQUEST = 1300
 """Requests above this size go over TCP where the target has it (RFC 3261 18.1.1)."""
 
@@ -354,6 +356,7 @@ class TransactionLayer:
         # when each started: one timer for all of them (_sweep_young).
         self._young_queue: deque[tuple[float, ClientTransaction]] = deque()
         self._young_timer: Optional[IDelayedCall] = None
+        self._valid_to: set[str] = set()
 
     # -- outbound ----------------------------------------------------------
 
@@ -526,7 +529,15 @@ class TransactionLayer:
         # Every answer copies From and To: a request whose From or To does not
         # parse is refused (SIPParseError: the transport answers 400) before a
         # handler sees it, so no answer carries a malformed one.
-        request.from_, request.to  # noqa: B018
+        request.from_  # noqa: B018
+        to_text = request.headers._index["to"][0]
+        valid_to = self._valid_to
+        if to_text not in valid_to:
+            # A node's requests to this one carry the same To: parsed once.
+            request.to  # noqa: B018
+            if len(valid_to) >= MAX_VALID_TO:
+                valid_to.clear()
+            valid_to.add(to_text)
         self.stats.requests_received += 1
         handler = self.request_handler
         if handler is None:

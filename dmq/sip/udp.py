@@ -28,6 +28,9 @@ log = Logger()
 MAX_DATAGRAM = 65535
 """Largest UDP message accepted."""
 
+MAX_SOURCES = 4096
+"""The most sending addresses whose :class:`Source` is kept for reuse."""
+
 RECEIVE_BUFFER = 4 * 1024 * 1024
 """
 The UDP receive buffer a listener asks for, in bytes (the kernel grants at
@@ -80,11 +83,17 @@ class SIPDatagramProtocol(DatagramProtocol):
 
     def __init__(self, owner: DatagramOwner) -> None:
         self.owner = owner
+        self._sources: dict[tuple[str, int], Source] = {}
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
         """Parse and dispatch one datagram; never raises."""
         owner = self.owner
-        source = Source(Address("udp", addr[0], addr[1]))
+        source = self._sources.get(addr)
+        if source is None:
+            # One Source per sending address (they are immutable), a bounded number of them.
+            if len(self._sources) >= MAX_SOURCES:
+                self._sources.clear()
+            source = self._sources[addr] = Source(Address("udp", addr[0], addr[1]))
         try:
             message = parse_message(data, max_size=MAX_DATAGRAM)
         except SIPParseError as e:
