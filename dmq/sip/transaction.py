@@ -116,7 +116,8 @@ class ClientTransaction:
     by one timer (:meth:`TransactionLayer._sweep_young`).  Only a transaction
     still unanswered after T1 gets timers E (over UDP) and F.  An in-flight
     transaction holds its request's bytes, its key and address, and its
-    Deferred; once it completes only its key stays (Timer K, T4 over UDP).
+    Deferred; once it completes it drops the bytes, and only its key stays
+    (Timer K, T4 over UDP).
 
     :ivar deferred: fires with the final :class:`Response`, or fails with
         :class:`TransactionTimeout` or :class:`TransportError`.
@@ -250,6 +251,8 @@ class ClientTransaction:
     def _terminate(self) -> None:
         self._cancel_timers()
         self.state = State.TERMINATED
+        self.data = b""  # nothing is sent any more: the bytes need not wait for the sweep of young transactions
+        self.request = None
         self.layer._client_done(self)
 
 
