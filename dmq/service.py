@@ -462,21 +462,24 @@ class DMQService(MultiService):
         if template is not None and template.size + len(body) <= min(LARGE_REQUEST, self.transport.udp_max_size):
             # The usual case: the request joined as bytes from the node's template.
             data, branch = template.render(body)
+            sent: Union[Request, bytes] = data
             d = self.transactions.request_data(data, branch, "KDMQ", address)
-            d.addErrback(self._local_failure, data)
         else:
             request, address = self.build_kdmq(channel, target, body, content_type, max_forwards)
+            sent = request
             d = self.transactions.request(request, address)
-            d.addErrback(self._local_failure, request)
 
         def counted(response: Response) -> Response:
-            stats.results[response.code] = stats.results.get(response.code, 0) + 1
-            target.note_agent(response.headers.get("Server"))
+            results = stats.results
+            results[response.code] = results.get(response.code, 0) + 1
+            server = response.headers._index.get("server")
+            target.note_agent(server[0] if server else None)
             if self.running:  # a stopping node cuts its transactions short: no verdict on anyone
                 self.membership.result(target, response.code, sent_at, node_list)
             return response
 
-        d.addCallback(counted)
+        # One link in the chain for both outcomes: a failure stands for its local 408 or 513.
+        d.addCallbacks(counted, lambda failure: counted(self._local_failure(failure, sent)))
         return d
 
     def _local_failure(self, failure: Any, request: Union[Request, bytes]) -> Response:
