@@ -317,6 +317,39 @@ class ServerTransactionTests(SynchronousTestCase):
         self.assertEqual(transport.sent[0].address, PEER)
         self.assertEqual(layer.stats.retransmitted_requests, 2)
 
+    def test_answer_at_once_makes_no_transaction(self) -> None:
+        """A handler answering at once gets no server transaction; its answer goes out and stays for retransmissions."""
+        seen: list[int] = []
+        layer_box: list[TransactionLayer] = []
+
+        def handler(request: Request, source: Source) -> Response:
+            seen.append(len(layer_box[0].servers))
+            return make_response(request, 200)
+
+        clock, transport, layer = make_layer(handler=handler)
+        layer_box.append(layer)
+        data = kdmq().to_bytes()
+        transport.receive(data, PEER)
+        self.assertEqual(seen, [0])
+        self.assertEqual(layer.servers, {})
+        self.assertEqual(len(layer.completed_servers), 1)
+        transport.receive(data, PEER)
+        self.assertEqual(seen, [0])
+        self.assertEqual([s.data for s in transport.sent[1:]], [transport.sent[0].data])
+        self.assertEqual(layer.stats.by_code, {200: 1})
+
+    def test_failing_send_of_an_answer_at_once(self) -> None:
+        """An answer that cannot be sent is logged and still kept: a retransmission gets it again."""
+        clock, transport, layer = make_layer(handler=lambda request, source: make_response(request, 200))
+        transport.fail = lambda address: True
+        data = kdmq().to_bytes()
+        transport.receive(data, PEER)
+        transport.fail = None
+        transport.receive(data, PEER)
+        self.assertEqual(len(transport.sent), 2)
+        self.assertEqual(transport.sent[0].data, transport.sent[1].data)
+        self.assertEqual(layer.stats.requests_received, 1)
+
     def test_retransmission_before_final_is_absorbed(self) -> None:
         """Before the handler answers, a retransmission gets nothing; the answer then goes out once."""
         pending: Deferred[Response] = Deferred()

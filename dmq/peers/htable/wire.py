@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from dmq.node import kamailio_version
 from dmq.replicated.wire import INT_MAX, INT_MIN, Framing, bad_request, dumps, wire_int, wire_str
@@ -177,8 +177,7 @@ def parse_action(doc: dict[str, Any]) -> tuple[Action, Optional[str]]:
 _ACTIONS = {int(action): action for action in Action}
 
 
-@dataclass(frozen=True)
-class Edit:
+class Edit(NamedTuple):
     """
     The fields of a change (actions 2 to 8); those the action has no use
     for keep their defaults.
