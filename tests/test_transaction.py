@@ -92,6 +92,19 @@ class ClientTransactionTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(layer.clients, {})
 
+    def test_answered_client_keys_capped(self) -> None:
+        """Past max_completed, the keys of the oldest answered client transactions go first (a late copy is a stray)."""
+        clock, transport, layer = make_layer(max_completed=3)
+        requests = [kdmq() for _ in range(5)]
+        for request in requests:
+            layer.request(request, PEER)
+            transport.receive(make_response(request, 200).to_bytes(), PEER)
+        self.assertEqual(len(layer.completed_clients), 3)
+        transport.receive(make_response(requests[-1], 200).to_bytes(), PEER)
+        self.assertEqual(layer.stats.stray_responses, 0)
+        transport.receive(make_response(requests[0], 200).to_bytes(), PEER)
+        self.assertEqual(layer.stats.stray_responses, 1)
+
     def test_request_data(self) -> None:
         """A request given as bytes is sent, retransmitted and matched like one given as a Request."""
         clock, transport, layer = make_layer()

@@ -313,7 +313,8 @@ class TransactionLayer:
     :param t2: the cap on the retransmission interval.
     :param t4: how long the network may hold a message.
     :param max_completed: how many completed server transactions are kept
-        at most to answer retransmissions (the oldest are forgotten first).
+        at most to answer retransmissions, and how many keys of answered
+        client transactions (Timer K); the oldest are forgotten first.
     :param max_completed_bytes: the most bytes of answers they keep in all
         (the oldest are forgotten first).
     """
@@ -354,7 +355,8 @@ class TransactionLayer:
         self.completed_servers: ExpiringMap[tuple[object, ...], tuple[bytes, Address]] = ExpiringMap(
             reactor, 64 * max(t1, T1), max_completed, weigh=_answer_size, max_weight=max_completed_bytes
         )
-        self.completed_clients: ExpiringMap[tuple[str, str], None] = ExpiringMap(reactor, t4)
+        # At most max_completed keys: past it a late copy of an old answer is a stray, and harmless.
+        self.completed_clients: ExpiringMap[tuple[str, str], None] = ExpiringMap(reactor, t4, max_completed)
         # Client transactions started less than T1 ago, oldest first, with
         # when each started: one timer for all of them (_sweep_young).
         self._young_queue: deque[tuple[float, ClientTransaction]] = deque()
