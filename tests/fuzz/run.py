@@ -42,8 +42,8 @@ SOCKETS = 32
 QUIET_WAIT = 0.25
 """Seconds an input dmq's codec refuses may go unanswered before its socket takes the next one."""
 
-ANSWER_WAIT = 3.0
-"""Seconds an input dmq's codec reads as a request has to be answered."""
+ANSWER_WAIT = 10.0
+"""Seconds an input dmq's codec reads as a request has to be answered (a liveness bound on a loaded machine)."""
 
 PLACEHOLDERS = (b"@NODE_HOST@", b"@NODE_PORT@", b"@MEMBER_HOST@", b"@MEMBER_PORT@")
 

@@ -20,12 +20,13 @@ def test_mutated_requests_leave_the_node_well(node: LiveNode, member: Member, tm
     seed, count = default_seed(), default_count()
     print(f"fuzzing with DMQ_FUZZ_SEED={seed} DMQ_FUZZ_COUNT={count}")
     report = fuzz(node, member, count, seed, tmp_path / "failing")
-    print("\n".join(report.lines()))
-    assert report.tried == count
-    assert not report.crashed, node.log_tail()
-    assert not report.wrong, f"{len(report.wrong)} wrong replies, inputs in {report.saved}: {report.wrong[0][1]}"
-    assert report.pings and report.pings_lost == 0
-    assert report.rss_growth_kib < RSS_BOUND_KIB
+    summary = "\n".join(report.lines())
+    print(summary)
+    assert report.tried == count, summary
+    assert not report.crashed, f"{summary}\n{node.log_tail()}"
+    assert not report.wrong, f"{summary}\nfirst: {report.wrong[0][1]}"
+    assert report.pings and report.pings_lost == 0, summary
+    assert report.rss_growth_kib < RSS_BOUND_KIB, summary
     assert_alive(node.address)
 
 
