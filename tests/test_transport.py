@@ -186,6 +186,14 @@ def test_error_response_reads_bare_lf_lines() -> None:
     assert response.vias[0].branch is not None
 
 
+def test_error_response_takes_a_via_with_spaces_around_its_slashes() -> None:
+    """A top Via written "SIP / 2.0 / UDP" (as the grammar allows) is answered like any other."""
+    data = request_bytes(1, transport="UDP").replace(b"Max-Forwards: 70", b"Max-Forwards: x")
+    data = data.replace(b"Via: SIP/2.0/UDP", b"Via: SIP /2.0\t/ UDP", 1)
+    answer = error_response(data, 400, "Bad Request")
+    assert answer is not None and b"Via: SIP /2.0\t/ UDP" in answer
+
+
 def test_another_sip_version_is_answered_505() -> None:
     """A request of SIP/3.0 is refused by the parser with 505 and answered 505 Version Not Supported (in SIP/2.0)."""
     data = request_bytes(1, transport="UDP").replace(b" SIP/2.0\r\n", b" SIP/3.0\r\n", 1)

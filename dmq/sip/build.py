@@ -353,7 +353,8 @@ def error_response(data: Union[bytes, list[bytes]], code: int, reason: str) -> O
         if _CONTROL.search(value):
             continue  # a CR, LF or NUL copied would break the answer's lines, or make new ones
         if canonical == b"Via":
-            if not value.upper().startswith(b"SIP/2.0/"):
+            # White space may stand around the slashes of "SIP/2.0/UDP" (RFC 3261 25.1).
+            if not value.upper().replace(b" ", b"").replace(b"\t", b"").startswith(b"SIP/2.0/"):
                 continue
             has_via = True
         out.append(canonical + b": " + value)
