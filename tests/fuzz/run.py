@@ -11,7 +11,7 @@ file moved to ``tests/fuzz/regressions/`` is replayed by the suite.
 
 Script mode, for the figures of ``docs/reliability.md``::
 
-    .venv/bin/python -m tests.fuzz.run --count 50000 [--seed N] [--save DIR]
+    .venv/bin/python -m tests.fuzz.run --count 50000 [--seed N] [--save DIR] [--stranger]
 
 ``DMQ_FUZZ_SEED`` and ``DMQ_FUZZ_COUNT`` set the seed and the count of the suite's run.
 """
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..helpers import free_address
 from .live import LiveNode, Member, reply_fault
 from .mutate import mutant, safe
 
@@ -149,12 +150,20 @@ class _Slot:
         return bool(self.recent) and not self.recent[-1].answered and time.monotonic() < self.deadline
 
 
-def fuzz(node: LiveNode, member: Member, count: int, seed: int, save_dir: Optional[Path] = None) -> Report:
-    """Send ``count`` inputs drawn from ``seed``; what happened."""
+def fuzz(node: LiveNode, member: Member, count: int, seed: int, save_dir: Optional[Path] = None,
+         sender: Optional[Member] = None) -> Report:
+    """
+    Send ``count`` inputs drawn from ``seed``; what happened.
+
+    :param sender: the sockets to send the inputs from, as from their first one's address:
+        a stranger's, rate-limited (until a node-list input of its own makes it a member);
+        by default ``member``'s. The health pings come from ``member``.
+    """
     rng = random.Random(seed)
     report = Report(seed)
-    hosts = (node.host, member.host)
-    slots = [_Slot(sock) for sock in member.sockets]
+    sender = sender or member
+    hosts = (node.host, sender.host)
+    slots = [_Slot(sock) for sock in sender.sockets]
     by_fd = {slot.sock.fileno(): slot for slot in slots}
     report.rss_before_kib = node.rss_kib()
     started = time.monotonic()
@@ -178,7 +187,7 @@ def fuzz(node: LiveNode, member: Member, count: int, seed: int, save_dir: Option
         current.answered = True
 
     def poll(timeout: float) -> None:
-        readable = select.select([member.sock, *(s.sock for s in slots)], [], [], max(0.0, timeout))[0]
+        readable = select.select([member.sock, sender.sock, *(s.sock for s in slots)], [], [], max(0.0, timeout))[0]
         for sock in readable:
             replies = member.read(sock)
             slot = by_fd.get(sock.fileno())
@@ -201,7 +210,7 @@ def fuzz(node: LiveNode, member: Member, count: int, seed: int, save_dir: Option
                 if report.tried >= batch_end or slot.busy:
                     continue
                 retire(slot)
-                data = mutant(rng, node.address, (member.host, member.port))
+                data = mutant(rng, node.address, (sender.host, sender.port))
                 if not safe(data, hosts):
                     report.unsafe += 1
                     continue
@@ -249,12 +258,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--count", type=int, default=default_count(50000))
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--save", type=Path, default=None, help="folder for failing inputs (default: a new tmp dir)")
+    parser.add_argument("--stranger", action="store_true", help="send from an address that is no member (rate-limited)")
     args = parser.parse_args(argv)
     seed = default_seed() if args.seed is None else args.seed
-    with tempfile.TemporaryDirectory() as workdir, Member(SOCKETS) as member:
+    with tempfile.TemporaryDirectory() as workdir, Member(SOCKETS) as member, \
+            Member(SOCKETS, host=free_address("udp")[0]) as stranger:
         node = LiveNode(member, Path(workdir))
         try:
-            report = fuzz(node, member, args.count, seed, args.save)
+            report = fuzz(node, member, args.count, seed, args.save, stranger if args.stranger else None)
         finally:
             node.stop()
     print("\n".join(report.lines()))
