@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import select
 import socket
 import sys
@@ -45,6 +46,9 @@ QUIET_WAIT = 0.25
 
 ANSWER_WAIT = 10.0
 """Seconds an input dmq's codec reads as a request has to be answered (a liveness bound on a loaded machine)."""
+
+_BRANCH = re.compile(rb"(?i)branch\s*=\s*([^;,\s]*)")
+"""The first branch parameter of an input: one sent before makes the node take the input for a retransmission."""
 
 PLACEHOLDERS = (b"@NODE_HOST@", b"@NODE_PORT@", b"@MEMBER_HOST@", b"@MEMBER_PORT@")
 
@@ -93,6 +97,8 @@ class Report:
     seed: int
     tried: int = 0
     unsafe: int = 0
+    reused: int = 0
+    """Drawn inputs not sent because a mutation made their branch one sent before (a retransmission, answered as such)."""
     answered: int = 0
     late: int = 0
     wrong: list[tuple[bytes, str]] = field(default_factory=list)
@@ -118,7 +124,8 @@ class Report:
         worst = f"{rtts[-1] * 1000:.1f} ms" if rtts else "-"
         return [
             f"seed {self.seed}",
-            f"inputs tried {self.tried} ({self.unsafe} drawn inputs naming other hosts not sent)",
+            f"inputs tried {self.tried} (not sent: {self.unsafe} drawn inputs naming other hosts, "
+            f"{self.reused} reusing a branch)",
             f"answered {self.answered}, late answers {self.late}",
             f"crashes {int(self.crashed)}",
             f"wrong or missing replies {len(self.wrong)}",
@@ -202,6 +209,7 @@ def fuzz(node: LiveNode, member: Member, count: int, seed: int, save_dir: Option
             fault(slot.recent[-1].data, f"no answer within {ANSWER_WAIT} s")
             slot.recent[-1].answered = True
 
+    branches: set[bytes] = set()
     batch_end = 0
     while report.tried < count and not report.crashed:
         batch_end = min(count, batch_end + BATCH)
@@ -214,6 +222,12 @@ def fuzz(node: LiveNode, member: Member, count: int, seed: int, save_dir: Option
                 if not safe(data, hosts):
                     report.unsafe += 1
                     continue
+                branch = _BRANCH.search(data)
+                if branch is not None and branch.group(1) in branches:
+                    report.reused += 1
+                    continue
+                if branch is not None:
+                    branches.add(branch.group(1))
                 expect = expects_answer(data)
                 try:
                     slot.sock.sendto(data, node.address)
