@@ -98,7 +98,6 @@ class NotificationPeer(Peer):
         self._rebroadcast: Optional[IDelayedCall] = None
         self._rebroadcast_at = float("-inf")
         self._rebroadcast_hops = 0
-        self._rebroadcast_except: set[Any] = set()
         self.joins = 0
         self.rebroadcasts = 0
         self.pings = 0
@@ -328,30 +327,29 @@ class NotificationPeer(Peer):
         :data:`REBROADCAST_GAP` seconds ago; then one more goes when the gap
         is over, carrying every change made meanwhile.  A burst of joins or
         leaves causes a few re-broadcasts per second, not one per change.
+
         ``except_node`` (a stranger, which gets the whole list on its own)
-        is left out.
+        is left out of a re-broadcast that goes at once.  A later one goes
+        to it too: the list it got then lacks the nodes that joined after
+        it, and it is a member by then.
         """
-        if except_node is not None:
-            self._rebroadcast_except.add(except_node.key)
         self._rebroadcast_hops = max(self._rebroadcast_hops, max_forwards)
         if self._rebroadcast is not None:
             return
         clock = self.service.clock
         wait = self._rebroadcast_at + REBROADCAST_GAP - clock.seconds()
         if wait > 0:
-            self._rebroadcast = clock.callLater(wait, self._send_rebroadcast)
+            self._rebroadcast = clock.callLater(wait, self._send_rebroadcast, None)
         else:
-            self._send_rebroadcast()
+            self._send_rebroadcast(except_node)
 
-    def _send_rebroadcast(self) -> None:
+    def _send_rebroadcast(self, except_node: Optional[Node]) -> None:
         self._rebroadcast = None
         self._rebroadcast_at = self.service.clock.seconds()
         hops, self._rebroadcast_hops = self._rebroadcast_hops, 0
-        left_out, self._rebroadcast_except = self._rebroadcast_except, set()
         self.rebroadcasts += 1
         body = self.service.nodes.format_body(limit=self.service.max_body_size)
-        targets = [node for node in self.service.targets() if node.key not in left_out]
-        for node in targets:
+        for node in self.service.targets(except_node):
             self._exchange(node, body, hops)
 
     def leave(self) -> "Deferred[Any]":

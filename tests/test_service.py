@@ -351,6 +351,22 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(to_b[-1].body.count(b"\r\n"), 12)  # a, b and the ten new nodes
         self.assertEqual({m.max_forwards for m in to_b}, {1})
 
+    def test_a_burst_of_joins_converges_within_the_gap(self) -> None:
+        """32 nodes joining one seed at once all list each other long before the first ping: the strangers that
+        joined during the gap get the later re-broadcast, which names the nodes that joined after them."""
+        from dmq.notification import REBROADCAST_GAP
+
+        cluster = FakeCluster()
+        cluster.add(6000, ping_interval=10)
+        cluster.run(0.05)
+        ports = [6000 + i for i in range(32)]
+        for port in ports[1:]:
+            cluster.add(port, seeds=(6000,), ping_interval=10)
+        cluster.run(REBROADCAST_GAP + 0.25, step=0.01)
+        self.assertEqual([len(cluster.view(port)) for port in ports], [32] * 32)
+        self.assertEqual({status for port in ports for status in cluster.view(port).values()}, {"active"})
+        self.assertEqual(sum(cluster.nodes[port].notification.pings for port in ports), 0)
+
     def test_node_lists_fit_one_datagram(self) -> None:
         """With a small udp_max_size, pings, broadcasts and answers carry a list cut to max_body_size: 60 nodes stay active."""
         cluster = FakeCluster()
