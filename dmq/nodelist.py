@@ -493,8 +493,8 @@ class NodeList:
         parsing is most of what merging costs; the bodies kept are bounded by
         :data:`PARSED_LINES` lines in all.
         """
-        if sender_key is None:
-            return parse_lines(body)
+        if sender_key is None or not body:
+            return parse_lines(body)  # an empty body (a dmq node's answer to a ping) leaves the sender's list kept
         kept = self._parsed.get(sender_key)
         if kept is not None and kept[0] == body:
             return kept[1]

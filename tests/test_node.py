@@ -1364,3 +1364,20 @@ def test_a_cached_body_adds_fresh_nodes() -> None:
     assert b2 is not None and b2 is not b and b2.fail_count == 0 and b2 in again.added
     other = nodes.merge_body(line(C), now=3.0, sender=sender)
     assert [str(n.uri) for n in other.added] == [C]
+
+
+def test_an_empty_answer_keeps_the_sender_list_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dmq node answers pings with an empty body: that answer does not push its list out of the cache."""
+    import dmq.nodelist
+
+    nodes = make_list()
+    sender = node(A)
+    body = line(A) + line(B) + line(C)
+    nodes.merge_body(body, now=1.0, sender=sender)
+    parsed: list[bytes] = []
+    real = dmq.nodelist.parse_lines
+    monkeypatch.setattr(dmq.nodelist, "parse_lines", lambda b: parsed.append(b) or real(b))
+    for i in range(3):
+        nodes.merge_body(b"", now=2.0 + i, sender=sender)
+        nodes.merge_body(body, now=2.5 + i, sender=sender)
+    assert b"".join(parsed) == b""
