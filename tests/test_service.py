@@ -158,6 +158,21 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(cluster.view(5060), {5060: "active", 5061: "active"})
         self.assertEqual([e.kind for e in cluster.events[5060]], [EventKind.PEER_UP])
 
+    def test_late_answers_are_not_deaths(self) -> None:
+        """A starved node that answers seconds late (retransmissions, answers within 64*T1) is never disabled or removed."""
+        cluster = FakeCluster()
+        cluster.add(5060)
+        cluster.add(5061, seeds=(5060,))
+        cluster.add(5062, seeds=(5060,))
+        cluster.run(1)
+        cluster.network.latency = 6.0  # 12 s to answer: past T2, far inside the 32 s timeout
+        cluster.run(90, step=0.01)
+        for port in (5060, 5061, 5062):
+            self.assertEqual(set(cluster.view(port).values()), {"active"})
+            self.assertEqual({e.kind for e in cluster.events[port]}, {EventKind.PEER_UP})
+        self.assertGreater(cluster.nodes[5060].transactions.stats.retransmissions, 0)
+        self.assertEqual(cluster.nodes[5060].transactions.stats.timeouts, 0)
+
     def test_seed_never_deleted(self) -> None:
         """A dead seed becomes not active but stays in the list, and the node keeps trying it."""
         cluster = FakeCluster()
