@@ -28,11 +28,17 @@ from typing import Any, Callable, Hashable, Optional, Union
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dmq.node import Node, NodeKey
 
-__all__ = ["Outbox", "SendFunction", "Body", "NOT_SENT"]
+__all__ = ["Outbox", "SendFunction", "Body", "NOT_SENT", "MAX_QUEUED"]
+
+log = Logger()
+
+MAX_QUEUED = 10_000
+"""Default: the most messages queued for one node; more for it are not queued (answered :data:`NOT_SENT`)."""
 
 SendFunction = Callable[[Node, bytes], "Deferred[int]"]
 """Sends one body to one node; fires with the status code the node answered."""
@@ -63,6 +69,7 @@ class _Lane:
         self.keys: dict[tuple[Hashable, Hashable], int] = {}
         self.groups: dict[Hashable, int] = {}
         self.walls: dict[Hashable, int] = {}
+        self.overflowing = False
 
     def take(self, lookahead: int) -> Optional[_Item]:
         """
@@ -132,17 +139,25 @@ class Outbox:
         changed later; the next free slot heeds it).
     :param lookahead: how far down a node's queue to look for an item that
         may overtake blocked ones.
+    :param max_queued: the most messages queued for one node (a node that
+        answers slowly, or not at all, holds its queue): a message past it is
+        not queued, its Deferred fires with :data:`NOT_SENT` at once, it is
+        counted in :attr:`overflowed`, and a warning is logged when a node's
+        queue fills (again once it has drained by half and fills anew).
     :ivar in_flight: messages sent and not answered yet.
     :ivar queued: messages waiting for a slot or for their key.
+    :ivar overflowed: messages not queued because their node's queue was full.
     """
 
-    def __init__(self, send: SendFunction, window: int, *, lookahead: int = 256) -> None:
-        if window < 1 or lookahead < 1:
-            raise ValueError("an outbox needs a window and a lookahead of at least 1")
+    def __init__(self, send: SendFunction, window: int, *, lookahead: int = 256, max_queued: int = MAX_QUEUED) -> None:
+        if window < 1 or lookahead < 1 or max_queued < 1:
+            raise ValueError("an outbox needs a window, a lookahead and a queue of at least 1")
         self.window = window
         self.lookahead = lookahead
+        self.max_queued = max_queued
         self.in_flight = 0
         self.queued = 0
+        self.overflowed = 0
         self._send = send
         self._lanes: OrderedDict[NodeKey, _Lane] = OrderedDict()
         self._pumping = False
@@ -174,6 +189,18 @@ class Outbox:
             # A new node has waited longest: it comes first in the next round.
             lane = self._lanes[node.key] = _Lane()
             self._lanes.move_to_end(node.key, last=False)
+        if len(lane.queue) >= self.max_queued:
+            self.overflowed += 1
+            if not lane.overflowing:
+                lane.overflowing = True
+                log.warn(
+                    "{count} messages queued for {uri}: more for it are not sent until its queue shrinks",
+                    count=len(lane.queue),
+                    uri=str(node.uri),
+                )
+            return defer.succeed(NOT_SENT)
+        if lane.overflowing and len(lane.queue) < self.max_queued // 2:
+            lane.overflowing = False  # warned again only when it fills again after draining by half
         lane.queue.append(_Item(node, body, group, key, d))
         self.queued += 1
         self._pump()

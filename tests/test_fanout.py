@@ -37,6 +37,25 @@ class OutboxTests(SynchronousTestCase):
         self.assertEqual((self.outbox.in_flight, self.outbox.queued), (0, 0))
         self.assertEqual(self.outbox._lanes, {})
 
+    def test_a_full_queue_refuses_more_for_its_node_only(self) -> None:
+        """Past max_queued for a silent node, sends for it answer NOT_SENT at once and are counted (one warning);
+        another node's messages still go, and the silent node's queue takes more once it drains."""
+        outbox = Outbox(self.wire, window=2, max_queued=3)
+        queued = [outbox.send(A, b"a%d" % i) for i in range(5)]  # 2 in flight, 3 queued
+        refused = [outbox.send(A, b"a%d" % i) for i in range(5, 8)]
+        self.assertEqual([self.successResultOf(d) for d in refused], [NOT_SENT] * 3)
+        self.assertEqual((outbox.queued, outbox.overflowed), (3, 3))
+        b = outbox.send(B, b"b0")
+        self.wire.answer(b"a0")  # the new node's turn comes first
+        self.wire.answer(b"b0")  # and A's next goes: its queue has room again
+        later = outbox.send(A, b"a8")
+        self.assertNoResult(later)
+        for body in (b"a1", b"a2", b"a3", b"a4", b"a8"):
+            self.wire.answer(body)
+        self.assertEqual(self.successResultOf(later), 200)
+        self.assertEqual(self.successResultOf(b), 200)
+        self.assertEqual([self.successResultOf(d) for d in queued], [200] * 5)
+
     def test_window_change_applies_to_the_next_slot(self) -> None:
         """A window lowered while messages are in flight lets no new one out until the count is below it."""
         self.outbox.window = 4

@@ -209,6 +209,11 @@ class ReplicatedPeer(Peer):
         """Replication messages waiting for a slot."""
         return self._outbox.queued
 
+    @property
+    def not_queued(self) -> int:
+        """Replication messages not sent: their node's queue was full (:data:`~dmq.fanout.MAX_QUEUED`)."""
+        return self._outbox.overflowed
+
     # -- sync -----------------------------------------------------------------------------------
 
     def ask_for_sync(self, scope: Optional[str], mode: str) -> "Deferred[list[Outcome]]":

@@ -155,8 +155,8 @@ class HTablePeer(ReplicatedPeer):
         """
         Counters: messages ``received``, ``applied``, ``rejected`` (400/500)
         and ``stale`` (dropped by last-write-wins); sync requests answered,
-        chunks and cells received and sent; changes ``replicated``; snapshots
-        written.
+        chunks and cells received and sent; changes ``replicated`` and
+        ``not_queued`` (a node's queue was full); snapshots written.
         """
         return {
             **self._counts,
@@ -164,6 +164,7 @@ class HTablePeer(ReplicatedPeer):
             "sync_chunks_sent": self._answers.chunks_sent,
             "sync_cells_sent": self._answers.items_sent,
             "replicated": self.replicated,
+            "not_queued": self.not_queued,
             "snapshots": self._snapshot.writes if self._snapshot is not None else 0,
         }
 

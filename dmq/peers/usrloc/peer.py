@@ -108,7 +108,7 @@ class UsrlocPeer(ReplicatedPeer):
         Counters: messages ``received``, actions ``applied``, messages
         ``rejected`` (400) and updates ``stale`` (an older CSeq, or expired
         on the way); sync requests answered, messages and contacts received
-        and sent; changes ``replicated``; snapshots written.
+        and sent; changes ``replicated`` and ``not_queued`` (a node's queue was full); snapshots written.
         """
         return {
             **self._counts,
@@ -116,6 +116,7 @@ class UsrlocPeer(ReplicatedPeer):
             "sync_messages_sent": self._answers.chunks_sent,
             "sync_contacts_sent": self._answers.items_sent,
             "replicated": self.replicated,
+            "not_queued": self.not_queued,
             "snapshots": self._snapshot.writes if self._snapshot is not None else 0,
         }
 
