@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     # "import X as X": the names are this package's own (mypy --strict re-exports them).
     from dmq.node import Node as Node, NodeStatus as NodeStatus
-    from dmq.nodelist import Event as Event, EventKind as EventKind, NodeList as NodeList
+    from dmq.changes import Event as Event, EventKind as EventKind
+    from dmq.nodelist import NodeList as NodeList
     from dmq.peer import (
         CallbackPeer as CallbackPeer,
         DMQMessage as DMQMessage,
@@ -33,8 +34,8 @@ _EXPORTS = {
     "CallbackPeer": "dmq.peer",
     "DMQMessage": "dmq.peer",
     "DMQService": "dmq.service",
-    "Event": "dmq.nodelist",
-    "EventKind": "dmq.nodelist",
+    "Event": "dmq.changes",
+    "EventKind": "dmq.changes",
     "Node": "dmq.node",
     "NodeList": "dmq.nodelist",
     "NodeStatus": "dmq.node",

@@ -18,8 +18,9 @@ from typing import Any, Callable, Iterable, Optional, Union
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from dmq.changes import Event, TimeoutPolicy
 from dmq.node import Node, NodeKey, NodeStatus
-from dmq.nodelist import Event, NodeList, NodeRef, TimeoutPolicy
+from dmq.nodelist import NodeList, NodeRef
 from dmq.sip.uri import SIPURI
 
 __all__ = ["Membership", "EventListener", "HISTORY"]

@@ -33,7 +33,7 @@ PUBLIC_NAMES = (
     "dmq.peer.PeerResponse",
     "dmq.peer.PeerError",
     "dmq.node.Node",
-    "dmq.nodelist.EventKind",
+    "dmq.changes.EventKind",
     "dmq.nodelist.NodeList",
     "dmq.fanout.Outbox",
     "dmq.replicated.peer.ReplicatedPeer",

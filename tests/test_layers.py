@@ -24,6 +24,7 @@ FLOORS: list[list[str]] = [
     ["dmq.sip.transport"],
     ["dmq.sip.transaction"],
     ["dmq.node"],
+    ["dmq.changes"],
     ["dmq.nodelist"],
     ["dmq.resolve"],
     ["dmq.peer"],

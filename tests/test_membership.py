@@ -7,7 +7,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dmq.membership import Membership
 from dmq.node import Node, NodeStatus
-from dmq.nodelist import EventKind, NodeList, TimeoutPolicy
+from dmq.changes import EventKind, TimeoutPolicy
+from dmq.nodelist import NodeList
 
 
 def membership(**kw: object) -> tuple[Membership, Node, Clock]:

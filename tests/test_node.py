@@ -14,7 +14,8 @@ from typing import Optional
 import pytest
 
 from dmq.node import MAX_BODY_LINES, MAX_LINE_LENGTH, Node, NodeListError, NodeStatus, kamailio_version, parse_body, parse_lines
-from dmq.nodelist import Event, EventKind, MergeResult, NodeList, TimeoutOutcome, TimeoutPolicy
+from dmq.changes import Event, EventKind, MergeResult, TimeoutOutcome, TimeoutPolicy
+from dmq.nodelist import NodeList
 from dmq.sip import SIPURI
 
 ACTIVE = NodeStatus.ACTIVE
