@@ -22,6 +22,7 @@ FLOORS: list[list[str]] = [
     ["dmq.sip.handler", "dmq.sip.expiry"],
     ["dmq.sip.tls", "dmq.sip.udp", "dmq.sip.stream"],
     ["dmq.sip.transport"],
+    ["dmq.sip.client"],
     ["dmq.sip.transaction"],
     ["dmq.node"],
     ["dmq.changes"],
