@@ -40,6 +40,15 @@ def answer(svc: DMQService, request: Request, host: str = "127.0.0.1") -> Respon
     return response
 
 
+def joined_pair(settle: float) -> tuple[FakeCluster, DMQService]:
+    """A cluster of the node on 5060 and one on 5061 seeded with it, run for ``settle`` s; and the first node."""
+    cluster = FakeCluster()
+    a = cluster.add(5060)
+    cluster.add(5061, seeds=(5060,))
+    cluster.run(settle)
+    return cluster, a
+
+
 class MembershipTests(SynchronousTestCase):
     """Join, merge, re-broadcast, ping, timeouts, leave, on three nodes."""
 
@@ -69,10 +78,7 @@ class MembershipTests(SynchronousTestCase):
         """Each node records the User-Agent / Server of the nodes it hears from; its own is SERVER_NAME."""
         from dmq.service import SERVER_NAME
 
-        cluster = FakeCluster()
-        a = cluster.add(5060)
-        cluster.add(5061, seeds=(5060,))
-        cluster.run(0.1)
+        cluster, a = joined_pair(0.1)
         self.assertTrue(SERVER_NAME.startswith("dmq/"))
         self.assertEqual([n.agent for n in a.nodes], [SERVER_NAME, SERVER_NAME])
         b_in_a = a.nodes.get("sip:127.0.0.1:5061")
@@ -280,10 +286,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_a_stranger_cannot_vouch_for_others(self) -> None:
         """One datagram from a non-member listing 1,000 made-up nodes adds only its sender; nothing goes to a made-up address."""
-        cluster = FakeCluster()
-        a = cluster.add(5060)
-        cluster.add(5061, seeds=(5060,))
-        cluster.run(0.1)
+        cluster, a = joined_pair(0.1)
         a.transport.clear()
         made_up = b"".join(f"sip:10.9.{i // 200}.{i % 200 + 1}:5060;status=active\r\n".encode() for i in range(1000))
         body = b"sip:127.0.0.1:5999;status=active\r\n" + made_up
@@ -339,10 +342,7 @@ class MembershipTests(SynchronousTestCase):
         """Ten changing requests from a member within 0.1 s cause two re-broadcasts (at once, then after the gap), the second with every change."""
         from dmq.notification import REBROADCAST_GAP
 
-        cluster = FakeCluster()
-        a = cluster.add(5060)
-        cluster.add(5061, seeds=(5060,))
-        cluster.run(0.5)
+        cluster, a = joined_pair(0.5)
         a.transport.clear()
         before = a.notification.rebroadcasts
         for i in range(10):
@@ -399,10 +399,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_dmq_member_pings_get_an_empty_answer(self) -> None:
         """A ping (Max-Forwards 1) from a dmq member is answered 200 with no body; from a Kamailio member, with the list."""
-        cluster = FakeCluster()
-        a = cluster.add(5060)
-        cluster.add(5061, seeds=(5060,))
-        cluster.run(0.1)
+        cluster, a = joined_pair(0.1)
 
         def ping(agent: str) -> Response:
             request = build_request(
