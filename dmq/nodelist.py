@@ -109,6 +109,8 @@ class NodeList:
         self._bodies: dict[NodeStatus, bytes] = {}
         # The last body each sender sent, parsed (see _parse).
         self._parsed: dict[NodeKey, tuple[bytes, list[BodyLine]]] = {}
+        self._unchanging: dict[NodeKey, int] = {}
+        """Per listed sender whose last list (the one kept in ``_parsed``) changed nothing: the version after it."""
         self._parsed_lines = 0
         self.version = 0
         """Goes up at every change of the list (a node added or removed, a status changed)."""
@@ -290,6 +292,7 @@ class NodeList:
         key = self._key_of(node)
         if key != self._local.key:
             self._held[key] = until
+            self.version += 1  # a list that changed nothing before might now: merge it again
 
     def _held_out(self, key: NodeKey, now: float) -> bool:
         """Whether ``key`` is held out at ``now`` (a hold whose time is over is forgotten)."""
@@ -357,8 +360,14 @@ class NodeList:
         :raises NodeListError: for a bad body; the list is then unchanged.
         """
         sender_key = sender.key if sender is not None else None
+        if sender_key is not None and body and self._unchanged(sender_key, body):
+            # The very list this sender sent last, which changed nothing, and the list
+            # has not changed since: it changes nothing again (a settled cluster's pings).
+            self._seen(sender_key, now)
+            return MergeResult()
         lines = self._parse(body, sender_key)
         result = MergeResult()
+        held = False
         nodes = self._nodes
         touched: set[NodeKey] = set()
         room = min(self.max_new_per_list, self.max_nodes - len(nodes))
@@ -371,6 +380,7 @@ class NodeList:
             known = nodes.get(key)
             if known is None:
                 if key != sender_key and self._held_out(key, now):
+                    held = True
                     result.refused += 1
                     continue
                 if room <= 0 or not line.node.sendable:
@@ -384,6 +394,7 @@ class NodeList:
             if known.local or not line.has_params or known.status is line.status:
                 continue
             if line.status is NodeStatus.ACTIVE and key != sender_key and self._held_out(key, now):
+                held = True
                 continue
             if known.status is NodeStatus.DISABLED and not (
                 self.reactivate_disabled_from_body and line.status is NodeStatus.ACTIVE
@@ -394,11 +405,25 @@ class NodeList:
                 touched.add(key)
                 result.changed.append(known)
         if sender_key is not None:
-            self._held.pop(sender_key, None)
-            listed = nodes.get(sender_key)
-            if listed is not None and not listed.local:
-                listed.last_seen = now
+            self._seen(sender_key, now)
+            if body and sender_key in nodes and not (held or result.refused or result.changed_anything):
+                self._unchanging[sender_key] = self.version
+            else:
+                self._unchanging.pop(sender_key, None)
         return result
+
+    def _unchanged(self, sender_key: NodeKey, body: bytes) -> bool:
+        """Whether ``body`` is the list this sender sent last, which changed nothing, with no change since."""
+        kept = self._parsed.get(sender_key)
+        return kept is not None and kept[0] == body and self._unchanging.get(sender_key) == self.version
+
+    def _seen(self, sender_key: NodeKey, now: float) -> None:
+        """A list came from ``sender_key``: it is its own proof of life (hold lifted, ``last_seen`` now)."""
+        if self._held.pop(sender_key, None) is not None:
+            self.version += 1
+        listed = self._nodes.get(sender_key)
+        if listed is not None and not listed.local:
+            listed.last_seen = now
 
     def _parse(self, body: bytes, sender_key: Optional[NodeKey]) -> list[BodyLine]:
         """

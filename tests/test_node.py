@@ -1382,3 +1382,33 @@ def test_an_empty_answer_keeps_the_sender_list_parsed(monkeypatch: pytest.Monkey
         nodes.merge_body(b"", now=2.0 + i, sender=sender)
         nodes.merge_body(body, now=2.5 + i, sender=sender)
     assert b"".join(parsed) == b""
+
+
+def test_an_unchanged_list_that_changed_nothing_is_not_merged_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member's list merged once, with no change to the list since, is only its sender's proof of life;
+    any change (a node removed here, a hold) makes the same list count again."""
+    nodes = make_list()
+    a = node(A)
+    body = line(A) + line(B) + line(C)
+    nodes.merge_body(body, now=1.0, sender=a)  # adds A, B and C
+    nodes.merge_body(body, now=2.0, sender=a)  # changes nothing: remembered as such
+    merged: list[bytes] = []
+    real = NodeList._parse
+    monkeypatch.setattr(NodeList, "_parse", lambda self, b, k: merged.append(b) or real(self, b, k))
+    result = nodes.merge_body(body, now=3.0, sender=a)
+    assert (merged, result.added, result.changed, result.refused) == ([], [], [], 0)
+    listed_a = nodes.get(A)
+    assert listed_a is not None and listed_a.last_seen == 3.0
+    c = nodes.get(C)
+    assert c is not None
+    nodes.remove(c)
+    again = nodes.merge_body(body, now=4.0, sender=a)
+    assert merged == [body] and [str(n.uri) for n in again.added] == [C]
+    b = nodes.get(B)
+    assert b is not None
+    nodes.set_status(b, NodeStatus.NOT_ACTIVE)
+    nodes.hold_out(b, until=10.0)
+    held = nodes.merge_body(body, now=5.0, sender=a)
+    assert held.changed == [] and b.status is NodeStatus.NOT_ACTIVE
+    back = nodes.merge_body(body, now=11.0, sender=a)  # the hold is over: A's line counts again
+    assert back.changed == [b] and b.status is NodeStatus.ACTIVE
