@@ -40,6 +40,16 @@ def answer(svc: DMQService, request: Request, host: str = "127.0.0.1") -> Respon
     return response
 
 
+def chain_of_three(third_seed: int, settle: float) -> FakeCluster:
+    """Nodes on 5060, 5061 (seeded with 5060) and 5062 (seeded with ``third_seed``), run for ``settle`` s."""
+    cluster = FakeCluster()
+    cluster.add(5060)
+    cluster.add(5061, seeds=(5060,))
+    cluster.add(5062, seeds=(third_seed,))
+    cluster.run(settle)
+    return cluster
+
+
 def joined_pair(settle: float) -> tuple[FakeCluster, DMQService]:
     """A cluster of the node on 5060 and one on 5061 seeded with it, run for ``settle`` s; and the first node."""
     cluster = FakeCluster()
@@ -62,11 +72,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_three_nodes_converge(self) -> None:
         """A seeded chain A <- B <- C ends with every node knowing every other as active."""
-        cluster = FakeCluster()
-        cluster.add(5060)
-        cluster.add(5061, seeds=(5060,))
-        cluster.add(5062, seeds=(5061,))
-        cluster.run(5.1)  # one ping interval
+        cluster = chain_of_three(third_seed=5061, settle=5.1)  # one ping interval
         everyone = {5060: "active", 5061: "active", 5062: "active"}
         for port in (5060, 5061, 5062):
             self.assertEqual(cluster.view(port), everyone)
@@ -97,22 +103,14 @@ class MembershipTests(SynchronousTestCase):
 
     def test_peer_up_events(self) -> None:
         """Each node reports peer-up once for each other node, never for itself."""
-        cluster = FakeCluster()
-        cluster.add(5060)
-        cluster.add(5061, seeds=(5060,))
-        cluster.add(5062, seeds=(5061,))
-        cluster.run(12)
+        cluster = chain_of_three(third_seed=5061, settle=12)
         for port in (5060, 5061, 5062):
             ups = sorted(e.node.port for e in cluster.events[port] if e.kind is EventKind.PEER_UP)
             self.assertEqual(ups, sorted({5060, 5061, 5062} - {port}))
 
     def test_death_and_return(self) -> None:
         """A killed node is disabled after one ping timeout, removed after the next, and rejoins when back."""
-        cluster = FakeCluster()
-        cluster.add(5060)
-        cluster.add(5061, seeds=(5060,))
-        cluster.add(5062, seeds=(5061,))
-        cluster.run(5.1)
+        cluster = chain_of_three(third_seed=5061, settle=5.1)
         cluster.kill(5062)
         # next ping at 10 s, its 408 at 10 + 32 s
         cluster.run(37)
@@ -166,11 +164,7 @@ class MembershipTests(SynchronousTestCase):
 
     def test_late_answers_are_not_deaths(self) -> None:
         """A starved node that answers seconds late (retransmissions, answers within 64*T1) is never disabled or removed."""
-        cluster = FakeCluster()
-        cluster.add(5060)
-        cluster.add(5061, seeds=(5060,))
-        cluster.add(5062, seeds=(5060,))
-        cluster.run(1)
+        cluster = chain_of_three(third_seed=5060, settle=1)
         cluster.network.latency = 6.0  # 12 s to answer: past T2, far inside the 32 s timeout
         cluster.run(90, step=0.01)
         for port in (5060, 5061, 5062):
