@@ -17,17 +17,26 @@ from dmq.sip.message import Request, Response
 from dmq.testing import FakeCluster, FakeSIPTransport
 
 
-def request_to(port: int, method: str = "KDMQ", user: str = "notification_peer", body: bytes = b"", host: str = "127.0.0.1") -> Request:
-    """A request for the node on ``port``, as sent from ``host``:5999."""
+def request_to(
+    port: int,
+    method: str = "KDMQ",
+    user: str = "notification_peer",
+    body: bytes = b"",
+    host: str = "127.0.0.1",
+    from_port: int = 5999,
+    **extra: Any,
+) -> Request:
+    """A request for the node on ``port``, as sent from ``host``:``from_port`` (``extra``: more of build_request's keywords)."""
     target = f"sip:{user}@127.0.0.1:{port}" if user else f"sip:127.0.0.1:{port}"
     return build_request(
         method,
         SIPURI.parse(target),
-        from_uri=SIPURI.parse(f"sip:{user or 'alice'}@{host}:5999"),
+        from_uri=SIPURI.parse(f"sip:{user or 'alice'}@{host}:{from_port}"),
         via_transport="UDP",
-        via_sent_by=f"{host}:5999",
+        via_sent_by=f"{host}:{from_port}",
         body=body,
         content_type="text/plain" if body else None,
+        **extra,
     )
 
 
@@ -90,14 +99,7 @@ class MembershipTests(SynchronousTestCase):
         b_in_a = a.nodes.get("sip:127.0.0.1:5061")
         assert b_in_a is not None
         b_in_a.agent = None
-        request = build_request(
-            "KDMQ",
-            SIPURI.parse("sip:notification_peer@127.0.0.1:5060"),
-            from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5061"),
-            via_transport="UDP",
-            via_sent_by="127.0.0.1:5061",
-            user_agent="kamailio (6.1.4 (x86_64/linux))",
-        )
+        request = request_to(5060, from_port=5061, user_agent="kamailio (6.1.4 (x86_64/linux))")
         self.assertEqual(answer(a, request).code, 200)
         self.assertEqual(b_in_a.agent, "kamailio (6.1.4 (x86_64/linux))")
 
@@ -340,14 +342,10 @@ class MembershipTests(SynchronousTestCase):
         a.transport.clear()
         before = a.notification.rebroadcasts
         for i in range(10):
-            request = build_request(
-                "KDMQ",
-                SIPURI.parse("sip:notification_peer@127.0.0.1:5060"),
-                from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5061"),
-                via_transport="UDP",
-                via_sent_by="127.0.0.1:5061",
+            request = request_to(
+                5060,
+                from_port=5061,
                 body=f"sip:127.0.0.1:5061;status=active\r\nsip:127.0.0.1:{6000 + i};status=active\r\n".encode(),
-                content_type="text/plain",
                 max_forwards=2,
             )
             a.transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5061))
@@ -396,16 +394,8 @@ class MembershipTests(SynchronousTestCase):
         cluster, a = joined_pair(0.1)
 
         def ping(agent: str) -> Response:
-            request = build_request(
-                "KDMQ",
-                SIPURI.parse("sip:notification_peer@127.0.0.1:5060"),
-                from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5061"),
-                via_transport="UDP",
-                via_sent_by="127.0.0.1:5061",
-                body=b"sip:127.0.0.1:5061;status=active\r\n",
-                content_type="text/plain",
-                max_forwards=1,
-                user_agent=agent,
+            request = request_to(
+                5060, from_port=5061, body=b"sip:127.0.0.1:5061;status=active\r\n", max_forwards=1, user_agent=agent
             )
             return answer(a, request)
 
@@ -423,13 +413,7 @@ class MembershipTests(SynchronousTestCase):
         for port in range(5061, 5071):
             cluster.add(port, seeds=(5060,))
         cluster.run(5.1)
-        request = build_request(
-            "KDMQ",
-            SIPURI.parse("sip:notification_peer@127.0.0.1:5060"),
-            from_uri=SIPURI.parse("sip:notification_peer@127.0.0.1:5061"),
-            via_transport="UDP",
-            via_sent_by="127.0.0.1:5061",
-        )
+        request = request_to(5060, from_port=5061)
         self.assertEqual(answer(a, request).body, a.nodes.format_body())
 
     def test_empty_body_is_read_only(self) -> None:
