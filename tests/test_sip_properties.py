@@ -402,12 +402,9 @@ NASTY = [b"\x00", b"\xff", b"\xc3", b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"
          b'"', b"\\", b"[", b"]", b"@", b"?", b"%", b"/", b"0", b"9", b"-", b"\r\n ", b"\r\n\r\n"]
 
 
-@_examples(200)
-@given(messages(), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 3), st.sampled_from(NASTY),
-                                      st.integers(1, 12)), min_size=1, max_size=6))
-def test_mutated_messages(generated, edits):
-    """Valid messages with bytes replaced, inserted, deleted or repeated raise only SIPParseError."""
-    data = generated[0].to_bytes()
+def _mutate(data: bytes, edits: list[tuple[int, int, bytes, int]]) -> bytes:
+    """``data`` with each edit applied: a byte replaced (kind 0), inserted ``count`` times (1), ``count`` bytes
+    deleted (2), or ``count`` bytes repeated 50 times (3)."""
     for position, kind, nasty, count in edits:
         at = position % (len(data) + 1)
         if kind == 0:
@@ -418,21 +415,19 @@ def test_mutated_messages(generated, edits):
             data = data[:at] + data[at + count :]
         else:
             data = data[:at] + data[at : at + count] * 50 + data[at + count :]
-    message = _exercise(data)
+    return data
+
+
+@_examples(200)
+@given(messages(), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 3), st.sampled_from(NASTY),
+                                      st.integers(1, 12)), min_size=1, max_size=6))
+def test_mutated_messages(generated, edits):
+    """Valid messages with bytes replaced, inserted, deleted or repeated raise only SIPParseError."""
+    message = _exercise(_mutate(generated[0].to_bytes(), edits))
     if message is not None:
         _reparse_is_stable(message)
 
 
-def _mutate(data: bytes, edits: list[tuple[int, int, bytes, int]]) -> bytes:
-    for position, kind, nasty, count in edits:
-        at = position % (len(data) + 1)
-        if kind == 0:
-            data = data[:at] + nasty + data[at + 1 :]
-        elif kind == 1:
-            data = data[:at] + nasty * count + data[at:]
-        else:
-            data = data[:at] + data[at + count :]
-    return data
 
 
 @_examples(200)
