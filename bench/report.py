@@ -188,14 +188,21 @@ def failure_section(r: dict[str, Any], timeout_ms: int, ping: int) -> str:
     ])
 
 
+def compared_rows(k: list[dict[str, Any]], d: list[dict[str, Any]],
+                  measures: list[tuple[str, str, float]]) -> list[list[str]]:
+    """One row per (label, key, scale): Kamailio's median, dmq's median, and the per-repetition ratios."""
+    rows = []
+    for label, key, scale in measures:
+        kamailio, dmq = [x * scale for x in field(k, key)], [x * scale for x in field(d, key)]
+        rows.append([label, num(median(kamailio)), num(median(dmq)), ratios(dmq, kamailio)])
+    return rows
+
+
 def memory_section(r: dict[str, Any], burst: int) -> str:
     """Idle memory and memory after a burst."""
     k, d = r["runs"]["kamailio"], r["runs"]["dmq"]
-    rows = []
-    for label, key in (("idle RSS", "idle_rss_kb"), ("idle PSS", "idle_pss_kb"),
-                       (f"RSS after {burst:,} sets", "rss_kb"), (f"PSS after {burst:,} sets", "pss_kb")):
-        kamailio, dmq = field(k, key), field(d, key)
-        rows.append([label, num(median(kamailio)), num(median(dmq)), ratios(dmq, kamailio)])
+    rows = compared_rows(k, d, [("idle RSS", "idle_rss_kb", 1.0), ("idle PSS", "idle_pss_kb", 1.0),
+                                (f"RSS after {burst:,} sets", "rss_kb", 1.0), (f"PSS after {burst:,} sets", "pss_kb", 1.0)])
     return "\n".join([
         "## Memory",
         "",
@@ -212,11 +219,8 @@ def memory_section(r: dict[str, Any], burst: int) -> str:
 def startup_section(r: dict[str, Any]) -> str:
     """Start-up time and a plain node's memory."""
     k, d = r["runs"]["kamailio"], r["runs"]["dmq"]
-    rows = []
-    for label, key, scale in (("exec to SIP socket bound, ms", "listen_s", 1000.0), ("idle RSS, KiB", "rss_kb", 1.0),
-                              ("idle PSS, KiB", "pss_kb", 1.0)):
-        kamailio, dmq = [x * scale for x in field(k, key)], [x * scale for x in field(d, key)]
-        rows.append([label, num(median(kamailio)), num(median(dmq)), ratios(dmq, kamailio)])
+    rows = compared_rows(k, d, [("exec to SIP socket bound, ms", "listen_s", 1000.0), ("idle RSS, KiB", "rss_kb", 1.0),
+                                ("idle PSS, KiB", "pss_kb", 1.0)])
     return "\n".join([
         "## Start-up and a plain node",
         "",
