@@ -250,9 +250,8 @@ class Dispatcher:
         ``identity``; None for a request without either.
         """
         headers = request.headers
-        index = headers._index
-        if "require" not in index and "content-encoding" not in index:
-            return None  # the usual case, in two lookups
+        if "Require" not in headers and "Content-Encoding" not in headers:
+            return None  # the usual case
         required = [tag.strip() for value in headers.getall("Require") for tag in value.split(",") if tag.strip()]
         if required:
             return make_response(request, 420, headers=[("Unsupported", ", ".join(required))], server=self.server)

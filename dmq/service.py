@@ -472,8 +472,7 @@ class DMQService(MultiService):
         def counted(response: Response) -> Response:
             results = stats.results
             results[response.code] = results.get(response.code, 0) + 1
-            server = response.headers._index.get("server")
-            target.note_agent(server[0] if server else None)
+            target.note_agent(response.headers.get("Server"))
             if self.running:  # a stopping node cuts its transactions short: no verdict on anyone
                 self.membership.result(target, response.code, sent_at, node_list)
             return response
