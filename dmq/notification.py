@@ -210,7 +210,7 @@ class NotificationPeer(Peer):
                 self._retry_later()
             return defer.succeed(False)
         self.joins += 1
-        body = service.nodes.format_body(limit=service.max_body_size)
+        body = self._own_list()
         attempts = [self._exchange(node, body, JOIN_MAX_FORWARDS) for node in seeds]
         d = defer.gatherResults(attempts)
 
@@ -297,14 +297,13 @@ class NotificationPeer(Peer):
         service's ``max_body_size`` (this node's line and the newest nodes
         that fit), so that it always goes in one datagram.
         """
-        nodes = self.service.nodes
-        others = nodes.others()
+        others = self.service.nodes.others()
         if not others:
             if self._joining or (self._retry is not None and self._retry.active()):
                 return defer.succeed([])
             return self.join().addCallback(lambda joined: [joined])
         self.pings += 1
-        body = nodes.format_body(limit=self.service.max_body_size)
+        body = self._own_list()
         return defer.gatherResults([self._exchange(node, body, 1) for node in others])
 
     def broadcast(
@@ -316,9 +315,14 @@ class NotificationPeer(Peer):
         ping.
         """
         service = self.service
-        body = service.nodes.format_body(leaving=leaving, limit=service.max_body_size)
+        body = self._own_list(leaving)
         targets = service.targets(except_node)
         return defer.gatherResults([self._exchange(node, body, max_forwards) for node in targets])
+
+    def _own_list(self, leaving: bool = False) -> bytes:
+        """This node's list as it sends it: cut to the service's ``max_body_size`` (one datagram)."""
+        service = self.service
+        return service.nodes.format_body(leaving=leaving, limit=service.max_body_size)
 
     def rebroadcast(self, max_forwards: int, except_node: Optional[Node] = None) -> None:
         """
@@ -348,7 +352,7 @@ class NotificationPeer(Peer):
         self._rebroadcast_at = self.service.clock.seconds()
         hops, self._rebroadcast_hops = self._rebroadcast_hops, 0
         self.rebroadcasts += 1
-        body = self.service.nodes.format_body(limit=self.service.max_body_size)
+        body = self._own_list()
         for node in self.service.targets(except_node):
             self._exchange(node, body, hops)
 
@@ -399,7 +403,7 @@ class NotificationPeer(Peer):
                 # The stranger is a member now: its answer was cut, so the whole list
                 # follows as a request of its own, once, to the one address it claims.
                 joined = result.added[0]
-                body = service.nodes.format_body(limit=service.max_body_size)
+                body = self._own_list()
                 service.clock.callLater(0, self._exchange, joined, body, 1)
         if member is not None and message.max_forwards == 1 and (member.agent or "").startswith(SERVER_PRODUCT):
             # A dmq member's ping: it gets this node's list in this node's own pings, and merges the
