@@ -13,7 +13,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.11",
+    python_requires=">=3.9",
     packages=["dmq", "dmq.sip", "dmq.peers", "dmq.peers.htable", "dmq.replicated", "twisted.plugins"],
     package_data={"twisted.plugins": ["dmq_plugin.py"]},
     install_requires=[
@@ -22,6 +22,7 @@ setup(
         "pyOpenSSL>=23.2",
         "dnspython>=2.4",
         "prometheus_client>=0.17",
+        "tomli>=2.0; python_version < '3.11'",
     ],
     extras_require={
         "conch": ["twisted[conch]>=23.10"],
@@ -30,11 +31,12 @@ setup(
             "pytest>=7.4",
             "pytest-twisted>=1.14",
             "hypothesis>=6.80",
-            "mypy>=1.5",
-            "mypy-zope>=1.0",
+            "mypy>=1.5; platform_python_implementation == 'CPython'",
+            "mypy-zope>=1.0; platform_python_implementation == 'CPython'",
             "twisted[conch]>=23.10",
-            "sphinx>=8.0",
-            "myst-parser>=4.0",
+            # The docs build on CPython 3.10+ (not on PyPy 3.9, where tests/test_docs.py skips it).
+            "sphinx>=8.0; python_version >= '3.10'",
+            "myst-parser>=4.0; python_version >= '3.10'",
         ],
     },
     entry_points={"console_scripts": ["dmqctl = dmq.ctl:main"]},

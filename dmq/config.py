@@ -17,12 +17,17 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from twisted.python import usage
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # PyPy 3.9 and 3.10
+    import tomli as tomllib
 
 from dmq.errors import ConfigurationError
 from dmq.node import Node, NodeListError, server_address_uri

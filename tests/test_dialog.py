@@ -205,7 +205,7 @@ class WireTests(SynchronousTestCase):
         self.assertEqual([(p.name, p.value) for p in dialog.profiles], [("caller", "alice"), ("calls", None)])
         self.assertEqual(dialog.expires, dialog.start_ts + 43200)
         doc = json.loads(body)
-        doc["vars"] = dict(reversed(doc["vars"].items()))
+        doc["vars"] = dict(list(doc["vars"].items())[::-1])
         inner = json.loads(doc["profiles"])
         inner["profiles"].reverse()
         doc["profiles"] = json.dumps(inner, separators=(",", ":"))

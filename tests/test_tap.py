@@ -572,10 +572,20 @@ def test_twistd_lists_the_plugin(tmp_path: Path) -> None:
     assert any(line.split()[:1] == ["dmq"] for line in result.stdout.splitlines())
 
 
+def twisted_version() -> tuple[int, int]:
+    """The installed Twisted's (major, minor)."""
+    import twisted
+
+    major, minor = twisted.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
 def test_twistd_reports_a_bad_option(tmp_path: Path) -> None:
     """A bad setting stops twistd with status 1 and a last line naming the option and the reason."""
     result = run_twistd("-n", "--pidfile=", "dmq", "--ping-interval", "0", cwd=tmp_path)
-    assert result.returncode == 1
+    # twistd itself sets the status of a usage error: 1 from Twisted 26.10 on, 0 before (the
+    # newest Twisted for PyPy 3.9 is 26.4).
+    assert result.returncode == (1 if twisted_version() >= (26, 10) else 0)
     last = result.stdout.strip().splitlines()[-1]
     assert last.endswith(" -n: --ping-interval: must be at least 1, got 0")  # twistd prefixes its argv[0:2]
 

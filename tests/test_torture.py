@@ -25,6 +25,7 @@ import random
 import re
 from pathlib import Path
 from collections.abc import Callable
+from typing import Union
 from urllib.parse import unquote
 
 import pytest
@@ -552,7 +553,7 @@ def _ipv6_abnf_2_colons(m: object) -> None:
 # The verdicts.  name -> ("reject", why) or ("accept", checker)
 # ---------------------------------------------------------------------------
 
-Verdict = tuple[str, str | Callable[[object], None]]
+Verdict = tuple[str, Union[str, Callable[[object], None]]]
 
 EXPECTED: dict[str, Verdict] = {
     # --- RFC 4475 3.1.1: valid messages ------------------------------------
