@@ -36,6 +36,9 @@ from tests.interop.kamailio import (  # noqa: E402
 )
 
 BUILD = ROOT / "build" / "bench"
+PYPY_VENV_PYTHON = ROOT / ".venv-pypy" / "bin" / "python"
+PYPY_PYTHON: Optional[Path] = PYPY_VENV_PYTHON if PYPY_VENV_PYTHON.exists() else None
+"""The interpreter of the PyPy runs (``make .venv-pypy/.installed``); None: no PyPy rows."""
 CLIENT_SOURCE = HERE / "kdmqload.c"
 CLIENT = BUILD / "kdmqload"
 CLIENT_FLAGS = ["-O2", "-Wall", "-Wextra"]
@@ -205,10 +208,15 @@ class DmqProcess:
         watch_uri: Optional[str] = None,
         ping_interval: float = PING_INTERVAL,
         t1_ms: int = T1_MS,
+        python: Optional[Path] = None,
     ) -> None:
-        """Start the process with a node on each of ``addresses``; :meth:`wait_listening` waits for them."""
+        """
+        Start the process with a node on each of ``addresses``; :meth:`wait_listening` waits for them.
+
+        :param python: the interpreter (default: this one; :data:`PYPY_PYTHON` for the PyPy runs).
+        """
         self.addresses = list(addresses)
-        argv = [sys.executable, str(HERE / "node.py"), "--ping-interval", str(ping_interval),
+        argv = [str(python or sys.executable), str(HERE / "node.py"), "--ping-interval", str(ping_interval),
                 "--t1", str(t1_ms / 1000), "--t2", str(T2_MS / 1000)]
         for host, port in self.addresses:
             argv += ["--node", f"{host}:{port}"]
@@ -317,10 +325,11 @@ class DmqProcess:
 class TwistdNode:
     """``twistd -n dmq`` as an operator runs it: a plain node with no peer, no control API, no TLS."""
 
-    def __init__(self, directory: Path, address: tuple[str, int]) -> None:
-        """Start it on ``address``, from ``directory`` (its working folder)."""
+    def __init__(self, directory: Path, address: tuple[str, int], python: Optional[Path] = None) -> None:
+        """Start it on ``address``, from ``directory`` (its working folder), with the ``twistd`` beside
+        ``python`` (default: this interpreter)."""
         directory.mkdir(parents=True, exist_ok=True)
-        twistd = Path(sys.executable).parent / "twistd"
+        twistd = Path(python or sys.executable).parent / "twistd"
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         self.proc = subprocess.Popen(
             [str(twistd), "-n", "--pidfile=", "dmq", "--server-address", f"sip:{address[0]}:{address[1]}",

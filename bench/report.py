@@ -83,7 +83,33 @@ def inbound_section(r: dict[str, Any]) -> str:
                "CPU dmq / Kamailio", "client CPU (K / dmq runs)"], rows, 2),
         "",
         f"Requests given up on (no answer within 1 s): {lost}; answers other than 200/404: {other}.",
+        *pypy_inbound(runs),
     ])
+
+
+def pypy_inbound(runs: dict[str, Any]) -> list[str]:
+    """The inbound figures of dmq on PyPy against Kamailio's of the same run (none without PyPy runs)."""
+    if "pypy" not in runs:
+        return []
+    rows = []
+    for key in sorted(runs["pypy"], key=lambda k: (k.split("/")[0] != "htable", int(k.split("/")[1]))):
+        kind, window = key.split("/")
+        k, p = runs["kamailio"][key], runs["pypy"][key]
+        rows.append([
+            "htable set (200)" if kind == "htable" else "unknown channel (404)", window,
+            num(median(field(p, "rate"))), ratios(field(p, "rate"), field(k, "rate")),
+            f"{median(field(p, 'p50_us')):,.0f} / {median(field(p, 'p99_us')):,.0f}",
+            ratios(field(p, "p50_us"), field(k, "p50_us")),
+            num(median(field(p, "server_cpu_us_per_request"))),
+            ratios(field(p, "server_cpu_us_per_request"), field(k, "server_cpu_us_per_request")),
+        ])
+    return [
+        "",
+        "The same package on PyPy (`make run-pypy`), in the same run, against the Kamailio figures above:",
+        "",
+        table(["request", "outstanding", "PyPy req/s", "rate PyPy / Kamailio", "PyPy p50 / p99 µs",
+               "p50 PyPy / Kamailio", "PyPy CPU µs/req", "CPU PyPy / Kamailio"], rows, 2),
+    ]
 
 
 def fanout_section(r: dict[str, Any]) -> str:
@@ -140,7 +166,32 @@ def fanout_section(r: dict[str, Any]) -> str:
         f"Packets the watcher dropped: {drops}. Peak of the Kamailio sender's shared memory (`core.shmmem`"
         f" `max_used`, of {r['kamailio_shm_mb']} MB): "
         + ", ".join(f"{peaks[n] / 1024:,.0f} MB with {n} receivers" for n in sorted(peaks, key=int)) + ".",
+        *pypy_fanout(runs, sizes),
     ])
+
+
+def pypy_fanout(runs: dict[str, Any], sizes: list[int]) -> list[str]:
+    """The fan-out figures of dmq on PyPy against Kamailio's of the same run (none without PyPy runs)."""
+    if "pypy" not in runs:
+        return []
+    rows = []
+    for n in sizes:
+        k, p = runs["kamailio"][f"{n}/load"], runs["pypy"][f"{n}/load"]
+        pl = runs["pypy"][f"{n}/light"]
+        rows.append([
+            str(n), num(median(field(p, "replicated_rate"))), ratios(field(p, "replicated_rate"), field(k, "replicated_rate")),
+            f"{median(field(p, 'lag_p50_ms')):.1f} / {median(field(p, 'lag_p99_ms')):.1f}",
+            f"{median(field(pl, 'lag_p50_ms')):.2f} / {median(field(pl, 'lag_p99_ms')):.2f}",
+            f"{median(field(p, 'server_cpu_ms_per_set')):.3f}",
+            ratios(field(p, "server_cpu_ms_per_set"), field(k, "server_cpu_ms_per_set")),
+        ])
+    return [
+        "",
+        "dmq on PyPy, in the same run, against the Kamailio figures above:",
+        "",
+        table(["receivers", "PyPy sets/s", "PyPy / Kamailio", "PyPy lag p50 / p99 ms", "PyPy light lag p50 / p99 ms",
+               "PyPy CPU ms/set", "CPU PyPy / Kamailio"], rows),
+    ]
 
 
 def convergence_section(r: dict[str, Any], large: Optional[dict[str, Any]]) -> str:
@@ -201,8 +252,9 @@ def compared_rows(k: list[dict[str, Any]], d: list[dict[str, Any]],
 def memory_section(r: dict[str, Any], burst: int) -> str:
     """Idle memory and memory after a burst."""
     k, d = r["runs"]["kamailio"], r["runs"]["dmq"]
-    rows = compared_rows(k, d, [("idle RSS", "idle_rss_kb", 1.0), ("idle PSS", "idle_pss_kb", 1.0),
-                                (f"RSS after {burst:,} sets", "rss_kb", 1.0), (f"PSS after {burst:,} sets", "pss_kb", 1.0)])
+    measures = [("idle RSS", "idle_rss_kb", 1.0), ("idle PSS", "idle_pss_kb", 1.0),
+                (f"RSS after {burst:,} sets", "rss_kb", 1.0), (f"PSS after {burst:,} sets", "pss_kb", 1.0)]
+    rows = compared_rows(k, d, measures)
     return "\n".join([
         "## Memory",
         "",
@@ -213,14 +265,26 @@ def memory_section(r: dict[str, Any], burst: int) -> str:
         "is the fair sum. Kilobytes. The client joins as a member first, as in the inbound runs.",
         "",
         table(["", "Kamailio KiB", "dmq KiB", "dmq / Kamailio (per rep, median)"], rows),
+        *pypy_rows(r["runs"], measures, "KiB"),
     ])
+
+
+def pypy_rows(runs: dict[str, Any], measures: list[tuple[str, str, float]], unit: str = "") -> list[str]:
+    """``measures`` of dmq on PyPy against Kamailio's of the same run (none without PyPy runs)."""
+    if "pypy" not in runs:
+        return []
+    suffix = f" {unit}" if unit else ""
+    return ["", "dmq on PyPy, in the same run:", "",
+            table(["", f"Kamailio{suffix}", f"PyPy{suffix}", "PyPy / Kamailio (per rep, median)"],
+                  compared_rows(runs["kamailio"], runs["pypy"], measures))]
 
 
 def startup_section(r: dict[str, Any]) -> str:
     """Start-up time and a plain node's memory."""
     k, d = r["runs"]["kamailio"], r["runs"]["dmq"]
-    rows = compared_rows(k, d, [("exec to SIP socket bound, ms", "listen_s", 1000.0), ("idle RSS, KiB", "rss_kb", 1.0),
-                                ("idle PSS, KiB", "pss_kb", 1.0)])
+    measures = [("exec to SIP socket bound, ms", "listen_s", 1000.0), ("idle RSS, KiB", "rss_kb", 1.0),
+                ("idle PSS, KiB", "pss_kb", 1.0)]
+    rows = compared_rows(k, d, measures)
     return "\n".join([
         "## Start-up and a plain node",
         "",
@@ -230,6 +294,7 @@ def startup_section(r: dict[str, Any]) -> str:
         "process to its UDP socket appearing in `/proc/net/udp`; memory of all its processes 1 s later.",
         "",
         table(["", "Kamailio", "dmq", "dmq / Kamailio (per rep, median)"], rows),
+        *pypy_rows(r["runs"], measures),
     ])
 
 
@@ -315,8 +380,8 @@ def plots(results: dict[str, Any], folder: Path) -> list[tuple[str, Path]]:
 
     folder.mkdir(parents=True, exist_ok=True)
     drawn: list[tuple[str, Path]] = []
-    colours = {"kamailio": "tab:blue", "dmq": "tab:orange"}
-    names = {"kamailio": "Kamailio", "dmq": "dmq"}
+    colours = {"kamailio": "tab:blue", "dmq": "tab:orange", "pypy": "tab:green"}
+    names = {"kamailio": "Kamailio", "dmq": "dmq", "pypy": "dmq on PyPy"}
 
     def save(fig: Any, name: str, caption: str) -> None:
         path = folder / name
@@ -328,7 +393,7 @@ def plots(results: dict[str, Any], folder: Path) -> list[tuple[str, Path]]:
     if "inbound" in results:
         runs = results["inbound"]["runs"]
         fig, ax = plt.subplots(figsize=(6.4, 4))
-        for impl in ("kamailio", "dmq"):
+        for impl in runs:
             for kind, style in (("htable", "-o"), ("channel", "--s")):
                 keys = sorted((k for k in runs[impl] if k.startswith(kind + "/")), key=lambda k: int(k.split("/")[1]))
                 xs = [int(k.split("/")[1]) for k in keys]
@@ -341,13 +406,13 @@ def plots(results: dict[str, Any], folder: Path) -> list[tuple[str, Path]]:
         ax.set_ylabel("requests/s (median)")
         ax.set_title("Inbound KDMQ: rate against outstanding requests")
         ax.set_ylim(bottom=0)
-        ax.legend()
+        ax.legend(fontsize="small")
         save(fig, "inbound-rate.png", "Inbound rate against outstanding requests")
 
     if "fanout" in results:
         runs = results["fanout"]["runs"]
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
-        for impl in ("kamailio", "dmq"):
+        for impl in runs:
             sizes = sorted({int(k.split("/")[0]) for k in runs[impl]})
             left.plot(sizes, [median(field(runs[impl][f"{n}/load"], "replicated_rate")) for n in sizes], "-o",
                       color=colours[impl], label=names[impl])

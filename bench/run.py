@@ -60,7 +60,14 @@ def versions() -> str:
 
     import dmq
 
-    return (f"Python {platform.python_version()}, Twisted {twisted.__version__}, dmq {dmq.__version__}, "
+    pypy = ""
+    if cluster.PYPY_PYTHON is not None:
+        probe = ("import sys, platform, twisted; print(platform.python_version(), "
+                 "'.'.join(map(str, sys.pypy_version_info[:3])), twisted.__version__)")
+        out = subprocess.run([str(cluster.PYPY_PYTHON), "-c", probe], capture_output=True, text=True).stdout.split()
+        if len(out) == 3:
+            pypy = f"PyPy {out[1]} (Python {out[0]}, Twisted {out[2]}), "
+    return (f"Python {platform.python_version()}, Twisted {twisted.__version__}, {pypy}dmq {dmq.__version__}, "
             f"Kamailio {cluster.kamailio_version()} (`{cluster.default_build().binary}`), "
             f"gcc {subprocess.run(['gcc', '-dumpfullversion'], capture_output=True, text=True).stdout.strip()}")
 
@@ -88,7 +95,11 @@ def header(plan: scenarios.Plan, quick: bool, load: tuple[str, str], seconds: fl
         "Written by `make bench` (`bench/run.py`), which overwrites this page. dmq and Kamailio run with the",
         "same settings on the same machine in the same run, driven by the same C load client, alternating",
         "repetition by repetition (Kamailio first in even repetitions, dmq first in odd ones). Tables show",
-        "medians; ratios are dmq / Kamailio for each repetition, then their median in bold.",
+        "medians; ratios are dmq / Kamailio for each repetition, then their median in bold. Where PyPy is",
+        "installed (`make .venv-pypy/.installed`), the same dmq code also runs on PyPy in the inbound, fan-out,",
+        "memory and start-up scenarios, in the same alternation, with its own tables; every node of those",
+        f"scenarios first gets untimed load ({plan.jit_warmup:g} s inbound, {plan.jit_warmup_sets:,} sets fan-out),",
+        "so that PyPy's JIT has compiled the request path, as in a node that has been in service a while.",
         "",
         f"- date: {datetime.date.today().isoformat()}{' (`--quick`)' if quick else ''}; "
         f"{plan.reps} repetitions; the run took {seconds / 60:.1f} min",

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from cluster import (
     KAMAILIO_SHM_MB,
     PING_INTERVAL,
+    PYPY_PYTHON,
     BenchKamailio,
     BindWatcher,
     DmqProcess,
@@ -30,7 +31,10 @@ from cluster import (
     run_client,
 )
 
-IMPLS = ("kamailio", "dmq")
+IMPLS = ("kamailio", "dmq") + (("pypy",) if PYPY_PYTHON is not None else ())
+"""Kamailio, dmq on CPython, and dmq on PyPy where ``.venv-pypy`` is installed."""
+TIMING_IMPLS = ("kamailio", "dmq")
+"""Where CPU speed does not matter (convergence, failure detection): Kamailio and dmq on CPython."""
 Results = dict[str, Any]
 
 
@@ -55,13 +59,18 @@ class Plan:
     large_t1_ms: int = 500
     """dmq's own default T1 (a timeout of 32 s): the large clusters are not compared with Kamailio."""
     failure_nodes: int = 4
+    jit_warmup: float = 5.0
+    """Seconds of untimed load every node gets before the inbound reps (PyPy's JIT compiles the request
+    path in its first seconds of load; a node in service is past that)."""
+    jit_warmup_sets: int = 15000
+    """Untimed sets every fan-out cluster gets before its reps, for the same reason."""
 
     @classmethod
     def quick(cls) -> "Plan":
         """Fewer and shorter repetitions, for trying the bench out."""
         return cls(reps=2, seconds=1.0, warmup=0.2, fanout_sets=1000, lag_sets=100, receivers=(1, 2),
                    small_clusters=(3, 5), large_clusters=(16, 32), steady_intervals=1, large_reps=1,
-                   failure_nodes=3)
+                   failure_nodes=3, jit_warmup=2.0, jit_warmup_sets=3000)
 
 
 def alternate(reps: int, impls: Sequence[str] = IMPLS) -> Iterator[tuple[int, str]]:
@@ -125,7 +134,8 @@ class Cluster:
                     node.start()
                 else:
                     proc = DmqProcess([address], seeds, htable=self.htable, trigger=self.trigger and index == 0,
-                                      watch_uri=uri(self.watch) if self.watch else None)
+                                      watch_uri=uri(self.watch) if self.watch else None,
+                                      python=PYPY_PYTHON if self.impl == "pypy" else None)
                     self.dmq.append(proc)
                     proc.wait_listening()
             return watcher.when(self.addresses[-1])
@@ -185,6 +195,10 @@ def inbound(plan: Plan, workdir: Path) -> Results:
     try:
         for cluster in clusters.values():
             cluster.start()
+            port = join_as_member(client, cluster.addresses[0])
+            for kind in ("htable", "channel"):
+                run_client("--target", hostport(cluster.addresses[0]), "--bind", f"{client}:{port}", "--kind", kind,
+                           "--window", 32, "--seconds", plan.jit_warmup / 2, "--keys", 1000, "--prefix", "warm")
         for rep, impl in alternate(plan.reps):
             cluster = clusters[impl]
             pids = ",".join(map(str, cluster.pids()))
@@ -219,6 +233,11 @@ def fanout(plan: Plan, workdir: Path) -> Results:
                 cluster.start()
                 cluster.converged()
             time.sleep(1.0)  # the join-time syncs settle
+            for impl, cluster in clusters.items():
+                watch = ",".join(hostport(a) for a in cluster.addresses[1:])
+                run_client("--target", hostport(cluster.addresses[0]), "--bind", cluster.addresses[1][0], "--kind",
+                           "trigger", "--window", 32, "--count", plan.jit_warmup_sets, "--prefix", "warm", "--watch",
+                           watch, "--settle", 10)
             for rep, impl in alternate(plan.reps):
                 cluster = clusters[impl]
                 watch = ",".join(hostport(a) for a in cluster.addresses[1:])
@@ -247,9 +266,9 @@ def fanout(plan: Plan, workdir: Path) -> Results:
 
 def convergence(plan: Plan, workdir: Path) -> Results:
     """Clusters of 3, 5, 8 started one after another: from the last socket bound to all listing all active."""
-    runs: dict[str, dict[str, list[float]]] = {impl: {} for impl in IMPLS}
+    runs: dict[str, dict[str, list[float]]] = {impl: {} for impl in TIMING_IMPLS}
     for size in plan.small_clusters:
-        for rep, impl in alternate(plan.reps):
+        for rep, impl in alternate(plan.reps, TIMING_IMPLS):
             cluster = Cluster(impl, workdir / f"conv{size}-{rep}-{impl}", size)
             try:
                 bound = cluster.start()
@@ -261,12 +280,12 @@ def convergence(plan: Plan, workdir: Path) -> Results:
 
 def failure(plan: Plan, workdir: Path) -> Results:
     """SIGKILL one node of a converged cluster: time until every other node lists it as not active."""
-    runs: dict[str, list[dict[str, float]]] = {impl: [] for impl in IMPLS}
+    runs: dict[str, list[dict[str, float]]] = {impl: [] for impl in TIMING_IMPLS}
     # a random phase against the ping timers, the same for both implementations in a repetition
     rng = random.Random(7)
     phases = [rng.uniform(0, PING_INTERVAL) for _ in range(plan.reps)]
     size = plan.failure_nodes
-    for rep, impl in alternate(plan.reps):
+    for rep, impl in alternate(plan.reps, TIMING_IMPLS):
         cluster = Cluster(impl, workdir / f"fail-{rep}-{impl}", size)
         victim = size - 1
         cluster.watch = cluster.addresses[victim]
@@ -331,8 +350,8 @@ def startup(plan: Plan, workdir: Path) -> Results:
         watcher = BindWatcher([address])
         began = time.time()
         node: Any
-        if impl == "dmq":
-            node = TwistdNode(workdir / f"start-{rep}", address)
+        if impl != "kamailio":
+            node = TwistdNode(workdir / f"start-{rep}-{impl}", address, PYPY_PYTHON if impl == "pypy" else None)
         else:
             node = BenchKamailio(workdir / f"start-{rep}-k", address)
             node.start()
