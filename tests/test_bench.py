@@ -74,3 +74,27 @@ def test_run_quick_convergence_prints_a_table() -> None:
     table = done.stdout.split("## Convergence", 1)[1]
     assert "| 3 |" in table and "| 5 |" in table
     assert "failed in this run" not in done.stdout
+
+
+def inbound_run(rate: float, cpu: float, p50: float) -> dict[str, float]:
+    """One client result of an inbound run, as ``kdmqload`` reports it."""
+    return {"rate": rate, "p50_us": p50, "p99_us": 2 * p50, "server_cpu_us_per_request": cpu,
+            "client_cpu_share": 0.2, "lost": 0, "other_codes": 0}
+
+
+def test_report_adds_the_pypy_table_only_with_pypy_runs() -> None:
+    """The inbound section gains a PyPy table, with per-repetition ratios to Kamailio, when PyPy ran."""
+    import report
+
+    kamailio = {"htable/32": [inbound_run(20000, 40, 100), inbound_run(30000, 30, 80)]}
+    dmq = {"htable/32": [inbound_run(10000, 80, 200), inbound_run(12000, 60, 160)]}
+    pypy = {"htable/32": [inbound_run(24000, 20, 50), inbound_run(36000, 24, 120)]}
+    without = report.inbound_section({"runs": {"kamailio": kamailio, "dmq": dmq}})
+    assert "PyPy" not in without
+    with_pypy = report.inbound_section({"runs": {"kamailio": kamailio, "dmq": dmq, "pypy": pypy}})
+    row = [line for line in with_pypy.split("PyPy req/s", 1)[1].splitlines() if line.startswith("| htable")][0]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    # rate 24000/20000 and 36000/30000; p50 50/100 and 120/80; CPU 20/40 and 24/30
+    assert cells[3] == "1.20, 1.20 (**1.20**)"
+    assert cells[5] == "0.50, 1.50 (**1.00**)"
+    assert cells[7] == "0.50, 0.80 (**0.65**)"
