@@ -368,6 +368,92 @@ def codec_section(r: dict[str, Any]) -> str:
     ])
 
 
+# -- the targets ---------------------------------------------------------------------------
+
+
+def per_rep_median(mine: Sequence[float], kamailio: Sequence[float]) -> float:
+    """The median of the per-repetition ratios (NaN when none)."""
+    return median([m / k for m, k in zip(mine, kamailio) if k])
+
+
+def targets_section(results: dict[str, Any]) -> str:
+    """Each performance target against this run's figures, for dmq on CPython and (where it ran) PyPy."""
+    impls = ["dmq"] + (["pypy"] if "pypy" in results.get("inbound", {}).get("runs", {}) else [])
+    rows: list[Row] = []
+
+    def ratio_row(label: str, goal: str, limit: float, at_most: bool,
+                  figure: Callable[[str], float], fmt: str = "{:.2f}×") -> None:
+        cells = [label, goal]
+        for impl in impls:
+            try:
+                value = figure(impl)
+            except (KeyError, IndexError):
+                cells.append("not measured")
+                continue
+            if value != value:  # NaN: not run for this implementation
+                cells.append("–")
+                continue
+            met = value <= limit if at_most else value >= limit
+            cells.append(fmt.format(value) + (" ✓" if met else " ✗"))
+        rows.append(cells)
+
+    if "inbound" in results:
+        runs = results["inbound"]["runs"]
+
+        def inbound(key: str, measure: str) -> Callable[[str], float]:
+            return lambda impl: per_rep_median(field(runs[impl][key], measure), field(runs["kamailio"][key], measure))
+
+        for window in ("1", "32"):
+            ratio_row(f"inbound htable set, CPU per message, {window} outstanding", "≤ 0.8× Kamailio", 0.8, True,
+                      inbound(f"htable/{window}", "server_cpu_us_per_request"))
+        ratio_row("inbound htable set, rate at 32 outstanding", "≥ 0.7× Kamailio", 0.7, False,
+                  inbound("htable/32", "rate"))
+        ratio_row("inbound htable set, p50 latency at 1 outstanding", "≤ 1.0× Kamailio", 1.0, True,
+                  inbound("htable/1", "p50_us"))
+        for window in ("1", "32"):
+            ratio_row(f"unknown channel (404), CPU per message, {window} outstanding", "≤ 0.8× Kamailio", 0.8, True,
+                      inbound(f"channel/{window}", "server_cpu_us_per_request"))
+    if "fanout" in results:
+        runs = results["fanout"]["runs"]
+        sizes = sorted({int(k.split("/")[0]) for k in runs["dmq"]})
+
+        def fan(key: str, measure: str) -> Callable[[str], float]:
+            return lambda impl: per_rep_median(field(runs[impl][key], measure), field(runs["kamailio"][key], measure))
+
+        for n in (x for x in sizes if x >= 2):
+            ratio_row(f"fan-out to {n}: replicated sets/s", "≥ 1.0× Kamailio", 1.0, False, fan(f"{n}/load", "replicated_rate"))
+            ratio_row(f"fan-out to {n}: CPU per replicated set", "≤ 1.0× Kamailio", 1.0, True,
+                      fan(f"{n}/load", "server_cpu_ms_per_set"))
+            ratio_row(f"fan-out to {n}: lag to the last node at idle (p50)", "≤ 5 ms", 5.0, True,
+                      lambda impl, n=n: median(field(runs[impl][f"{n}/light"], "lag_p50_ms")), "{:.2f} ms")
+    if "startup" in results:
+        runs = results["startup"]["runs"]
+        ratio_row("idle RSS of a plain node", "≤ 45 MB", 45.0, True,
+                  lambda impl: median(field(runs[impl], "rss_kb")) / 1024, "{:.0f} MB")
+    if "large" in results:
+        large = {size: [x for x in rs if "error" not in x] for size, rs in results["large"]["runs"].items()}
+        for size in ("64", "128"):
+            if large.get(size):
+                ratio_row(f"{size} dmq nodes converge", "within 1 s" if size == "64" else "reported", 1.0 if size == "64" else 1e9,
+                          True, lambda impl, size=size: median(field(large[size], "converge_s")) if impl == "dmq" else float("nan"),
+                          "{:.2f} s")
+        if large.get("64"):
+            ratio_row("64 dmq nodes: status changes after converging", "0", 0, True,
+                      lambda impl: max(int(x.get("status_changes", -1)) for x in large["64"]) if impl == "dmq"
+                      else float("nan"), "{:.0f}")
+    if not rows:
+        return ""
+    head = ["target", "goal", "dmq (CPython)"] + (["dmq on PyPy"] if "pypy" in impls else [])
+    return "\n".join([
+        "## Against the targets",
+        "",
+        "Each performance target of the project against this run (ratios: median of the per-repetition",
+        "ratios to Kamailio; ✓ met, ✗ not met). The large clusters ran on CPython only.",
+        "",
+        table(head, rows, 2),
+    ])
+
+
 # -- plots -----------------------------------------------------------------------------------
 
 

@@ -171,6 +171,7 @@ def render(results: dict[str, Any], plan: scenarios.Plan, quick: bool, load: tup
         if "error" in result:
             parts.append(f"## {name}\n\nThis scenario failed in this run: {result['error']}")
     results = {name: result for name, result in results.items() if "error" not in result}
+    parts.append(report.targets_section(results))
     if "inbound" in results:
         parts.append(report.inbound_section(results["inbound"]))
     if "fanout" in results:

@@ -98,3 +98,18 @@ def test_report_adds_the_pypy_table_only_with_pypy_runs() -> None:
     assert cells[3] == "1.20, 1.20 (**1.20**)"
     assert cells[5] == "0.50, 1.50 (**1.00**)"
     assert cells[7] == "0.50, 0.80 (**0.65**)"
+
+
+def test_targets_table_marks_each_target_met_or_not() -> None:
+    """The targets section judges each ratio against its goal, per implementation."""
+    import report
+
+    kamailio = {key: [inbound_run(20000, 40, 100)] for key in ("htable/1", "htable/32", "channel/1", "channel/32")}
+    dmq = {key: [inbound_run(10000, 80, 200)] for key in kamailio}
+    pypy = {key: [inbound_run(16000, 30, 90)] for key in kamailio}
+    text = report.targets_section({"inbound": {"runs": {"kamailio": kamailio, "dmq": dmq, "pypy": pypy}}})
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| inbound") or line.startswith("| unknown")}
+    assert rows["inbound htable set, CPU per message, 32 outstanding"][2:] == ["2.00× ✗", "0.75× ✓"]
+    assert rows["inbound htable set, rate at 32 outstanding"][2:] == ["0.50× ✗", "0.80× ✓"]
+    assert rows["inbound htable set, p50 latency at 1 outstanding"][2:] == ["2.00× ✗", "0.90× ✓"]
