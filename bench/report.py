@@ -131,8 +131,10 @@ def fanout_section(r: dict[str, Any]) -> str:
             f"{median(field(k, 'server_cpu_ms_per_set')):.3f}", f"{median(field(d, 'server_cpu_ms_per_set')):.3f}",
             f"{median(field(k, 'client_cpu_share')) * 100:.0f}% / {median(field(d, 'client_cpu_share')) * 100:.0f}%",
         ])
-    incomplete = [f"{'dmq' if impl == 'dmq' else 'Kamailio'}, {key.replace('/', ' receivers, ')}, rep {i + 1}: "
-                  f"{run['keys_everywhere']:,} of {run['sent']:,}"
+    names = {"kamailio": "Kamailio", "dmq": "dmq", "pypy": "dmq on PyPy"}
+    incomplete = [f"{names[impl]}, {key.replace('/', ' receivers, ')}, rep {i + 1}: "
+                  f"{run['keys_everywhere']:,} of {run['sent']:,} (the watcher saw {run['sniffed_requests']:,} KDMQs,"
+                  f" matched {run['sniffed_answers']:,} answers and could not match {run['unmatched_answers']:,})"
                   for impl, per in runs.items() for key, rs in per.items()
                   for i, run in enumerate(rs) if run["keys_everywhere"] < run["sent"]]
     peaks = r.get("kamailio_shm_peak_kb", {})
