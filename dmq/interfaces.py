@@ -7,7 +7,7 @@ implementation and every fake in :mod:`dmq.testing` with ``verifyObject``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from zope.interface import Attribute, Interface
 
@@ -127,3 +127,13 @@ class IPeerHost(IMessageSender):
         "The dmq.membership.Membership: events, readiness, and the reply and timeout rules."
     )
     max_body_size = Attribute("The largest body a KDMQ carries in one datagram (bytes).")
+
+    def send_message_then(
+        peer: Union[Peer, str],
+        body: bytes,
+        node: Union[Node, SIPURI, str],
+        then: Callable[[Response], object],
+        content_type: str = "text/plain",
+        max_forwards: int = 1,
+    ) -> None:
+        """Send to one node and call ``then`` with the final response (a local 408 on timeout), without a Deferred."""

@@ -139,11 +139,11 @@ class Membership:
         channel only a 408 counts, and only with fail counting
         (:meth:`NodeList.mark_message_timeout`).
         """
-        now = float(self.clock.seconds())
         if not node_list:
             if code == 408:
                 self.publish(self.nodes.mark_message_timeout(node, self.policy).events)
             return
+        now = float(self.clock.seconds())
         if code == 200:
             self.rtt[node.key] = now - sent_at
             self.publish(self.nodes.mark_reply(node, now))

@@ -451,35 +451,56 @@ class DMQService(MultiService):
             or transport failure fires with a local 408 response (as
             Kamailio's ``tm`` reports it), whose reason says which.
         """
-        channel = self._channel_of(peer)
+        d: Deferred[Response] = Deferred()
+        self.send_message_then(peer, body, node, d.callback, content_type, max_forwards)
+        return d
+
+    def send_message_then(
+        self,
+        peer: Union[Peer, str],
+        body: bytes,
+        node: Union[Node, SIPURI, str],
+        then: Callable[[Response], object],
+        content_type: Optional[str] = "text/plain",
+        max_forwards: int = 1,
+    ) -> None:
+        """
+        :meth:`send_message` without a Deferred (the hot path of
+        replication): ``then`` is called once with the node's final response,
+        or the local 408 (or 513) that stands for a failure.  A send that
+        fails at once calls it before this returns.
+        """
+        channel = peer if isinstance(peer, str) else peer.channel
         sender = self.peers.get(channel)
         node_list = sender is not None and sender.exchanges_node_lists
-        target = self._target(node)
+        target = node if isinstance(node, Node) else self._target(node)
         stats = self.dispatcher.stats(channel)
         stats.sent += 1
         sent_at = self.clock.seconds()
         template, address = self._kdmq_template(channel, target, content_type, max_forwards)
+        sent: Union[Request, bytes]
+
+        def counted(result: Union[Response, Failure]) -> None:
+            response = self._local_failure(result, sent) if isinstance(result, Failure) else result
+            code = response.code
+            try:
+                results = stats.results
+                results[code] = results.get(code, 0) + 1
+                target.note_agent(response.headers.get("Server"))
+                if self.running:  # a stopping node cuts its transactions short: no verdict on anyone
+                    self.membership.result(target, code, sent_at, node_list)
+            except Exception:
+                log.failure("recording a {code} from {uri} failed", code=code, uri=str(target.uri))
+            then(response)
+
         if template is not None and template.size + len(body) <= min(LARGE_REQUEST, self.transport.udp_max_size):
             # The usual case: the request joined as bytes from the node's template.
-            data, branch = template.render(body)
-            sent: Union[Request, bytes] = data
-            d = self.transactions.request_data(data, branch, "KDMQ", address)
+            sent, branch = template.render(body)
+            self.transactions.request_data_then(sent, branch, "KDMQ", address, counted)
         else:
             request, address = self.build_kdmq(channel, target, body, content_type, max_forwards)
             sent = request
-            d = self.transactions.request(request, address)
-
-        def counted(response: Response) -> Response:
-            results = stats.results
-            results[response.code] = results.get(response.code, 0) + 1
-            target.note_agent(response.headers.get("Server"))
-            if self.running:  # a stopping node cuts its transactions short: no verdict on anyone
-                self.membership.result(target, response.code, sent_at, node_list)
-            return response
-
-        # One link in the chain for both outcomes: a failure stands for its local 408 or 513.
-        d.addCallbacks(counted, lambda failure: counted(self._local_failure(failure, sent)))
-        return d
+            self.transactions.request(request, address).addBoth(counted)
 
     def _local_failure(self, failure: Any, request: Union[Request, bytes]) -> Response:
         """

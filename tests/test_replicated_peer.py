@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
@@ -257,12 +256,15 @@ class ServiceLinkTests(SynchronousTestCase):
 
     def test_failure_is_503(self) -> None:
         """A send that fails before any answer fires with 503 (logged), not with a failure."""
-        def broken(*args: Any, **kw: Any) -> "Deferred[Any]":
-            return defer.fail(OSError("no route"))
+        def broken(*args: Any, **kw: Any) -> None:
+            raise OSError("no route")
 
-        self.patch(self.cluster.nodes[5060], "send_message", broken)
+        self.patch(self.cluster.nodes[5060], "send_message_then", broken)
         self.assertEqual(self.successResultOf(self.link.send(self.other, b"{}")), 503)
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        codes: list[int] = []
+        self.link.send_then(self.other, b"{}", codes.append)
+        self.assertEqual(codes, [503])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
 
     def test_loops(self) -> None:
         """every calls a function each interval on the service's clock, first after one interval; stop_loops ends them all."""

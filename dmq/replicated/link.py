@@ -8,18 +8,18 @@ and sending one body to one node with the answer reduced to its status code.
     link = ServiceLink(peer, "application/json")
     link.now(); link.active_nodes(); link.max_body_size()
     link.send(node, body)                  # Deferred[int]: 200, 404, 408 ..., 503 when it could not go
+    link.send_then(node, body, callback)   # the same without a Deferred: callback(code)
     link.every(10.0, peer.purge)           # a LoopingCall on the service's clock, stopped by stop_loops()
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from dmq.node import Node, NodeKey
 from dmq.peer import Peer
@@ -101,31 +101,38 @@ class ServiceLink:
             it never fails.  An answer other than 200 and 408 is logged, once
             per node and code.
         """
-        d: Deferred[Any] = defer.maybeDeferred(
-            self.service.send_message, self.peer, body, node, self.content_type
-        )
+        d: Deferred[int] = Deferred()
+        self.send_then(node, body, d.callback)
+        return d
 
-        def answered(response: Any) -> int:
-            code = int(response.code)
-            if self._on_response is not None:
-                self._on_response(node)
-            if code not in (200, 408) and (node.key, code) not in self._warned:
-                # Once per node and code: the node refuses what we send.
-                self._warned.add((node.key, code))
-                log.warn(
-                    "node {uri} answered {code} {reason} to a message on {channel}",
-                    uri=str(node.uri),
-                    code=code,
-                    reason=getattr(response, "reason", ""),
-                    channel=self.peer.channel,
-                )
-            return code
+    def send_then(self, node: Node, body: bytes, then: Callable[[int], object]) -> None:
+        """
+        :meth:`send` without a Deferred: ``then`` is called once with the
+        status code (before this returns when the message could not go).
+        """
+        try:
+            self.service.send_message_then(
+                self.peer, body, node, partial(self._answered, node, then), self.content_type
+            )
+        except Exception:
+            log.failure("sending on {channel} to {uri} failed", channel=self.peer.channel, uri=str(node.uri))
+            then(503)
 
-        def failed(failure: Failure) -> int:
-            log.failure("sending on {channel} to {uri} failed", failure, channel=self.peer.channel, uri=str(node.uri))
-            return 503
-
-        return d.addCallbacks(answered, failed)
+    def _answered(self, node: Node, then: Callable[[int], object], response: Any) -> None:
+        code = int(response.code)
+        if self._on_response is not None:
+            self._on_response(node)
+        if code != 200 and code != 408 and (node.key, code) not in self._warned:
+            # Once per node and code: the node refuses what we send.
+            self._warned.add((node.key, code))
+            log.warn(
+                "node {uri} answered {code} {reason} to a message on {channel}",
+                uri=str(node.uri),
+                code=code,
+                reason=getattr(response, "reason", ""),
+                channel=self.peer.channel,
+            )
+        then(code)
 
     def every(self, interval: float, function: Callable[[], Any]) -> LoopingCall:
         """Call ``function`` every ``interval`` seconds of the service's clock (first after one interval)."""

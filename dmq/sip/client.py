@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
-from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -67,16 +66,18 @@ class ClientTransaction:
     own: the layer keeps them in one queue in the order they started, served
     by one timer (:meth:`TransactionLayer._sweep_young`).  Only a transaction
     still unanswered after T1 gets timers E (over UDP) and F.  An in-flight
-    transaction holds its request's bytes, its key and address, and its
-    Deferred; once it completes it drops the bytes, and only its key stays
+    transaction holds its request's bytes, its key and address, and whom to
+    tell; once it completes it drops the bytes, and only its key stays
     (Timer K, T4 over UDP).
 
-    :ivar deferred: fires with the final :class:`Response`, or fails with
-        :class:`TransactionTimeout` or :class:`TransportError`.
+    :ivar notify: called once with the outcome: the final :class:`Response`,
+        or a :class:`~twisted.python.failure.Failure` of
+        :class:`TransactionTimeout` or :class:`TransportError` (a Deferred's
+        ``callback`` serves: given a Failure it runs the errbacks).
     """
 
     __slots__ = (
-        "layer", "key", "request", "data", "address", "state", "deferred",
+        "layer", "key", "request", "data", "address", "state", "notify",
         "_fallback", "_interval", "_started", "_timer_e", "_timer_f",
     )
 
@@ -87,6 +88,7 @@ class ClientTransaction:
         request: Optional[Request],
         data: bytes,
         address: Address,
+        notify: Callable[[Union[Response, Failure]], object],
         fallback: Optional[tuple[bytes, Address]] = None,
     ) -> None:
         self.layer = layer
@@ -95,7 +97,7 @@ class ClientTransaction:
         self.data = data
         self.address = address
         self.state = State.TRYING
-        self.deferred: Deferred[Response] = Deferred()
+        self.notify = notify
         self._fallback = fallback
         self._interval = layer.t1
         self._started = 0.0
@@ -145,8 +147,8 @@ class ClientTransaction:
         if self.state in (State.TRYING, State.PROCEEDING):
             self.layer.stats.timeouts += 1
             self._terminate()
-            self.deferred.errback(
-                TransactionTimeout(f"no final response from {self.address} in {64 * self.layer.t1:g} s")
+            self.notify(
+                Failure(TransactionTimeout(f"no final response from {self.address} in {64 * self.layer.t1:g} s"))
             )
 
     def _on_transport_error(self, failure: Failure) -> None:
@@ -172,7 +174,7 @@ class ClientTransaction:
         error = failure.value if isinstance(failure.value, TransportError) else TransportError(
             f"cannot send to {self.address}: {failure.getErrorMessage()}"
         )
-        self.deferred.errback(error)
+        self.notify(Failure(error))
 
     def response_received(self, response: Response) -> None:
         """Handle a response matched to this transaction."""
@@ -186,7 +188,7 @@ class ClientTransaction:
         if not self.address.reliable:
             # Timer K: retransmitted copies of the response are absorbed for T4.
             self.layer.completed_clients.put(self.key, None)
-        self.deferred.callback(response)
+        self.notify(response)
 
     def _cancel_timers(self) -> None:
         timer = self._timer_e

@@ -225,11 +225,12 @@ class TransactionLayer:
                         "limit, and TCP is not enabled on this node"
                     )
                 )
-        transaction = ClientTransaction(self, key, request, data, address, fallback)
+        d: Deferred[Response] = Deferred()
+        transaction = ClientTransaction(self, key, request, data, address, d.callback, fallback)
         self.clients[key] = transaction
         self.stats.requests_sent += 1
         transaction.start()
-        return transaction.deferred
+        return d
 
     def request_data(self, data: bytes, branch: str, method: str, address: Address) -> "Deferred[Response]":
         """
@@ -240,14 +241,30 @@ class TransactionLayer:
 
         :param branch: the branch of its top Via; ``method`` its CSeq method.
         """
+        d: Deferred[Response] = Deferred()
+        self.request_data_then(data, branch, method, address, d.callback)
+        return d
+
+    def request_data_then(
+        self, data: bytes, branch: str, method: str, address: Address, notify: Callable[[Union[Response, Failure]], object]
+    ) -> None:
+        """
+        :meth:`request_data` without a Deferred (the hot path of
+        replication): ``notify`` is called once with the final response, or
+        with a :class:`~twisted.python.failure.Failure` of
+        :class:`TransactionTimeout` or :class:`TransportError`.  A send that
+        fails at once calls it before this returns.
+
+        :raises ValueError: when a transaction with this branch is running.
+        """
         key = (branch, method)
-        if key in self.clients:
+        clients = self.clients
+        if key in clients:
             raise ValueError(f"a transaction with branch {branch!r} is already running")
-        transaction = ClientTransaction(self, key, None, data, address)
-        self.clients[key] = transaction
+        transaction = ClientTransaction(self, key, None, data, address, notify)
+        clients[key] = transaction
         self.stats.requests_sent += 1
         transaction.start()
-        return transaction.deferred
 
     def _young(self, transaction: ClientTransaction, started: float) -> None:
         """Look at ``transaction`` again T1 after ``started`` (its own timers start then, if it is still running)."""
@@ -472,7 +489,7 @@ class TransactionLayer:
         for transaction in list(self.clients.values()):
             if transaction.state in (State.TRYING, State.PROCEEDING):
                 transaction._terminate()
-                transaction.deferred.errback(TransportError("transaction layer stopped"))
+                transaction.notify(Failure(TransportError("transaction layer stopped")))
             else:
                 transaction._terminate()
         self._young_queue.clear()
