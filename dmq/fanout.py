@@ -8,6 +8,7 @@ to the cluster.
     outbox.send(node, b"...", group="t", key="a")   # ordered after earlier "t"/"a" items to node
     outbox.send(node, b"...", group="t")            # the whole group "t": waits for and holds back all of it
     outbox.send(node, lambda: build_chunk())        # a body built when its turn comes
+    outbox.post(node, b"...", done, group="t")      # the same without a Deferred: done(code)
 
 An :class:`Outbox` hands messages to a send function with at most
 ``window`` of them awaiting an answer, so a burst cannot flood the nodes.
@@ -23,7 +24,7 @@ answers each message with a status code (408 for a timeout, and so on).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Hashable, Optional, Union
 
 from twisted.internet import defer
@@ -33,7 +34,7 @@ from twisted.python.failure import Failure
 
 from dmq.node import Node, NodeKey
 
-__all__ = ["Outbox", "SendFunction", "Body", "NOT_SENT", "MAX_QUEUED"]
+__all__ = ["Outbox", "SendFunction", "SendThenFunction", "Done", "Body", "NOT_SENT", "MAX_QUEUED"]
 
 log = Logger()
 
@@ -50,15 +51,24 @@ NOT_SENT = 503
 """The code an item gets when it was never sent (dropped, or its body withdrawn)."""
 
 
-@dataclass(eq=False)
+Done = Callable[[Union[int, Failure]], object]
+"""Told once what became of an item: the status code, or a failure (a Deferred's ``callback`` serves)."""
+
+SendThenFunction = Callable[[Node, bytes, Callable[[int], object]], None]
+"""Sends one body to one node and calls back with the status code the node answered."""
+
+
 class _Item:
     """One queued message to one node (``group`` ``None``: unordered; ``key`` ``None``: the whole group)."""
 
-    node: Node
-    body: Body
-    group: Optional[Hashable]
-    key: Optional[Hashable]
-    done: Deferred[int]
+    __slots__ = ("node", "body", "group", "key", "done")
+
+    def __init__(self, node: Node, body: Body, group: Optional[Hashable], key: Optional[Hashable], done: Done) -> None:
+        self.node = node
+        self.body = body
+        self.group = group
+        self.key = key
+        self.done = done
 
 
 class _Lane:
@@ -103,6 +113,14 @@ class _Lane:
             waiting_groups.add(group)
         return None
 
+    def free_for(self, group: Optional[Hashable], key: Optional[Hashable]) -> bool:
+        """Whether an item of ``group`` and ``key`` may go now on an empty queue."""
+        if group is None:
+            return True
+        if key is None:
+            return group not in self.groups
+        return (group, key) not in self.keys and group not in self.walls
+
     def started(self, item: _Item, delta: int) -> None:
         """Count ``item`` in flight (``delta`` +1) or answered (-1)."""
         group = item.group
@@ -135,6 +153,9 @@ class Outbox:
 
     :param send: sends one body to one node; its Deferred fires with the
         node's status code (a failure fails the item's Deferred).
+    :param send_then: instead of ``send``, sends one body to one node and
+        calls back with the node's status code, without a Deferred (it must
+        not raise once it has called back).
     :param window: most messages awaiting an answer at a time (may be
         changed later; the next free slot heeds it).
     :param lookahead: how far down a node's queue to look for an item that
@@ -149,9 +170,19 @@ class Outbox:
     :ivar overflowed: messages not queued because their node's queue was full.
     """
 
-    def __init__(self, send: SendFunction, window: int, *, lookahead: int = 256, max_queued: int = MAX_QUEUED) -> None:
+    def __init__(
+        self,
+        send: Optional[SendFunction],
+        window: int,
+        *,
+        lookahead: int = 256,
+        max_queued: int = MAX_QUEUED,
+        send_then: Optional[SendThenFunction] = None,
+    ) -> None:
         if window < 1 or lookahead < 1 or max_queued < 1:
             raise ValueError("an outbox needs a window, a lookahead and a queue of at least 1")
+        if (send is None) == (send_then is None):
+            raise ValueError("an outbox needs one of send and send_then")
         self.window = window
         self.lookahead = lookahead
         self.max_queued = max_queued
@@ -159,6 +190,7 @@ class Outbox:
         self.queued = 0
         self.overflowed = 0
         self._send = send
+        self._send_then = send_then
         self._lanes: OrderedDict[NodeKey, _Lane] = OrderedDict()
         self._pumping = False
 
@@ -181,14 +213,64 @@ class Outbox:
             :data:`NOT_SENT` when the item was dropped or withdrawn.
         :raises ValueError: for a ``key`` without a ``group``.
         """
+        d: Deferred[int] = Deferred()
+        self.post(node, body, d.callback, group=group, key=key)
+        return d
+
+    def post(
+        self,
+        node: Node,
+        body: Body,
+        done: Done,
+        *,
+        group: Optional[Hashable] = None,
+        key: Optional[Hashable] = None,
+    ) -> None:
+        """
+        :meth:`send` without a Deferred: ``done`` is called once with the
+        node's status code (:data:`NOT_SENT` for an item dropped or
+        withdrawn, before this returns when its node's queue is full), or
+        with a failure.
+
+        :raises ValueError: for a ``key`` without a ``group``.
+        """
         if group is None and key is not None:
             raise ValueError("an ordering key needs a group")
-        d: Deferred[int] = Deferred()
-        lane = self._lanes.get(node.key)
+        lanes = self._lanes
+        node_key = node.key
+        lane = lanes.get(node_key)
+        if (
+            not self.queued
+            and self.in_flight < self.window
+            and not self._pumping
+            and (lane is None or lane.free_for(group, key))
+        ):
+            # Nothing waits anywhere and the item may go: what _pump would
+            # do, without walking the lanes.  A served node goes to the back.
+            if lane is None:
+                lane = lanes[node_key] = _Lane()
+            else:
+                lanes.move_to_end(node_key)
+                if lane.overflowing and self.max_queued // 2:
+                    lane.overflowing = False  # its queue is empty: as in _enqueue
+            self._pumping = True  # what the item's body or send queues waits for its turn, as in _pump
+            try:
+                self._start(lane, _Item(node, body, group, key, done))
+            finally:
+                self._pumping = False
+            self._pump()
+            return
+        self._enqueue(node, body, done, group, key)
+
+    def _enqueue(self, node: Node, body: Body, done: Done, group: Optional[Hashable], key: Optional[Hashable]) -> None:
+        """Queue the item (or refuse it, its node's queue full) and send what may go: the general way of :meth:`post`."""
+        lanes = self._lanes
+        node_key = node.key
+        lane = lanes.get(node_key)
         if lane is None:
             # A new node has waited longest: it comes first in the next round.
-            lane = self._lanes[node.key] = _Lane()
-            self._lanes.move_to_end(node.key, last=False)
+            lane = lanes[node_key] = _Lane()
+            lanes.move_to_end(node_key, last=False)
         if len(lane.queue) >= self.max_queued:
             self.overflowed += 1
             if not lane.overflowing:
@@ -198,13 +280,13 @@ class Outbox:
                     count=len(lane.queue),
                     uri=str(node.uri),
                 )
-            return defer.succeed(NOT_SENT)
+            done(NOT_SENT)
+            return
         if lane.overflowing and len(lane.queue) < self.max_queued // 2:
             lane.overflowing = False  # warned again only when it fills again after draining by half
-        lane.queue.append(_Item(node, body, group, key, d))
+        lane.queue.append(_Item(node, body, group, key, done))
         self.queued += 1
         self._pump()
-        return d
 
     def drop_all(self) -> None:
         """Answer everything still queued with :data:`NOT_SENT` (what is in flight still completes)."""
@@ -212,10 +294,10 @@ class Outbox:
         self.queued = 0
         for lane in lanes.values():
             while lane.queue:
-                lane.queue.popleft().done.callback(NOT_SENT)
+                lane.queue.popleft().done(NOT_SENT)
 
     def _pump(self) -> None:
-        if self._pumping:
+        if self._pumping or not self.queued:
             return
         self._pumping = True
         try:
@@ -245,33 +327,42 @@ class Outbox:
                 body = item.body()
             except Exception:
                 self._forget_if_idle(item.node.key, lane)
-                item.done.errback(Failure())
+                item.done(Failure())
                 return
             if body is None:
                 self._forget_if_idle(item.node.key, lane)
-                item.done.callback(NOT_SENT)
+                item.done(NOT_SENT)
                 return
         else:
             body = item.body
         self.in_flight += 1
         lane.started(item, +1)
+        send_then = self._send_then
+        if send_then is not None:
+            try:
+                send_then(item.node, body, partial(self._done, lane, item))
+            except Exception:
+                self._done(lane, item, Failure())
+            return
+        assert self._send is not None
         try:
             sent: Deferred[int] = self._send(item.node, body)
         except Exception:
             sent = defer.fail()
         if not isinstance(sent, Deferred):
             sent = defer.succeed(sent)
-        sent.addBoth(self._done, lane, item)
+        sent.addBoth(self._answered, lane, item)
 
-    def _done(self, result: "Union[int, Failure]", lane: _Lane, item: _Item) -> None:
+    def _answered(self, result: "Union[int, Failure]", lane: _Lane, item: _Item) -> None:
+        self._done(lane, item, result)
+
+    def _done(self, lane: _Lane, item: _Item, result: "Union[int, Failure]") -> None:
         self.in_flight -= 1
         lane.started(item, -1)
         self._forget_if_idle(item.node.key, lane)
-        if isinstance(result, Failure):
-            item.done.errback(result)
-        else:
-            item.done.callback(result)
-        self._pump()
+        item.done(result)
+        if self.queued:
+            self._pump()
 
     def _forget_if_idle(self, node_key: NodeKey, lane: _Lane) -> None:
         if lane.idle and self._lanes.get(node_key) is lane:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import random
+from typing import Any, Hashable, Optional, Union
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from dmq.fanout import NOT_SENT, Outbox
@@ -15,6 +17,64 @@ from tests.helpers import ManualSend
 
 A = Node("127.0.0.1", 5060)
 B = Node("127.0.0.1", 5061)
+C = Node("127.0.0.1", 5062)
+
+
+class GeneralOutbox(Outbox):
+    """An outbox that always queues and pumps: the general way, without the shortcut of an idle outbox."""
+
+    def post(
+        self, node: Node, body: Any, done: Any, *, group: Optional[Hashable] = None, key: Optional[Hashable] = None
+    ) -> None:
+        self._enqueue(node, body, done, group, key)
+
+
+def run_script(seed: int, kind: str) -> tuple[list[tuple[Node, bytes]], dict[int, Union[int, str]], list[Any]]:
+    """
+    A random run of sends, answers and window changes (the same for one
+    ``seed``) through an outbox of ``kind``: ``general`` (queued and pumped
+    every time), ``send`` (Deferreds) or ``post`` (``send_then`` and plain
+    callbacks).  Returns what went out, each item's outcome, and the lanes left.
+    """
+    rng = random.Random(seed)
+    wire = ManualSend()
+    results: dict[int, Union[int, str]] = {}
+    if kind == "post":
+        outbox = Outbox(None, window=3, max_queued=6,
+                        send_then=lambda node, body, then: wire(node, body).addCallback(then))
+    else:
+        outbox = (GeneralOutbox if kind == "general" else Outbox)(wire, window=3, max_queued=6)
+
+    def record(index: int) -> Any:
+        def done(result: Union[int, Failure]) -> None:
+            results[index] = result if isinstance(result, int) else repr(result.value)
+        return done
+
+    for step in range(400):
+        roll = rng.random()
+        if roll < 0.5:
+            node = rng.choice([A, B, C])
+            group = rng.choice([None, "t", "t", "u"])
+            key = None if group is None or rng.random() < 0.1 else rng.choice("abcd")
+            body: Any = b"m%d" % step
+            if rng.random() < 0.1:
+                body = rng.choice([lambda b=body: b, lambda: None])
+            if kind == "post":
+                outbox.post(node, body, record(step), group=group, key=key)
+            else:
+                outbox.send(node, body, group=group, key=key).addBoth(record(step))
+        elif roll < 0.95:
+            waiting = [d for _, _, d in wire.sent if not d.called]
+            if waiting:
+                rng.choice(waiting).callback(rng.choice([200, 200, 404, 408]))
+        else:
+            outbox.window = rng.randint(1, 6)
+    while True:
+        waiting = [d for _, _, d in wire.sent if not d.called]
+        if not waiting:
+            break
+        waiting[0].callback(200)
+    return [(node, body) for node, body, _ in wire.sent], results, list(outbox._lanes)
 
 
 class OutboxTests(SynchronousTestCase):
@@ -179,6 +239,42 @@ class OutboxTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(withdrawn), NOT_SENT)
         self.assertEqual(self.wire.bodies(), [b"next"])
         self.assertEqual(self.outbox.in_flight, 1)
+
+    def test_shortcut_and_callbacks_change_nothing(self) -> None:
+        """Random runs of sends, answers and window changes send the same messages in the same order, with the
+        same outcomes, whether items are queued and pumped every time, sent at once when the outbox is idle,
+        or posted with plain callbacks."""
+        for seed in range(30):
+            general = run_script(seed, "general")
+            self.assertGreater(len(general[0]), 100)
+            self.assertEqual(run_script(seed, "send"), general, seed)
+            self.assertEqual(run_script(seed, "post"), general, seed)
+
+    def test_post_calls_back_without_a_deferred(self) -> None:
+        """post hands the send_then function the body and calls done with the code it is told; a full queue
+        answers NOT_SENT before post returns; a send_then that raises fails only its item."""
+        calls: list[Any] = []
+        outbox = Outbox(None, window=1, max_queued=1, send_then=lambda node, body, then: calls.append((body, then)))
+        done: list[Any] = []
+        outbox.post(A, b"first", done.append)
+        outbox.post(A, b"second", done.append)
+        outbox.post(A, b"third", done.append)
+        self.assertEqual(([body for body, _ in calls], done), ([b"first"], [NOT_SENT]))
+        calls[0][1](404)
+        self.assertEqual(([body for body, _ in calls], done), ([b"first", b"second"], [NOT_SENT, 404]))
+
+        def broken(node: Node, body: bytes, then: Any) -> None:
+            raise RuntimeError("cannot send")
+
+        failing = Outbox(None, window=1, send_then=broken)
+        failing.post(A, b"x", done.append)
+        self.assertIsInstance(done[-1], Failure)
+        self.assertEqual((failing.in_flight, failing._lanes), (0, {}))
+        self.flushLoggedErrors(RuntimeError)
+        with self.assertRaises(ValueError):
+            Outbox(self.wire, window=1, send_then=broken)
+        with self.assertRaises(ValueError):
+            Outbox(None, window=1)
 
     def test_built_body_may_queue_more(self) -> None:
         """A body callable may queue the next item for its node: the outbox sends it in the same turn when a slot is free."""
