@@ -36,6 +36,7 @@ from dmq.notification import DEFAULT_CHANNEL, SEED_REFRESH, SERVER_PRODUCT, Noti
 from dmq.peer import Peer, PeerResponse
 from dmq.sip.address import UDP_HARD_LIMIT, UDP_MAX_SIZE, Address
 from dmq.sip.build import RequestTemplate, build_request, make_response, via_value
+from dmq.sip.client import server_of
 from dmq.sip.message import Request, Response
 from dmq.sip.parse import parse_message
 from dmq.sip.transaction import LARGE_REQUEST, T1, T2, T4, Source, TransactionLayer
@@ -486,7 +487,7 @@ class DMQService(MultiService):
             try:
                 results = stats.results
                 results[code] = results.get(code, 0) + 1
-                target.note_agent(response.headers.get("Server"))
+                target.note_agent(server_of(response))
                 if self.running:  # a stopping node cuts its transactions short: no verdict on anyone
                     self.membership.result(target, code, sent_at, node_list)
             except Exception:

@@ -11,8 +11,9 @@ T1, and reads its timers (T1, T2, T4) and transport from the layer.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -20,12 +21,14 @@ from twisted.python.failure import Failure
 
 from dmq.errors import TransactionTimeout, TransportError
 from dmq.sip.address import Address
-from dmq.sip.message import Request, Response
+from dmq.sip.fields import Headers
+from dmq.sip.message import Message, Request, Response
+from dmq.sip.parse import MAX_LINE_LENGTH, parse_message
 
 if TYPE_CHECKING:
     from dmq.sip.transaction import TransactionLayer
 
-__all__ = ["ClientTransaction", "State", "TransactionStats"]
+__all__ = ["ClientTransaction", "State", "TransactionStats", "LazyResponse", "plain_answer", "server_of"]
 
 log = Logger()
 
@@ -56,6 +59,124 @@ class TransactionStats:
     sent_over_tcp_for_size: int = 0
     too_large: int = 0
     by_code: dict[int, int] = field(default_factory=dict)
+
+
+# A final or provisional answer with no body whose header lines are all
+# written "Name: value" in printable ASCII: what Kamailio and dmq answer a KDMQ.
+_PLAIN_ANSWER_RE = re.compile(
+    rb"SIP/2\.0 ([1-6][0-9][0-9]) ([ -~]*)\r\n((?:[A-Za-z-]+: [!-~](?:[ -~]*[!-~])?\r\n){5,8})"
+    rb"Content-Length: 0\r\n\r\n"
+)
+# The lines an answer copies from its request (each must be the request's
+# own line), and those it may add.
+_COPIED = frozenset((b"Via", b"From", b"Call-ID", b"CSeq"))
+_ADDED = frozenset((b"To", b"Server"))
+
+
+def plain_answer(data: bytes) -> Optional[tuple[int, str, dict[bytes, bytes]]]:
+    """
+    The status code, reason phrase and header values of the plainest shape
+    of answer (see :meth:`TransactionLayer.response_datagram
+    <dmq.sip.transaction.TransactionLayer.response_datagram>`): one each of
+    ``Via``, ``From``, ``To``, ``Call-ID``, ``CSeq``, at most one ``Server``,
+    in any order, then ``Content-Length: 0`` and no body.  ``None`` for
+    anything else (the general parser takes it).
+    """
+    if len(data) > MAX_LINE_LENGTH:
+        return None  # within it no cap of the parser's can be exceeded
+    m = _PLAIN_ANSWER_RE.fullmatch(data)
+    if m is None:
+        return None
+    code, reason, block = m.groups()
+    values: dict[bytes, bytes] = {}
+    for line in block.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b": ")
+        if (name not in _COPIED and name not in _ADDED) or name in values:
+            return None
+        values[name] = value
+    if len(values) - (b"Server" in values) != 5:
+        return None  # one of Via, From, To, Call-ID, CSeq is missing
+    return int(code), reason.decode("ascii"), values
+
+
+def server_of(response: Response) -> Optional[str]:
+    """The ``Server`` value of ``response`` (without a full parse of a :class:`LazyResponse`)."""
+    if type(response) is LazyResponse:
+        return response.server
+    return response.headers.get("Server")
+
+
+_HEADERS: Any = Message.__dict__["headers"]
+_BODY: Any = Message.__dict__["_body"]
+_CACHE: Any = Message.__dict__["_cache"]
+
+
+class LazyResponse(Response):
+    """
+    A response known by its status line and ``Server`` header, parsed in
+    full (by :func:`~dmq.sip.parse.parse_message`, which takes it: see
+    :meth:`TransactionLayer.response_datagram
+    <dmq.sip.transaction.TransactionLayer.response_datagram>`) only when
+    anything else is read.  It compares, reads and serialises as the
+    response the parser gives.
+
+    :ivar server: the ``Server`` value, or ``None``.
+    """
+
+    __slots__ = ("_data", "server")
+
+    def __init__(self, data: bytes, code: int, reason: str, server: Optional[str]) -> None:
+        # Response.__init__ would build headers: they are left for _parse.
+        self._data = data
+        self.code = code
+        self.reason = reason
+        self.server = server
+
+    def _parse(self) -> None:
+        full = parse_message(self._data, max_size=len(self._data))
+        _HEADERS.__set__(self, full.headers)
+        _BODY.__set__(self, full._body)
+        _CACHE.__set__(self, full._cache)
+
+    @property
+    def headers(self) -> Headers:
+        """The headers (the response is parsed in full on first use)."""
+        try:
+            return _HEADERS.__get__(self, LazyResponse)
+        except AttributeError:
+            self._parse()
+            return _HEADERS.__get__(self, LazyResponse)
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._parse_once()
+        _HEADERS.__set__(self, value)
+
+    @property
+    def _body(self) -> bytes:
+        self._parse_once()
+        return _BODY.__get__(self, LazyResponse)
+
+    @_body.setter
+    def _body(self, value: bytes) -> None:
+        self._parse_once()
+        _BODY.__set__(self, value)
+
+    @property
+    def _cache(self) -> dict[str, object]:
+        self._parse_once()
+        return _CACHE.__get__(self, LazyResponse)
+
+    @_cache.setter
+    def _cache(self, value: dict[str, object]) -> None:
+        self._parse_once()
+        _CACHE.__set__(self, value)
+
+    def _parse_once(self) -> None:
+        try:
+            _HEADERS.__get__(self, LazyResponse)
+        except AttributeError:
+            self._parse()
 
 
 class ClientTransaction:

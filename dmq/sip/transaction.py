@@ -38,7 +38,7 @@ from dmq.interfaces import IMessageHandler, ISIPTransport
 # Source is imported from here by the layers above; it is defined with Address.
 from dmq.sip.address import Address, Source
 from dmq.sip.build import make_response, reason_with, via_over
-from dmq.sip.client import ClientTransaction, State, TransactionStats
+from dmq.sip.client import ClientTransaction, LazyResponse, State, TransactionStats, plain_answer
 from dmq.sip.handler import now_or_later
 from dmq.sip.expiry import ExpiringMap
 from dmq.sip.message import Request, Response
@@ -322,6 +322,51 @@ class TransactionLayer:
             self._response_received(message, source)
         else:
             self._request_received(message, source)
+
+    def response_datagram(self, data: bytes) -> bool:
+        """
+        Take a UDP datagram that answers a running client transaction in the
+        plainest shape without the general parser, and say whether it did.
+
+        It takes an answer with no body whose ``Via``, ``From``, ``Call-ID``
+        and ``CSeq`` lines are exactly those of the request (sent as bytes by
+        :meth:`request_data`), with a ``To`` and perhaps a ``Server`` line
+        (:func:`~dmq.sip.client.plain_answer`): what Kamailio and dmq answer
+        a KDMQ.  The parser would take such an answer and match it to the same
+        transaction, which gets a :class:`~dmq.sip.client.LazyResponse`
+        that parses it in full only when more than its code, reason and
+        ``Server`` is read.  Anything else (another shape, a stray, a late
+        copy) is left to the general way: :meth:`message_received` after a
+        full parse.
+        """
+        answer = plain_answer(data)
+        if answer is None:
+            return False
+        code, reason, values = answer
+        via = values[b"Via"]
+        at = via.find(b";branch=")
+        if at < 0:
+            return False
+        end = via.find(b";", at + 8)
+        cseq = values[b"CSeq"]
+        key = (
+            (via[at + 8 : end] if end >= 0 else via[at + 8 :]).decode("ascii"),
+            cseq[cseq.find(b" ") + 1 :].decode("ascii"),
+        )
+        transaction = self.clients.get(key)
+        if transaction is None or transaction.request is not None:
+            return False
+        sent = transaction.data
+        head = sent.find(b"\r\n\r\n") + 2
+        for name in (b"Via", b"CSeq", b"Call-ID", b"From"):
+            if sent.find(b"\r\n%s: %s\r\n" % (name, values[name]), 0, head) < 0:
+                return False  # not the request's own line: the parser judges it
+        self.stats.responses_received += 1
+        server = values.get(b"Server")
+        transaction.response_received(
+            LazyResponse(data, code, reason, server.decode("ascii") if server is not None else None)
+        )
+        return True
 
     def _response_received(self, response: Response, source: Source) -> None:
         self.stats.responses_received += 1
