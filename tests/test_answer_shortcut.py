@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from twisted.internet.task import Clock
@@ -38,6 +39,7 @@ TEMPLATE = RequestTemplate(
     "127.0.0.1",
 )
 SERVER = b"kamailio (5.6.3 (x86_64/linux))"
+CAPTURES = Path(__file__).parent / "data" / "captures"
 
 
 def kamailio(request: bytes, code: bytes = b"200 OK", server: Optional[bytes] = SERVER) -> bytes:
@@ -236,3 +238,14 @@ class ShortcutTests(SynchronousTestCase):
         self.assertEqual(response.to_bytes(), data)
         self.assertEqual(plain_answer(data), (200, "OK", plain_answer(data)[2]))  # type: ignore[index]
         self.assertIsNone(plain_answer(data + b"x"))
+
+    def test_kamailio_answers_are_in_the_plain_shape(self) -> None:
+        """Kamailio's own answers to KDMQs (captured) are in the shape the shortcut takes, and read as parsed."""
+        for name in ("resp-200-KDMQ.sip", "resp-404-KDMQ.sip"):
+            data = (CAPTURES / name).read_bytes()
+            answer = plain_answer(data)
+            assert answer is not None, name
+            code, reason, values = answer
+            parsed = parse_message(data)
+            self.assertEqual((code, reason, values[b"Server"].decode()), (parsed.code, parsed.reason, parsed.headers.get("Server")))
+            self.assertEqual(LazyResponse(data, code, reason, values[b"Server"].decode()), parsed)
