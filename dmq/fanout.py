@@ -74,7 +74,8 @@ class _Item:
 class _Lane:
     """The messages for one node, and which keys and groups have one in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, node_key: NodeKey) -> None:
+        self.node_key = node_key
         self.queue: deque[_Item] = deque()
         self.keys: dict[tuple[Hashable, Hashable], int] = {}
         self.groups: dict[Hashable, int] = {}
@@ -127,10 +128,17 @@ class _Lane:
         if group is None:
             return
         _count(self.groups, group, delta)
-        if item.key is None:
+        key = item.key
+        if key is None:
             _count(self.walls, group, delta)
+            return
+        keys = self.keys
+        name = (group, key)
+        total = keys.get(name, 0) + delta
+        if total:
+            keys[name] = total
         else:
-            _count(self.keys, (group, item.key), delta)
+            del keys[name]
 
     @property
     def idle(self) -> bool:
@@ -248,7 +256,7 @@ class Outbox:
             # Nothing waits anywhere and the item may go: what _pump would
             # do, without walking the lanes.  A served node goes to the back.
             if lane is None:
-                lane = lanes[node_key] = _Lane()
+                lane = lanes[node_key] = _Lane(node_key)
             else:
                 lanes.move_to_end(node_key)
                 if lane.overflowing and self.max_queued // 2:
@@ -269,7 +277,7 @@ class Outbox:
         lane = lanes.get(node_key)
         if lane is None:
             # A new node has waited longest: it comes first in the next round.
-            lane = lanes[node_key] = _Lane()
+            lane = lanes[node_key] = _Lane(node_key)
             lanes.move_to_end(node_key, last=False)
         if len(lane.queue) >= self.max_queued:
             self.overflowed += 1
@@ -326,11 +334,11 @@ class Outbox:
             try:
                 body = item.body()
             except Exception:
-                self._forget_if_idle(item.node.key, lane)
+                self._forget_if_idle(lane)
                 item.done(Failure())
                 return
             if body is None:
-                self._forget_if_idle(item.node.key, lane)
+                self._forget_if_idle(lane)
                 item.done(NOT_SENT)
                 return
         else:
@@ -359,11 +367,11 @@ class Outbox:
     def _done(self, lane: _Lane, item: _Item, result: "Union[int, Failure]") -> None:
         self.in_flight -= 1
         lane.started(item, -1)
-        self._forget_if_idle(item.node.key, lane)
+        self._forget_if_idle(lane)
         item.done(result)
         if self.queued:
             self._pump()
 
-    def _forget_if_idle(self, node_key: NodeKey, lane: _Lane) -> None:
-        if lane.idle and self._lanes.get(node_key) is lane:
-            del self._lanes[node_key]
+    def _forget_if_idle(self, lane: _Lane) -> None:
+        if not lane.queue and not lane.groups and self._lanes.get(lane.node_key) is lane:
+            del self._lanes[lane.node_key]

@@ -475,7 +475,7 @@ class DMQService(MultiService):
         sender = self.peers.get(channel)
         node_list = sender is not None and sender.exchanges_node_lists
         target = node if isinstance(node, Node) else self._target(node)
-        stats = self.dispatcher.stats(channel)
+        stats = self.channel_stats.get(channel) or self.dispatcher.stats(channel)
         stats.sent += 1
         sent_at = self.clock.seconds()
         template, address = self._kdmq_template(channel, target, content_type, max_forwards)
