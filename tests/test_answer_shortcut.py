@@ -236,7 +236,7 @@ class ShortcutTests(SynchronousTestCase):
         self.assertEqual(response, parsed)
         self.assertEqual(parsed, response)
         self.assertEqual(response.to_bytes(), data)
-        self.assertEqual(plain_answer(data), (200, "OK", plain_answer(data)[2]))  # type: ignore[index]
+        self.assertEqual(plain_answer(data)[:2], (200, "OK"))  # type: ignore[index]
         self.assertIsNone(plain_answer(data + b"x"))
 
     def test_kamailio_answers_are_in_the_plain_shape(self) -> None:
@@ -245,7 +245,9 @@ class ShortcutTests(SynchronousTestCase):
             data = (CAPTURES / name).read_bytes()
             answer = plain_answer(data)
             assert answer is not None, name
-            code, reason, values = answer
+            code, reason, via, cseq, server, _copied = answer
             parsed = parse_message(data)
-            self.assertEqual((code, reason, values[b"Server"].decode()), (parsed.code, parsed.reason, parsed.headers.get("Server")))
-            self.assertEqual(LazyResponse(data, code, reason, values[b"Server"].decode()), parsed)
+            self.assertEqual((code, reason, server, via.decode(), cseq.decode()),
+                             (parsed.code, parsed.reason, parsed.headers.get("Server"),
+                              parsed.headers.get("Via"), parsed.headers.get("CSeq")))
+            self.assertEqual(LazyResponse(data, code, reason, server), parsed)

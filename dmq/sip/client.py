@@ -61,42 +61,72 @@ class TransactionStats:
     by_code: dict[int, int] = field(default_factory=dict)
 
 
+_VALUE = rb"[!-~](?:[ -~]*[!-~])?"
 # A final or provisional answer with no body whose header lines are all
 # written "Name: value" in printable ASCII: what Kamailio and dmq answer a KDMQ.
 _PLAIN_ANSWER_RE = re.compile(
-    rb"SIP/2\.0 ([1-6][0-9][0-9]) ([ -~]*)\r\n((?:[A-Za-z-]+: [!-~](?:[ -~]*[!-~])?\r\n){5,8})"
-    rb"Content-Length: 0\r\n\r\n"
+    rb"SIP/2\.0 ([1-6][0-9][0-9]) ([ -~]*)\r\n((?:[A-Za-z-]+: " + _VALUE + rb"\r\n){5,8})Content-Length: 0\r\n\r\n"
+)
+# The same with the lines in the order of dmq's requests (Kamailio copies
+# them in the request's order), caught in one match: the Via line, and the
+# From, CSeq and Call-ID lines as one piece of text.
+_IN_REQUEST_ORDER_RE = re.compile(
+    rb"SIP/2\.0 ([1-6][0-9][0-9]) ([ -~]*)(\r\nVia: (" + _VALUE + rb")\r\n)To: " + _VALUE
+    + rb"(\r\nFrom: " + _VALUE + rb"\r\nCSeq: (" + _VALUE + rb")\r\nCall-ID: " + _VALUE + rb"\r\n)"
+    + rb"(?:Server: (" + _VALUE + rb")\r\n)?Content-Length: 0\r\n\r\n"
 )
 # The lines an answer copies from its request (each must be the request's
 # own line), and those it may add.
 _COPIED = frozenset((b"Via", b"From", b"Call-ID", b"CSeq"))
 _ADDED = frozenset((b"To", b"Server"))
 
+PlainAnswer = tuple[int, str, bytes, bytes, Optional[str], tuple[bytes, ...]]
+"""Code, reason, Via value, CSeq value, Server value, and the pieces copied from the request."""
 
-def plain_answer(data: bytes) -> Optional[tuple[int, str, dict[bytes, bytes]]]:
+
+def plain_answer(data: bytes) -> Optional[PlainAnswer]:
     """
-    The status code, reason phrase and header values of the plainest shape
-    of answer (see :meth:`TransactionLayer.response_datagram
+    What the plainest shape of answer holds (see
+    :meth:`TransactionLayer.response_datagram
     <dmq.sip.transaction.TransactionLayer.response_datagram>`): one each of
     ``Via``, ``From``, ``To``, ``Call-ID``, ``CSeq``, at most one ``Server``,
-    in any order, then ``Content-Length: 0`` and no body.  ``None`` for
-    anything else (the general parser takes it).
+    in any order, then ``Content-Length: 0`` and no body.
+
+    :returns: the status code, the reason phrase, the ``Via`` and ``CSeq``
+        values, the ``Server`` value (or ``None``), and the pieces of text,
+        each whole lines between CRLFs, that must be found in the request's
+        header section (its ``Via``, ``From``, ``Call-ID`` and ``CSeq``
+        lines); ``None`` for anything else (the general parser takes it).
     """
     if len(data) > MAX_LINE_LENGTH:
         return None  # within it no cap of the parser's can be exceeded
+    m = _IN_REQUEST_ORDER_RE.fullmatch(data)
+    if m is not None:
+        code, reason, via_line, via, copied, cseq, server = m.groups()
+        return (
+            int(code), reason.decode("ascii"), via, cseq,
+            server.decode("ascii") if server is not None else None, (via_line, copied),
+        )
     m = _PLAIN_ANSWER_RE.fullmatch(data)
     if m is None:
         return None
     code, reason, block = m.groups()
     values: dict[bytes, bytes] = {}
+    pieces = []
     for line in block.split(b"\r\n")[:-1]:
         name, _, value = line.partition(b": ")
         if (name not in _COPIED and name not in _ADDED) or name in values:
             return None
         values[name] = value
+        if name in _COPIED:
+            pieces.append(b"\r\n" + line + b"\r\n")
     if len(values) - (b"Server" in values) != 5:
         return None  # one of Via, From, To, Call-ID, CSeq is missing
-    return int(code), reason.decode("ascii"), values
+    server = values.get(b"Server")
+    return (
+        int(code), reason.decode("ascii"), values[b"Via"], values[b"CSeq"],
+        server.decode("ascii") if server is not None else None, tuple(pieces),
+    )
 
 
 def server_of(response: Response) -> Optional[str]:

@@ -342,13 +342,11 @@ class TransactionLayer:
         answer = plain_answer(data)
         if answer is None:
             return False
-        code, reason, values = answer
-        via = values[b"Via"]
+        code, reason, via, cseq, server, copied = answer
         at = via.find(b";branch=")
         if at < 0:
             return False
         end = via.find(b";", at + 8)
-        cseq = values[b"CSeq"]
         key = (
             (via[at + 8 : end] if end >= 0 else via[at + 8 :]).decode("ascii"),
             cseq[cseq.find(b" ") + 1 :].decode("ascii"),
@@ -358,14 +356,11 @@ class TransactionLayer:
             return False
         sent = transaction.data
         head = sent.find(b"\r\n\r\n") + 2
-        for name in (b"Via", b"CSeq", b"Call-ID", b"From"):
-            if sent.find(b"\r\n%s: %s\r\n" % (name, values[name]), 0, head) < 0:
-                return False  # not the request's own line: the parser judges it
+        for piece in copied:
+            if sent.find(piece, 0, head) < 0:
+                return False  # not the request's own lines: the parser judges them
         self.stats.responses_received += 1
-        server = values.get(b"Server")
-        transaction.response_received(
-            LazyResponse(data, code, reason, server.decode("ascii") if server is not None else None)
-        )
+        transaction.response_received(LazyResponse(data, code, reason, server))
         return True
 
     def _response_received(self, response: Response, source: Source) -> None:
