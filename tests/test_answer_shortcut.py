@@ -17,7 +17,6 @@ from dmq.sip.build import RequestTemplate
 from dmq.sip.client import LazyResponse, plain_answer, server_of
 from dmq.sip.message import Message, Response
 from dmq.sip.transaction import TransactionLayer
-from dmq.sip.transport import AnswerMatchingDatagramProtocol
 from dmq.sip.udp import SIPDatagramProtocol
 from dmq.testing import FakeSIPTransport
 
@@ -102,15 +101,22 @@ def shapes() -> dict[str, Callable[[bytes], bytes]]:
     }
 
 
-class Side:
-    """One node's transaction layer with ``request`` in flight, and its UDP protocol of the kind given."""
+class GeneralOnly:
+    """A transaction layer's ``message_received`` alone: a UDP protocol whose owner has it parses every answer."""
 
-    def __init__(self, protocol: type[SIPDatagramProtocol], request: tuple[bytes, str]) -> None:
+    def __init__(self, layer: TransactionLayer) -> None:
+        self.message_received = layer.message_received
+
+
+class Side:
+    """One node's transaction layer with ``request`` in flight, and a UDP protocol taking answers the shortcut way or only the general way."""
+
+    def __init__(self, shortcut: bool, request: tuple[bytes, str]) -> None:
         self.clock = Clock()
         self.transport = FakeSIPTransport(self.clock)
         self.layer = TransactionLayer(self.transport, reactor=self.clock)
-        self.transport.controller = self.layer
-        self.protocol = protocol(self.transport)
+        self.transport.controller = self.layer if shortcut else GeneralOnly(self.layer)
+        self.protocol = SIPDatagramProtocol(self.transport)
         self.request, branch = request
         self.outcomes: list[Any] = []
         self.layer.request_data_then(self.request, branch, "KDMQ", PEER, self.outcomes.append)
@@ -155,7 +161,7 @@ def described(response: Response) -> tuple[Any, ...]:
 def both(answer: Callable[[bytes], bytes], then: Optional[Callable[[Side], None]] = None) -> tuple[Side, Side]:
     """The same request answered the same way through the shortcut and through the general way."""
     request = TEMPLATE.render(b'{"action":2}')
-    sides = Side(AnswerMatchingDatagramProtocol, request), Side(SIPDatagramProtocol, request)
+    sides = Side(True, request), Side(False, request)
     data = answer(request[0])
     for side in sides:
         side.receive(data)
@@ -225,7 +231,7 @@ class ShortcutTests(SynchronousTestCase):
     def test_lazy_response_reads_as_the_parsed_one(self) -> None:
         """A lazy response is equal to the parsed one, both ways, and parses only when more than its code,
         reason and Server is read."""
-        side = Side(AnswerMatchingDatagramProtocol, TEMPLATE.render(b"{}"))
+        side = Side(True, TEMPLATE.render(b"{}"))
         data = kamailio(side.request)
         side.receive(data)
         [response] = side.outcomes

@@ -58,29 +58,6 @@ MAX_CONNECTIONS = 1024
 """Default cap on open TCP/TLS connections (both directions)."""
 
 
-class AnswerMatchingDatagramProtocol(SIPDatagramProtocol):
-    """
-    SIP over UDP, handing an answer in the plainest shape to the
-    controller's ``response_datagram`` before any parse (see
-    :meth:`~dmq.sip.transaction.TransactionLayer.response_datagram`): the
-    usual answer to one of this node's requests costs a fraction of a full
-    parse.  What the controller does not take goes the general way.
-    """
-
-    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
-        """Offer an answer to the controller's shortcut, else parse and dispatch as usual; never raises."""
-        if data[:8] == b"SIP/2.0 ":
-            take = getattr(self.owner.controller, "response_datagram", None)
-            if take is not None:
-                try:
-                    if take(data):
-                        return
-                except Exception:
-                    log.failure("controller failed on a datagram from {addr}", addr=addr)
-                    return
-        super().datagramReceived(data, addr)
-
-
 @implementer(ISIPTransport)
 class SIPTransport:
     """
@@ -174,7 +151,7 @@ class SIPTransport:
         ipv6 = ":" in self.host
         try:
             if self.udp:
-                self._datagram = AnswerMatchingDatagramProtocol(self)
+                self._datagram = SIPDatagramProtocol(self)
                 # Twisted reads 8192 bytes a datagram unless told; Kamailio's sync answers are up to 60 KB.
                 udp = self.reactor.listenUDP(self.port, self._datagram, interface=self.host, maxPacketSize=MAX_DATAGRAM)
                 widen_receive_buffer(udp)

@@ -65,7 +65,9 @@ class DatagramOwner(Protocol):
     """
     What :class:`SIPDatagramProtocol` uses of its owner (a
     :class:`~dmq.sip.transport.SIPTransport`): the controller that gets
-    ``message_received(message, source)`` for every parsed message, and the
+    ``message_received(message, source)`` for every parsed message (and, if
+    it has one, ``response_datagram(data)`` first for every answer, taking
+    those it can match without a parse), and the
     counters (``rejected`` counts input that did not parse).
     """
 
@@ -88,6 +90,17 @@ class SIPDatagramProtocol(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
         """Parse and dispatch one datagram; never raises."""
         owner = self.owner
+        if data[:8] == b"SIP/2.0 ":
+            # An answer in the plainest shape is matched before any parse (see
+            # TransactionLayer.response_datagram); what it leaves goes the general way.
+            take = getattr(owner.controller, "response_datagram", None)
+            if take is not None:
+                try:
+                    if take(data):
+                        return
+                except Exception:
+                    log.failure("controller failed on a datagram from {addr}", addr=addr)
+                    return
         source = self._sources.get(addr)
         if source is None:
             # One Source per sending address (they are immutable), a bounded number of them.
