@@ -103,13 +103,14 @@ def pypy_inbound(runs: dict[str, Any]) -> list[str]:
             num(median(field(p, "server_cpu_us_per_request"))),
             ratios(field(p, "server_cpu_us_per_request"), field(k, "server_cpu_us_per_request")),
         ])
-    return [
-        "",
-        "The same package on PyPy (`make run-pypy`), in the same run, against the Kamailio figures above:",
-        "",
-        table(["request", "outstanding", "PyPy req/s", "rate PyPy / Kamailio", "PyPy p50 / p99 µs",
-               "p50 PyPy / Kamailio", "PyPy CPU µs/req", "CPU PyPy / Kamailio"], rows, 2),
-    ]
+    return pypy_table("The same package on PyPy (`make run-pypy`), in the same run, against the Kamailio figures above:",
+                      ["request", "outstanding", "PyPy req/s", "rate PyPy / Kamailio", "PyPy p50 / p99 µs",
+                       "p50 PyPy / Kamailio", "PyPy CPU µs/req", "CPU PyPy / Kamailio"], rows, 2)
+
+
+def pypy_table(intro: str, head: Row, rows: list[Row], right_from: int = 1) -> list[str]:
+    """The lines of a PyPy table under its one-line introduction."""
+    return ["", intro, "", table(head, rows, right_from)]
 
 
 def fanout_section(r: dict[str, Any]) -> str:
@@ -187,13 +188,9 @@ def pypy_fanout(runs: dict[str, Any], sizes: list[int]) -> list[str]:
             f"{median(field(p, 'server_cpu_ms_per_set')):.3f}",
             ratios(field(p, "server_cpu_ms_per_set"), field(k, "server_cpu_ms_per_set")),
         ])
-    return [
-        "",
-        "dmq on PyPy, in the same run, against the Kamailio figures above:",
-        "",
-        table(["receivers", "PyPy sets/s", "PyPy / Kamailio", "PyPy lag p50 / p99 ms", "PyPy light lag p50 / p99 ms",
-               "PyPy CPU ms/set", "CPU PyPy / Kamailio"], rows),
-    ]
+    return pypy_table("dmq on PyPy, in the same run, against the Kamailio figures above:",
+                      ["receivers", "PyPy sets/s", "PyPy / Kamailio", "PyPy lag p50 / p99 ms",
+                       "PyPy light lag p50 / p99 ms", "PyPy CPU ms/set", "CPU PyPy / Kamailio"], rows)
 
 
 def convergence_section(r: dict[str, Any], large: Optional[dict[str, Any]]) -> str:
@@ -276,9 +273,9 @@ def pypy_rows(runs: dict[str, Any], measures: list[tuple[str, str, float]], unit
     if "pypy" not in runs:
         return []
     suffix = f" {unit}" if unit else ""
-    return ["", "dmq on PyPy, in the same run:", "",
-            table(["", f"Kamailio{suffix}", f"PyPy{suffix}", "PyPy / Kamailio (per rep, median)"],
-                  compared_rows(runs["kamailio"], runs["pypy"], measures))]
+    return pypy_table("dmq on PyPy, in the same run:",
+                      ["", f"Kamailio{suffix}", f"PyPy{suffix}", "PyPy / Kamailio (per rep, median)"],
+                      compared_rows(runs["kamailio"], runs["pypy"], measures))
 
 
 def startup_section(r: dict[str, Any]) -> str:
