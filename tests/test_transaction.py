@@ -598,6 +598,60 @@ class ExpiringMapTests(SynchronousTestCase):
         clock.advance(4)
         self.assertEqual((len(kept), clock.getDelayedCalls()), (0, []))
 
+    def test_granularity_spaces_the_timer_under_steady_traffic(self) -> None:
+        """With a granularity the timer runs at most that often, and every entry lives its lifetime and at most
+        the granularity more."""
+        clock = Clock()
+        kept: ExpiringMap[int, None] = ExpiringMap(clock, 10.0, granularity=1.0)
+        runs = 0
+        sweep = kept._sweep
+
+        def counted() -> None:
+            nonlocal runs
+            runs += 1
+            sweep()
+
+        kept._sweep = counted  # type: ignore[method-assign]
+        put_at: dict[int, float] = {}
+        gone_at: dict[int, float] = {}
+        for key in range(3000):  # one entry every 10 ms for 30 s, then 15 s of quiet
+            put_at[key] = clock.seconds()
+            kept.put(key, None)
+            clock.advance(0.01)
+            gone_at.update((k, clock.seconds()) for k in put_at if k not in gone_at and k not in kept)
+        for _ in range(150):
+            clock.advance(0.1)
+            gone_at.update((k, clock.seconds()) for k in put_at if k not in gone_at and k not in kept)
+        self.assertEqual((len(kept), len(gone_at)), (0, 3000))
+        lives = [gone_at[k] - put_at[k] for k in put_at]
+        self.assertGreaterEqual(min(lives), 10.0)
+        self.assertLessEqual(max(lives), 11.0 + 0.1)  # + one step of this loop
+        self.assertLessEqual(runs, 32)  # about one a second while entries expire, not one per entry (3,000)
+
+    def test_completed_answers_wake_no_timer_per_message(self) -> None:
+        """A node answering a steady stream keeps each answer for Timer J (64*T1), with its timer running about
+        once per T1 rather than once per answer."""
+        clock, transport, layer = make_layer(handler=lambda r, s: make_response(r, 200))
+        runs = 0
+        sweep = layer.completed_servers._sweep
+
+        def counted() -> None:
+            nonlocal runs
+            runs += 1
+            sweep()
+
+        layer.completed_servers._sweep = counted  # type: ignore[method-assign]
+        first = kdmq().to_bytes()
+        transport.receive(first, PEER)
+        for _ in range(4000):  # one request every 10 ms for 40 s
+            clock.advance(0.01)
+            transport.receive(kdmq().to_bytes(), PEER)
+        self.assertLessEqual(runs, (40 - 32) / 0.5 + 2)  # one per answer would be 800
+        answered = len(transport.sent)
+        transport.receive(first, PEER)  # 40 s on: gone, so handled (and answered) anew
+        self.assertEqual(len(transport.sent), answered + 1)
+        self.assertEqual(layer.stats.retransmitted_requests, 0)
+
     def test_weight_limit_forgets_the_oldest(self) -> None:
         """With a weight, past max_weight the oldest entries go first; expiry and replacing keep the total right."""
         clock = Clock()

@@ -32,6 +32,11 @@ class ExpiringMap(Generic[K, V]):
     :param weigh: the weight of a value (its size in bytes, say), to bound
         the total by ``max_weight`` as well: past it the oldest go first.
     :param max_weight: the most total weight kept (with ``weigh``).
+    :param granularity: the least time between two runs of the timer, in
+        seconds: an entry then lives between ``lifetime`` and ``lifetime +
+        granularity``.  Under steady traffic the head of the queue expires
+        every few milliseconds; without it the timer would wake the reactor
+        for each entry.
     """
 
     def __init__(
@@ -41,9 +46,11 @@ class ExpiringMap(Generic[K, V]):
         limit: Optional[int] = None,
         weigh: Optional[Callable[[V], int]] = None,
         max_weight: int = 0,
+        granularity: float = 0.0,
     ) -> None:
         self.clock = clock
         self.lifetime = lifetime
+        self.granularity = granularity
         self.limit = limit
         self.weigh = weigh
         self.max_weight = max_weight
@@ -97,7 +104,7 @@ class ExpiringMap(Generic[K, V]):
 
     def _schedule(self) -> None:
         if self._sweeper is None and self._expiry:
-            delay = max(0.0, self._expiry[0][0] - self.clock.seconds())
+            delay = max(self.granularity, self._expiry[0][0] - self.clock.seconds())
             self._sweeper = self.clock.callLater(delay, self._sweep)
 
     def _sweep(self) -> None:

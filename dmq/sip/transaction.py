@@ -177,11 +177,16 @@ class TransactionLayer:
         # node with a short T1 still keeps answers for 64 times the default
         # T1 (32 s), or a late copy from a peer on the default would be
         # handled, and applied, a second time.
+        # Their timers run at most every T1 (and T4 / 8): an entry lives up
+        # to that much longer, and steady traffic wakes no timer per message.
         self.completed_servers: ExpiringMap[tuple[object, ...], tuple[bytes, Address]] = ExpiringMap(
-            reactor, 64 * max(t1, T1), max_completed, weigh=_answer_size, max_weight=max_completed_bytes
+            reactor, 64 * max(t1, T1), max_completed, weigh=_answer_size, max_weight=max_completed_bytes,
+            granularity=max(t1, T1),
         )
         # At most max_completed keys: past it a late copy of an old answer is a stray, and harmless.
-        self.completed_clients: ExpiringMap[tuple[str, str], None] = ExpiringMap(reactor, t4, max_completed)
+        self.completed_clients: ExpiringMap[tuple[str, str], None] = ExpiringMap(
+            reactor, t4, max_completed, granularity=t4 / 8
+        )
         # Client transactions started less than T1 ago, oldest first, with
         # when each started: one timer for all of them (_sweep_young).
         self._young_queue: deque[tuple[float, ClientTransaction]] = deque()
