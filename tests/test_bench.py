@@ -113,3 +113,13 @@ def test_targets_table_marks_each_target_met_or_not() -> None:
     assert rows["inbound htable set, CPU per message, 32 outstanding"][2:] == ["2.00× ✗", "0.75× ✓"]
     assert rows["inbound htable set, rate at 32 outstanding"][2:] == ["0.50× ✗", "0.80× ✓"]
     assert rows["inbound htable set, p50 latency at 1 outstanding"][2:] == ["2.00× ✗", "0.90× ✓"]
+
+
+@pytest.mark.parametrize("kind", ["htable", "channel"])
+def test_request_path_answers_every_request(kind: str) -> None:
+    """``bench/requestpath.py`` feeds requests to an in-process node and reports CPU per request (it exits
+    non-zero when a request goes unanswered)."""
+    done = subprocess.run([sys.executable, str(BENCH / "requestpath.py"), "--kind", kind, "--requests", "300",
+                           "--warmup", "50"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"{kind}: ") and " µs of CPU per request " in done.stdout
