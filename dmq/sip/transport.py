@@ -36,7 +36,7 @@ from dmq.sip.build import error_response
 from dmq.sip.parse import MAX_HEADERS, MAX_LINE_LENGTH
 from dmq.sip.stream import SIPStreamFactory, SIPStreamProtocol
 from dmq.sip.tls import TLSSettings
-from dmq.sip.udp import MAX_DATAGRAM, SIPDatagramProtocol, widen_receive_buffer
+from dmq.sip.udp import MAX_DATAGRAM, SIPDatagramProtocol, listen_datagrams, widen_receive_buffer
 
 __all__ = [
     "SIPDatagramProtocol",
@@ -153,7 +153,7 @@ class SIPTransport:
             if self.udp:
                 self._datagram = SIPDatagramProtocol(self)
                 # Twisted reads 8192 bytes a datagram unless told; Kamailio's sync answers are up to 60 KB.
-                udp = self.reactor.listenUDP(self.port, self._datagram, interface=self.host, maxPacketSize=MAX_DATAGRAM)
+                udp = listen_datagrams(self.reactor, self.port, self._datagram, self.host, MAX_DATAGRAM)
                 widen_receive_buffer(udp)
                 self._ports.append(udp)
             if self.tcp:

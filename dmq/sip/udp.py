@@ -5,14 +5,19 @@ SIP over UDP: one message per datagram.
 its owner's controller.  Nothing raises out of ``datagramReceived``: a
 request that cannot be parsed but has a usable ``Via`` gets an error answer
 naming the fault, anything else is dropped with a log line.
-:func:`widen_receive_buffer` gives a listener room for bursts.
+:func:`widen_receive_buffer` gives a listener room for bursts, and
+:func:`listen_datagrams` starts a listener whose :class:`DatagramPort` reads
+one datagram per wake-up while traffic is light.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any, Protocol
 
+from twisted.internet import udp
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -21,7 +26,15 @@ from dmq.sip.address import Address, Source
 from dmq.sip.build import error_response, reason_with
 from dmq.sip.parse import parse_message
 
-__all__ = ["SIPDatagramProtocol", "DatagramOwner", "MAX_DATAGRAM", "RECEIVE_BUFFER", "widen_receive_buffer"]
+__all__ = [
+    "SIPDatagramProtocol",
+    "DatagramOwner",
+    "DatagramPort",
+    "MAX_DATAGRAM",
+    "RECEIVE_BUFFER",
+    "listen_datagrams",
+    "widen_receive_buffer",
+]
 
 log = Logger()
 
@@ -59,6 +72,103 @@ def widen_receive_buffer(port: Any, size: int = RECEIVE_BUFFER) -> int:
         log.warn("cannot widen the UDP receive buffer: {error}", error=str(e))
         return 0
     return granted
+
+
+_READ_AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
+"""Errors of a read that only mean "nothing more to read now"."""
+
+
+class DatagramPort(udp.Port):
+    """
+    A UDP listening port that does not ask the kernel for a datagram it
+    knows is not there.
+
+    Twisted's port reads until the socket is empty on every wake-up, so
+    each wake-up ends with a read that fails (an exception raised and
+    caught).  Under light traffic, one datagram a wake-up, that failed read
+    is pure overhead.  This port reads until empty only while wake-ups find
+    more than one datagram; once one finds a single datagram, it reads just
+    one per wake-up, and every :attr:`probe_every` wake-ups reads until
+    empty again to notice a rising load.  A datagram left unread is never
+    lost: the reactor polls level-triggered, so the next poll returns at
+    once while the socket holds data.
+    """
+
+    probe_every = 8
+    """In light mode, read until empty on every this many wake-ups."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._drain = True
+        self._light_wakes = 0
+
+    def doRead(self) -> None:  # noqa: N802
+        """Read one datagram (light traffic) or until empty (a burst)."""
+        if not self._drain:
+            self._light_wakes += 1
+            if self._light_wakes < self.probe_every:
+                self._read_one()
+                return
+            self._light_wakes = 0
+        self._drain = self._read_all() > 1
+
+    def _read_one(self) -> None:
+        try:
+            data, addr = self.socket.recvfrom(self.maxPacketSize)
+        except OSError as e:
+            self._read_failed(e)
+            return
+        self._deliver(data, addr)
+
+    def _read_all(self) -> int:
+        count = 0
+        budget = self.maxThroughput
+        recvfrom = self.socket.recvfrom
+        size = self.maxPacketSize
+        while budget > 0:
+            try:
+                data, addr = recvfrom(size)
+            except OSError as e:
+                self._read_failed(e)
+                break
+            count += 1
+            budget -= len(data)
+            self._deliver(data, addr)
+        return count
+
+    def _read_failed(self, e: OSError) -> None:
+        if e.errno in _READ_AGAIN:
+            return
+        if e.errno == errno.ECONNREFUSED:
+            # An ICMP error for an earlier datagram: meaningful only to a connected port.
+            if self._connectedAddr:
+                self.protocol.connectionRefused()
+            return
+        raise e
+
+    def _deliver(self, data: bytes, addr: Any) -> None:
+        if self.addressFamily == socket.AF_INET6:
+            addr = addr[:2]  # (host, port), without flow and scope
+        try:
+            self.protocol.datagramReceived(data, addr)
+        except Exception:
+            log.failure("datagram protocol failed on a datagram from {addr}", addr=addr)
+
+
+def listen_datagrams(reactor: Any, port: int, protocol: DatagramProtocol, interface: str = "",
+                     max_packet_size: int = MAX_DATAGRAM) -> Any:
+    """
+    Listen for UDP on ``interface``:``port`` with a :class:`DatagramPort`
+    where ``reactor`` is one of Twisted's POSIX reactors, through the
+    reactor's own ``listenUDP`` otherwise (a test's fake reactor, IOCP).
+
+    :returns: the listening port.
+    """
+    if not isinstance(reactor, PosixReactorBase):
+        return reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=max_packet_size)
+    listening = DatagramPort(port, protocol, interface, max_packet_size, reactor)
+    listening.startListening()
+    return listening
 
 
 class DatagramOwner(Protocol):
