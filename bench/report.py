@@ -170,7 +170,38 @@ def fanout_section(r: dict[str, Any]) -> str:
         f" `max_used`, of {r['kamailio_shm_mb']} MB): "
         + ", ".join(f"{peaks[n] / 1024:,.0f} MB with {n} receivers" for n in sorted(peaks, key=int)) + ".",
         *pypy_fanout(runs, sizes),
+        *fanout_memory(r),
     ])
+
+
+def burst_growth(reading: dict[str, float]) -> float:
+    """What a burst left behind: memory once its transactions are over, above the baseline, in %."""
+    return (reading["after_kb"] / reading["baseline_kb"] - 1) * 100
+
+
+def fanout_memory(r: dict[str, Any]) -> list[str]:
+    """Each fan-out cluster's memory before and after a burst (none where the run did not measure it)."""
+    memory = r.get("memory")
+    if not memory:
+        return []
+    names = {"kamailio": "Kamailio", "dmq": "dmq", "pypy": "dmq on PyPy"}
+    rows = [[n, names[impl], *(f"{reading[k] / 1024:,.1f}" for k in ("fresh_kb", "baseline_kb", "burst_kb", "after_kb")),
+             f"{burst_growth(reading):+.1f}%"]
+            for n in sorted(memory, key=int) for impl, reading in memory[n].items()]
+    return [
+        "",
+        "### Memory after a burst",
+        "",
+        "Each cluster's memory, PSS summed over all its processes (Kamailio's shared memory counted once),",
+        "in MB: fresh (converged, before any load); baseline (after the warm-up and the reps above, once",
+        f"their transactions were over); just after a burst of {r['burst']:,} more sets, 32 outstanding;",
+        f"and {r['settle_s']:.0f} s later, once the burst's transactions were over (dmq keeps each answer",
+        f"64×T1). The burst cycles over {r['burst_keys']:,} keys the warm-up set, so the tables hold the same keys",
+        "before and after it: what stays above the baseline is what the burst left behind.",
+        "",
+        table(["receivers", "implementation", "fresh MB", "baseline MB", "just after the burst MB",
+               "after MB", "after / baseline"], rows, 2),
+    ]
 
 
 def pypy_fanout(runs: dict[str, Any], sizes: list[int]) -> list[str]:
@@ -370,6 +401,10 @@ def codec_section(r: dict[str, Any]) -> str:
 # -- the targets ---------------------------------------------------------------------------
 
 
+BURST_TOLERANCE = 5.0
+"""How far above its baseline (in %) a cluster's memory may stay after a burst and still count as back."""
+
+
 def per_rep_median(mine: Sequence[float], kamailio: Sequence[float]) -> float:
     """The median of the per-repetition ratios (NaN when none)."""
     return median([m / k for m, k in zip(mine, kamailio) if k])
@@ -425,6 +460,11 @@ def targets_section(results: dict[str, Any]) -> str:
                       fan(f"{n}/load", "server_cpu_ms_per_set"))
             ratio_row(f"fan-out to {n}: lag to the last node at idle (p50)", "≤ 5 ms", 5.0, True,
                       lambda impl, n=n: median(field(runs[impl][f"{n}/light"], "lag_p50_ms")), "{:.2f} ms")
+            memory = results["fanout"].get("memory", {})
+            if str(n) in memory:
+                ratio_row(f"fan-out to {n}: memory after the burst, once its transactions are over",
+                          f"within {BURST_TOLERANCE:.0f}% of the baseline", BURST_TOLERANCE, True,
+                          lambda impl, n=n: burst_growth(memory[str(n)][impl]), "{:+.1f}%")
     if "startup" in results:
         runs = results["startup"]["runs"]
         ratio_row("idle RSS of a plain node", "≤ 45 MB", 45.0, True,

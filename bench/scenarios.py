@@ -21,6 +21,7 @@ from cluster import (
     KAMAILIO_SHM_MB,
     PING_INTERVAL,
     PYPY_PYTHON,
+    TIMEOUT_MS,
     BenchKamailio,
     BindWatcher,
     DmqProcess,
@@ -36,6 +37,12 @@ IMPLS = ("kamailio", "dmq") + (("pypy",) if PYPY_PYTHON is not None else ())
 TIMING_IMPLS = ("kamailio", "dmq")
 """Where CPU speed does not matter (convergence, failure detection): Kamailio and dmq on CPython."""
 Results = dict[str, Any]
+
+SETTLE_S = TIMEOUT_MS / 1000 + 4
+"""Seconds after a burst by which every transaction it started is over: dmq keeps an answer for
+64*T1 (``TIMEOUT_MS``) and sweeps every T1, and the sender's queue is empty long before."""
+BURST_KEYS = 1000
+"""The keys the fan-out memory burst cycles over: the first of those the warm-up set, so no table grows."""
 
 
 @dataclass
@@ -224,6 +231,7 @@ def fanout(plan: Plan, workdir: Path) -> Results:
     """A set on one node reaching 1, 2, 4 others: end-to-end rate, lag to the last node, CPU per set."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {impl: {} for impl in IMPLS}
     shm_peaks: dict[str, int] = {}
+    memory: dict[str, dict[str, dict[str, float]]] = {}
     commands = []
     for receivers in plan.receivers:
         clusters = {impl: Cluster(impl, workdir / f"fan{receivers}-{impl}", receivers + 1, trigger=True)
@@ -233,6 +241,7 @@ def fanout(plan: Plan, workdir: Path) -> Results:
                 cluster.start()
                 cluster.converged()
             time.sleep(1.0)  # the join-time syncs settle
+            fresh = {impl: memory_kb(cluster.pids())[1] for impl, cluster in clusters.items()}
             for impl, cluster in clusters.items():
                 watch = ",".join(hostport(a) for a in cluster.addresses[1:])
                 run_client("--target", hostport(cluster.addresses[0]), "--bind", cluster.addresses[1][0], "--kind",
@@ -253,12 +262,38 @@ def fanout(plan: Plan, workdir: Path) -> Results:
                     runs[impl].setdefault(f"{receivers}/{label}", []).append(result)
                     if rep == 0 and receivers == plan.receivers[-1]:
                         commands.append((impl, args))
+            memory[str(receivers)] = burst_memory(plan, clusters, fresh)
             shm = clusters["kamailio"].kamailio[0].rpc("core.shmmem")
             shm_peaks[str(receivers)] = int(shm["max_used"]) // 1024
         finally:
             for cluster in clusters.values():
                 cluster.stop()
-    return {"runs": runs, "commands": commands, "kamailio_shm_peak_kb": shm_peaks, "kamailio_shm_mb": KAMAILIO_SHM_MB}
+    return {"runs": runs, "commands": commands, "kamailio_shm_peak_kb": shm_peaks, "kamailio_shm_mb": KAMAILIO_SHM_MB,
+            "memory": memory, "burst": plan.burst, "burst_keys": min(BURST_KEYS, plan.jit_warmup_sets),
+            "settle_s": SETTLE_S}
+
+
+def burst_memory(plan: Plan, clusters: dict[str, Cluster], fresh: dict[str, int]) -> dict[str, dict[str, float]]:
+    """
+    Each fan-out cluster's memory (PSS of all its processes, KiB): ``fresh`` (converged, before any
+    load), ``baseline`` (after the warm-up and the reps, their transactions over), ``burst`` (just
+    after ``plan.burst`` more sets, 32 outstanding, over keys the warm-up set) and ``after`` (the
+    burst's transactions over too). The tables hold the same keys before and after the burst, so
+    whatever ``after`` keeps above ``baseline`` is what the burst left behind.
+    """
+    time.sleep(SETTLE_S)
+    readings = {impl: {"fresh_kb": float(fresh[impl])} for impl in clusters}
+    for impl, cluster in clusters.items():
+        readings[impl]["baseline_kb"] = float(memory_kb(cluster.pids())[1])
+        burst = run_client("--target", hostport(cluster.addresses[0]), "--bind", cluster.addresses[1][0],
+                           "--kind", "trigger", "--window", 32, "--count", plan.burst,
+                           "--keys", min(BURST_KEYS, plan.jit_warmup_sets), "--prefix", "warm")
+        readings[impl]["burst_kb"] = float(memory_kb(cluster.pids())[1])
+        readings[impl]["burst_rate"] = float(burst["rate"])
+    time.sleep(SETTLE_S)
+    for impl, cluster in clusters.items():
+        readings[impl]["after_kb"] = float(memory_kb(cluster.pids())[1])
+    return readings
 
 
 # -- convergence and failure detection --------------------------------------------------------
