@@ -277,22 +277,25 @@ def burst_memory(plan: Plan, clusters: dict[str, Cluster], fresh: dict[str, int]
     """
     Each fan-out cluster's memory (PSS of all its processes, KiB): ``fresh`` (converged, before any
     load), ``baseline`` (after the warm-up and the reps, their transactions over), ``burst`` (just
-    after ``plan.burst`` more sets, 32 outstanding, over keys the warm-up set) and ``after`` (the
-    burst's transactions over too). The tables hold the same keys before and after the burst, so
-    whatever ``after`` keeps above ``baseline`` is what the burst left behind.
+    after ``plan.burst`` more sets, 32 outstanding, over keys the warm-up set), ``after`` (the
+    burst's transactions over too), and ``after2`` (the same once more after a second, identical
+    burst). The tables hold the same keys throughout, so whatever ``after`` keeps above
+    ``baseline`` is what the burst left behind, and ``after2`` above ``after`` what a burst adds
+    each time.
     """
-    time.sleep(SETTLE_S)
     readings = {impl: {"fresh_kb": float(fresh[impl])} for impl in clusters}
-    for impl, cluster in clusters.items():
-        readings[impl]["baseline_kb"] = float(memory_kb(cluster.pids())[1])
-        burst = run_client("--target", hostport(cluster.addresses[0]), "--bind", cluster.addresses[1][0],
-                           "--kind", "trigger", "--window", 32, "--count", plan.burst,
-                           "--keys", min(BURST_KEYS, plan.jit_warmup_sets), "--prefix", "warm")
-        readings[impl]["burst_kb"] = float(memory_kb(cluster.pids())[1])
-        readings[impl]["burst_rate"] = float(burst["rate"])
+    for suffix in ("", "2"):
+        time.sleep(SETTLE_S)
+        for impl, cluster in clusters.items():
+            readings[impl]["after_kb" if suffix else "baseline_kb"] = float(memory_kb(cluster.pids())[1])
+            burst = run_client("--target", hostport(cluster.addresses[0]), "--bind", cluster.addresses[1][0],
+                               "--kind", "trigger", "--window", 32, "--count", plan.burst,
+                               "--keys", min(BURST_KEYS, plan.jit_warmup_sets), "--prefix", "warm")
+            readings[impl][f"burst{suffix}_kb"] = float(memory_kb(cluster.pids())[1])
+            readings[impl][f"burst{suffix}_rate"] = float(burst["rate"])
     time.sleep(SETTLE_S)
     for impl, cluster in clusters.items():
-        readings[impl]["after_kb"] = float(memory_kb(cluster.pids())[1])
+        readings[impl]["after2_kb"] = float(memory_kb(cluster.pids())[1])
     return readings
 
 

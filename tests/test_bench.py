@@ -130,23 +130,26 @@ def test_fanout_memory_table_and_target() -> None:
     import report
 
     def reading(baseline: float, after: float) -> dict[str, float]:
-        return {"fresh_kb": 10240.0, "baseline_kb": baseline, "burst_kb": 2 * baseline, "after_kb": after}
+        return {"fresh_kb": 10240.0, "baseline_kb": baseline, "burst_kb": 2 * baseline, "after_kb": after,
+                "after2_kb": after * 1.1}
 
     memory = {"2": {"kamailio": reading(20480, 20480), "dmq": reading(40960, 42900), "pypy": reading(102400, 104448)}}
     lines = report.fanout_memory({"memory": memory, "burst": 20000, "burst_keys": 1000, "settle_s": 12.0})
     rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in "\n".join(lines).splitlines() if line.startswith("| 2 ")}
-    assert rows["dmq"][2:] == ["10.0", "40.0", "80.0", "41.9", "+4.7%"]
-    assert rows["dmq on PyPy"][-1] == "+2.0%"
+    assert rows["dmq"][2:] == ["10.0", "40.0", "80.0", "41.9", "46.1", "+4.7%", "+10.0%"]
+    assert rows["dmq on PyPy"][-2] == "+2.0%"
     runs = {impl: {"2/load": [{"replicated_rate": 1000.0, "server_cpu_ms_per_set": 0.1}],
                    "2/light": [{"lag_p50_ms": 1.0}]} for impl in ("kamailio", "dmq", "pypy")}
     text = report.targets_section({"inbound": {"runs": {"kamailio": {}, "dmq": {}, "pypy": {}}},
                                    "fanout": {"runs": runs, "memory": memory}})
-    row = [line for line in text.splitlines() if "memory after the burst" in line][0]
+    row = [line for line in text.splitlines() if "memory after a burst" in line][0]
     assert [c.strip() for c in row.strip("|").split("|")][2:] == ["+4.7% ✓", "+2.0% ✓"]
+    row = [line for line in text.splitlines() if "memory after a second burst" in line][0]
+    assert [c.strip() for c in row.strip("|").split("|")][2:] == ["+10.0% ✗", "+10.0% ✗"]
     memory["2"]["dmq"]["after_kb"] = 43100.0
     text = report.targets_section({"inbound": {"runs": {"kamailio": {}, "dmq": {}, "pypy": {}}},
                                    "fanout": {"runs": runs, "memory": memory}})
-    row = [line for line in text.splitlines() if "memory after the burst" in line][0]
+    row = [line for line in text.splitlines() if "memory after a burst" in line][0]
     assert "✗" in row.split("|")[3]
     assert report.fanout_memory({}) == []
