@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from typing import Any, Protocol
 
 from twisted.internet import udp
-from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -164,7 +164,10 @@ def listen_datagrams(reactor: Any, port: int, protocol: DatagramProtocol, interf
 
     :returns: the listening port.
     """
-    if not isinstance(reactor, PosixReactorBase):
+    # Not imported here: twisted.internet.posixbase brings Twisted's TLS support, which a
+    # node without TLS leaves out (dmq.tap.leave_out_tls_library). A POSIX reactor has loaded it.
+    posixbase = sys.modules.get("twisted.internet.posixbase")
+    if posixbase is None or not isinstance(reactor, posixbase.PosixReactorBase):
         return reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=max_packet_size)
     listening = DatagramPort(port, protocol, interface, max_packet_size, reactor)
     listening.startListening()
