@@ -491,6 +491,48 @@ class ServerTransactionTests(SynchronousTestCase):
             self.assertIn(header[:-3].decode(), str(caught.exception))
         self.assertEqual((seen, transport.sent, layer.stats.requests_received), ([], [], 0))
 
+    def test_known_from_without_its_tag_is_judged_as_a_parse_would(self) -> None:
+        """
+        A From remembered as good without its tag spares later requests the parse; every From
+        is still let through or refused exactly as its own parse says, whatever came before.
+        """
+        from dmq.sip.headers import NameAddr
+
+        heads = ['<sip:htable@127.0.0.1:5171>', '"Node" <sip:dmq@10.0.0.1>', "sip:dmq@10.0.0.1",
+                 "<sip:a@b>;x=1", "<sip:a@b;tag=q>", "<sip:a@b>;tag=1", "<sip:a@b", "<>", '"open <sip:a@b>',
+                 "<sip:a@b> junk", "sip:a@b?x=1", "", "<sip:a@b>;", "<sip:a@b>;tag=", "bad sip:a@b"]
+        tags = ["99fa84f0c1cb42eb-099ebe3d", "1.2-3", "x~y'z", "", "a b", "a;b", '"q"', "a>", "a,b", "é"]
+        froms = [head + sep + tag for head in heads for tag in tags for sep in (";tag=", ";TAG=", " ;tag=")]
+        froms += heads
+
+        def parses(value: str) -> bool:
+            try:
+                NameAddr.parse(value, "From")
+            except SIPParseError:
+                return False
+            return True
+
+        template = kdmq().to_bytes()
+        start = template.index(b"From: ") + 6
+        end = template.index(b"\r\n", start)
+        clock, transport, layer = make_layer(handler=lambda r, s: make_response(r, 200))
+        # Twice over, so that the second round meets every head already remembered.
+        for round_ in range(2):
+            for i, value in enumerate(froms):
+                data = template[:start] + value.encode() + template[end:]
+                data = data.replace(b";branch=z9hG4bK", b";branch=z9hG4bK%d.%d." % (round_, i), 1)
+                try:
+                    request = parse_message(data)
+                except SIPParseError:
+                    continue  # refused before the transaction layer
+                try:
+                    layer.message_received(request, Source(PEER))
+                    accepted = True
+                except SIPParseError:
+                    accepted = False
+                self.assertEqual(accepted, parses(request.headers._index["from"][0]), value)
+        self.assertTrue(layer._valid_from)
+
     def test_no_handler_is_501(self) -> None:
         """Without a transaction user every request is answered 501."""
         clock, transport, layer = make_layer()

@@ -41,6 +41,7 @@ from dmq.sip.build import make_response, reason_with, via_over
 from dmq.sip.client import ClientTransaction, LazyResponse, State, TransactionStats, plain_answer
 from dmq.sip.handler import now_or_later
 from dmq.sip.expiry import ExpiringMap
+from dmq.sip.fields import TOKEN_RE
 from dmq.sip.message import Request, Response
 
 __all__ = [
@@ -69,12 +70,19 @@ MAX_COMPLETED = 20000
 """Default cap on completed server transactions kept for retransmissions (Timer J)."""
 MAX_COMPLETED_BYTES = 16 << 20
 """Default cap on the bytes of the answers those keep (node-list answers may be 20 KB each)."""
-MAX_VALID_TO = 4096
-"""The most ``To`` values remembered as well-formed (all are forgotten past it)."""
+MAX_VALID = 4096
+"""The most ``To`` values and tagless ``From`` values remembered as well-formed (all are forgotten past it)."""
 LARGE_REQUEST = 1300
 """Requests above this size go over TCP where the target has it (RFC 3261 18.1.1)."""
 
 RequestHandler = Callable[[Request, "Source"], Union[Response, "Deferred[Response]"]]
+
+
+def _remember(known: set[str], text: str) -> None:
+    """Add ``text`` to a set of values known to parse, bounded by :data:`MAX_VALID`."""
+    if len(known) >= MAX_VALID:
+        known.clear()
+    known.add(text)
 
 
 def _answer_size(kept: tuple[bytes, Address]) -> int:
@@ -191,7 +199,10 @@ class TransactionLayer:
         # when each started: one timer for all of them (_sweep_young).
         self._young_queue: deque[tuple[float, ClientTransaction]] = deque()
         self._young_timer: Optional[IDelayedCall] = None
+        self._valid_from: set[str] = set()
+        """``From`` values known to parse with ``;tag=`` and any token after them."""
         self._valid_to: set[str] = set()
+        """``To`` values known to parse."""
 
     # -- outbound ----------------------------------------------------------
 
@@ -421,15 +432,19 @@ class TransactionLayer:
         # Every answer copies From and To: a request whose From or To does not
         # parse is refused (SIPParseError: the transport answers 400) before a
         # handler sees it, so no answer carries a malformed one.
-        request.from_  # noqa: B018
-        to_text = request.headers._index["to"][0]
-        valid_to = self._valid_to
-        if to_text not in valid_to:
-            # A node's requests to this one carry the same To: parsed once.
+        index = request.headers._index
+        # A node's requests to this one carry the same From but for the tag: a From that is
+        # a known-good text then ";tag=" and a token is good, without a parse.
+        head, tagged, tag = index["from"][0].rpartition(";tag=")
+        if not (tagged and head in self._valid_from and TOKEN_RE.fullmatch(tag) is not None):
+            request.from_  # noqa: B018
+            if tagged and TOKEN_RE.fullmatch(tag) is not None:
+                _remember(self._valid_from, head)
+        # ... and the same To: parsed once.
+        to_text = index["to"][0]
+        if to_text not in self._valid_to:
             request.to  # noqa: B018
-            if len(valid_to) >= MAX_VALID_TO:
-                valid_to.clear()
-            valid_to.add(to_text)
+            _remember(self._valid_to, to_text)
         self.stats.requests_received += 1
         handler = self.request_handler
         if handler is None:
