@@ -435,10 +435,11 @@ class TransactionLayer:
         index = request.headers._index
         # A node's requests to this one carry the same From but for the tag: a From that is
         # a known-good text then ";tag=" and a token is good, without a parse.
-        head, tagged, tag = index["from"][0].rpartition(";tag=")
-        if not (tagged and head in self._valid_from and TOKEN_RE.fullmatch(tag) is not None):
+        head, sep, tag = index["from"][0].rpartition(";tag=")
+        tagged = bool(sep) and TOKEN_RE.fullmatch(tag) is not None
+        if not (tagged and head in self._valid_from):
             request.from_  # noqa: B018
-            if tagged and TOKEN_RE.fullmatch(tag) is not None:
+            if tagged:
                 _remember(self._valid_from, head)
         # ... and the same To: parsed once.
         to_text = index["to"][0]
