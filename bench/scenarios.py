@@ -38,9 +38,6 @@ TIMING_IMPLS = ("kamailio", "dmq")
 """Where CPU speed does not matter (convergence, failure detection): Kamailio and dmq on CPython."""
 Results = dict[str, Any]
 
-SETTLE_S = TIMEOUT_MS / 1000 + 4
-"""Seconds after a burst by which every transaction it started is over: dmq keeps an answer for
-64*T1 (``TIMEOUT_MS``) and sweeps every T1, and the sender's queue is empty long before."""
 BURST_KEYS = 1000
 """The keys the fan-out memory burst cycles over: the first of those the warm-up set, so no table grows."""
 
@@ -232,6 +229,7 @@ def fanout(plan: Plan, workdir: Path) -> Results:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {impl: {} for impl in IMPLS}
     shm_peaks: dict[str, int] = {}
     memory: dict[str, dict[str, dict[str, float]]] = {}
+    settle: dict[str, float] = {}
     commands = []
     for receivers in plan.receivers:
         clusters = {impl: Cluster(impl, workdir / f"fan{receivers}-{impl}", receivers + 1, trigger=True)
@@ -262,7 +260,11 @@ def fanout(plan: Plan, workdir: Path) -> Results:
                     runs[impl].setdefault(f"{receivers}/{label}", []).append(result)
                     if rep == 0 and receivers == plan.receivers[-1]:
                         commands.append((impl, args))
-            memory[str(receivers)] = burst_memory(plan, clusters, fresh)
+            # The slowest cluster may still be replicating a burst for up to sets / its sets/s.
+            slowest = min(sorted(float(x["replicated_rate"]) for x in runs[impl][f"{receivers}/load"])[plan.reps // 2]
+                          for impl in clusters)
+            settle[str(receivers)] = settle_seconds(plan.burst, slowest)
+            memory[str(receivers)] = burst_memory(plan, clusters, fresh, settle[str(receivers)])
             shm = clusters["kamailio"].kamailio[0].rpc("core.shmmem")
             shm_peaks[str(receivers)] = int(shm["max_used"]) // 1024
         finally:
@@ -270,22 +272,32 @@ def fanout(plan: Plan, workdir: Path) -> Results:
                 cluster.stop()
     return {"runs": runs, "commands": commands, "kamailio_shm_peak_kb": shm_peaks, "kamailio_shm_mb": KAMAILIO_SHM_MB,
             "memory": memory, "burst": plan.burst, "burst_keys": min(BURST_KEYS, plan.jit_warmup_sets),
-            "settle_s": SETTLE_S}
+            "settle_s": settle}
 
 
-def burst_memory(plan: Plan, clusters: dict[str, Cluster], fresh: dict[str, int]) -> dict[str, dict[str, float]]:
+def settle_seconds(sets: int, rate: float) -> float:
+    """
+    Seconds after a burst of ``sets`` by which every transaction it started is over, in a cluster
+    that replicates ``rate`` sets/s: its replication may go on for up to ``sets / rate`` after the
+    last trigger is answered, then dmq keeps each answer 64*T1 (``TIMEOUT_MS``) and sweeps every T1.
+    """
+    return sets / max(rate, 1.0) + TIMEOUT_MS / 1000 + 4
+
+
+def burst_memory(plan: Plan, clusters: dict[str, Cluster], fresh: dict[str, int],
+                 settle: float) -> dict[str, dict[str, float]]:
     """
     Each fan-out cluster's memory (PSS of all its processes, KiB): ``fresh`` (converged, before any
     load), ``baseline`` (after the warm-up and the reps, their transactions over), ``burst`` (just
     after ``plan.burst`` more sets, 32 outstanding, over keys the warm-up set), ``after`` (the
-    burst's transactions over too), and ``after2`` (the same once more after a second, identical
+    burst's transactions over too: ``settle`` seconds later), and ``after2`` (the same once more after a second, identical
     burst). The tables hold the same keys throughout, so whatever ``after`` keeps above
     ``baseline`` is what the burst left behind, and ``after2`` above ``after`` what a burst adds
     each time.
     """
     readings = {impl: {"fresh_kb": float(fresh[impl])} for impl in clusters}
     for suffix in ("", "2"):
-        time.sleep(SETTLE_S)
+        time.sleep(settle)
         for impl, cluster in clusters.items():
             readings[impl]["after_kb" if suffix else "baseline_kb"] = float(memory_kb(cluster.pids())[1])
             burst = run_client("--target", hostport(cluster.addresses[0]), "--bind", cluster.addresses[1][0],
@@ -293,7 +305,7 @@ def burst_memory(plan: Plan, clusters: dict[str, Cluster], fresh: dict[str, int]
                                "--keys", min(BURST_KEYS, plan.jit_warmup_sets), "--prefix", "warm")
             readings[impl][f"burst{suffix}_kb"] = float(memory_kb(cluster.pids())[1])
             readings[impl][f"burst{suffix}_rate"] = float(burst["rate"])
-    time.sleep(SETTLE_S)
+    time.sleep(settle)
     for impl, cluster in clusters.items():
         readings[impl]["after2_kb"] = float(memory_kb(cluster.pids())[1])
     return readings

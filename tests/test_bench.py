@@ -134,11 +134,12 @@ def test_fanout_memory_table_and_target() -> None:
                 "after2_kb": after * 1.1}
 
     memory = {"2": {"kamailio": reading(20480, 20480), "dmq": reading(40960, 42900), "pypy": reading(102400, 104448)}}
-    lines = report.fanout_memory({"memory": memory, "burst": 20000, "burst_keys": 1000, "settle_s": 12.0})
+    lines = report.fanout_memory({"memory": memory, "burst": 20000, "burst_keys": 1000, "settle_s": {"2": 19.5}})
     rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in "\n".join(lines).splitlines() if line.startswith("| 2 ")}
     assert rows["dmq"][2:] == ["10.0", "40.0", "80.0", "41.9", "46.1", "+4.7%", "+10.0%"]
     assert rows["dmq on PyPy"][-2] == "+2.0%"
+    assert "20 s with 2" in "\n".join(lines)
     runs = {impl: {"2/load": [{"replicated_rate": 1000.0, "server_cpu_ms_per_set": 0.1}],
                    "2/light": [{"lag_p50_ms": 1.0}]} for impl in ("kamailio", "dmq", "pypy")}
     text = report.targets_section({"inbound": {"runs": {"kamailio": {}, "dmq": {}, "pypy": {}}},
