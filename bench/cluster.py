@@ -49,6 +49,9 @@ T1_MS = 125
 T2_MS = 4000
 TIMEOUT_MS = 64 * T1_MS
 """A transaction's timeout: dmq's is 64*T1; Kamailio gets ``fr_timer`` = the same."""
+ANSWER_KEPT_MS = 64 * max(T1_MS, 500)
+"""How long dmq keeps each answer for retransmissions (Timer J): 64 times its T1, and never less than
+64 times the RFC's 500 ms, as a peer on the default T1 retransmits for that long."""
 KAMAILIO_TABLE = "t=>size=12;dmqreplicate=1;"
 KAMAILIO_CHILDREN = 2
 KAMAILIO_SHM_MB = 256

@@ -202,7 +202,8 @@ def fanout_memory(r: dict[str, Any]) -> list[str]:
         "in MB: fresh (converged, before any load); baseline (after the warm-up and the reps above, once",
         f"their transactions were over); just after a burst of {r['burst']:,} more sets, 32 outstanding;",
         "once the burst's transactions were over (the time the slowest of the three clusters takes to",
-        "replicate a burst at its sets/s above, plus 64×T1, the time dmq keeps each answer, plus 4 s: "
+        f"replicate a burst at its sets/s above, plus {r['answer_kept_s']:g} s, the time dmq keeps each answer "
+        "for retransmissions, plus 4 s: "
         + ", ".join(f"{r['settle_s'][n]:.0f} s with {n}" for n in sorted(r["settle_s"], key=int)) + ");",
         "and the same after a second, identical burst. The bursts cycle over",
         f"{r['burst_keys']:,} keys the warm-up set, so the tables hold the same keys throughout: what stays",

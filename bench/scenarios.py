@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from cluster import (
+    ANSWER_KEPT_MS,
     KAMAILIO_SHM_MB,
     PING_INTERVAL,
     PYPY_PYTHON,
-    TIMEOUT_MS,
     BenchKamailio,
     BindWatcher,
     DmqProcess,
@@ -272,16 +272,16 @@ def fanout(plan: Plan, workdir: Path) -> Results:
                 cluster.stop()
     return {"runs": runs, "commands": commands, "kamailio_shm_peak_kb": shm_peaks, "kamailio_shm_mb": KAMAILIO_SHM_MB,
             "memory": memory, "burst": plan.burst, "burst_keys": min(BURST_KEYS, plan.jit_warmup_sets),
-            "settle_s": settle}
+            "settle_s": settle, "answer_kept_s": ANSWER_KEPT_MS / 1000}
 
 
 def settle_seconds(sets: int, rate: float) -> float:
     """
     Seconds after a burst of ``sets`` by which every transaction it started is over, in a cluster
     that replicates ``rate`` sets/s: its replication may go on for up to ``sets / rate`` after the
-    last trigger is answered, then dmq keeps each answer 64*T1 (``TIMEOUT_MS``) and sweeps every T1.
+    last trigger is answered, then dmq keeps each answer for ``ANSWER_KEPT_MS`` and sweeps every T1.
     """
-    return sets / max(rate, 1.0) + TIMEOUT_MS / 1000 + 4
+    return sets / max(rate, 1.0) + ANSWER_KEPT_MS / 1000 + 4
 
 
 def burst_memory(plan: Plan, clusters: dict[str, Cluster], fresh: dict[str, int],

@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from twisted.internet.task import Clock
 
+from dmq.sip.transaction import TransactionLayer
+from dmq.testing import FakeSIPTransport
 from tests.helpers import free_address
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
-from cluster import CLIENT_FLAGS, CLIENT_SOURCE, DmqProcess, join_as_member  # noqa: E402
+from cluster import ANSWER_KEPT_MS, CLIENT_FLAGS, CLIENT_SOURCE, T1_MS, DmqProcess, join_as_member  # noqa: E402
+from scenarios import settle_seconds  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +138,14 @@ def test_fanout_memory_table_and_target() -> None:
                 "after2_kb": after * 1.1}
 
     memory = {"2": {"kamailio": reading(20480, 20480), "dmq": reading(40960, 42900), "pypy": reading(102400, 104448)}}
-    lines = report.fanout_memory({"memory": memory, "burst": 20000, "burst_keys": 1000, "settle_s": {"2": 19.5}})
+    lines = report.fanout_memory({"memory": memory, "burst": 20000, "burst_keys": 1000, "settle_s": {"2": 19.5},
+                                  "answer_kept_s": 32.0})
     rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in "\n".join(lines).splitlines() if line.startswith("| 2 ")}
     assert rows["dmq"][2:] == ["10.0", "40.0", "80.0", "41.9", "46.1", "+4.7%", "+10.0%"]
     assert rows["dmq on PyPy"][-2] == "+2.0%"
     assert "20 s with 2" in "\n".join(lines)
+    assert "plus 32 s, the time dmq keeps each answer" in "\n".join(lines)
     runs = {impl: {"2/load": [{"replicated_rate": 1000.0, "server_cpu_ms_per_set": 0.1}],
                    "2/light": [{"lag_p50_ms": 1.0}]} for impl in ("kamailio", "dmq", "pypy")}
     text = report.targets_section({"inbound": {"runs": {"kamailio": {}, "dmq": {}, "pypy": {}}},
@@ -154,3 +160,12 @@ def test_fanout_memory_table_and_target() -> None:
     row = [line for line in text.splitlines() if "memory after a burst" in line][0]
     assert "✗" in row.split("|")[3]
     assert report.fanout_memory({}) == []
+
+
+def test_the_burst_settle_outlasts_the_answers_a_dmq_node_keeps() -> None:
+    """The wait after a burst covers dmq's Timer J at the bench's T1 (not 64*T1: dmq keeps answers at
+    least 64*500 ms), as a node of the bench's settings keeps them."""
+    clock = Clock()
+    layer = TransactionLayer(FakeSIPTransport(clock, ("udp",)), None, reactor=clock, t1=T1_MS / 1000)
+    assert layer.completed_servers.lifetime * 1000 == ANSWER_KEPT_MS
+    assert settle_seconds(20000, 2000) == 20000 / 2000 + ANSWER_KEPT_MS / 1000 + 4

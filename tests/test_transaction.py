@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import platform
+import tracemalloc
+
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -716,6 +720,46 @@ class ExpiringMapTests(SynchronousTestCase):
         self.assertLessEqual(layer.completed_servers.weight, 10_000)
         self.assertGreater(len(layer.completed_servers), 5)
         self.assertEqual(len(transport.sent), 30)
+
+    def test_puts_within_the_granularity_share_one_expiry_time(self) -> None:
+        """Puts less than the granularity apart share one time: 3,000 puts over 30 s keep about 30, and
+        entries forgotten past the limit leave the times of the others right."""
+        clock = Clock()
+        kept: ExpiringMap[int, None] = ExpiringMap(clock, 10.0, limit=500, granularity=1.0)
+        for key in range(3000):
+            kept.put(key, None)
+            clock.advance(0.01)
+        self.assertLessEqual(len(kept._times), 11)  # the last 5 s of puts, past the limit of 500
+        self.assertEqual(sum(run.count for run in kept._times), len(kept._order))
+        self.assertEqual([key in kept for key in (2499, 2500, 2999)], [False, True, True])
+        clock.advance(10.0 - 5.0)  # the oldest kept entry (put at 25 s) is 10 s old
+        self.assertIn(2999, kept)
+        clock.advance(6.0)
+        self.assertEqual((len(kept), len(kept._order), len(kept._times), clock.getDelayedCalls()), (0, 0, 0, []))
+
+    @pytest.mark.skipif(platform.python_implementation() != "CPython", reason="tracemalloc is CPython's")
+    def test_an_answer_kept_for_retransmissions_costs_little_more_than_its_bytes(self) -> None:
+        """What Timer J keeps per answered request: its bytes, and at most 250 bytes of key and bookkeeping."""
+        clock, transport, layer = make_layer(handler=lambda r, s: make_response(r, 200))
+        requests = [kdmq().to_bytes() for _ in range(3000)]
+        for data in requests[:1000]:
+            transport.receive(data, PEER)
+        sent = len(transport.sent)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for data in requests[1000:]:
+                transport.receive(data, PEER)
+            transport.sent.clear()
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        self.assertEqual((sent, len(layer.completed_servers)), (1000, 3000))
+        answer = len(layer.completed_servers.get(next(reversed(layer.completed_servers._entries))) or b"")
+        self.assertGreater(answer, 200)
+        self.assertLessEqual(grown / 2000, answer + 250)
 
     def test_limit_forgets_the_oldest(self) -> None:
         """Past the limit the oldest entries go first; clear forgets all and stops the timer."""

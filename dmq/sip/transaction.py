@@ -25,7 +25,7 @@ One client transaction is a :class:`~dmq.sip.client.ClientTransaction`
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Optional, Union
+from typing import Callable, Hashable, Optional, Union
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -77,6 +77,9 @@ LARGE_REQUEST = 1300
 
 RequestHandler = Callable[[Request, "Source"], Union[Response, "Deferred[Response]"]]
 
+ServerKey = Hashable
+"""What identifies a server transaction: ``"branch sent-by method"`` (RFC 3261 17.2.3), or an RFC 2543 tuple."""
+
 
 def _remember(known: set[str], text: str) -> None:
     """Add ``text`` to a set of values known to parse, bounded by :data:`MAX_VALID`."""
@@ -85,8 +88,6 @@ def _remember(known: set[str], text: str) -> None:
     known.add(text)
 
 
-def _answer_size(kept: tuple[bytes, Address]) -> int:
-    return len(kept[0])
 
 
 class ServerTransaction:
@@ -96,7 +97,7 @@ class ServerTransaction:
     layer keeps only its bytes (Timer J) to answer later retransmissions.
     """
 
-    def __init__(self, layer: "TransactionLayer", key: tuple[object, ...], request: Request, source: Source) -> None:
+    def __init__(self, layer: "TransactionLayer", key: ServerKey, request: Request, source: Source) -> None:
         self.layer = layer
         self.key = key
         self.request = request
@@ -118,7 +119,7 @@ class ServerTransaction:
         layer = self.layer
         data = layer._response_bytes(response, self.request, self.source)
         self._last = data
-        address = layer._send_response(data, self.request, self.source)
+        layer._send_response(data, self.request, self.source)
         if response.code < 200:
             self.state = State.PROCEEDING
             return
@@ -126,7 +127,7 @@ class ServerTransaction:
         layer._server_done(self)
         if not self.source.address.reliable:
             # Timer J: retransmissions of the request get these bytes again.
-            layer.completed_servers.put(self.key, (data, address))
+            layer.completed_servers.put(self.key, data)
 
 
 @implementer(IMessageHandler)
@@ -178,17 +179,18 @@ class TransactionLayer:
         self.max_completed = max_completed
         self.stats = TransactionStats()
         self.clients: dict[tuple[str, str], ClientTransaction] = {}
-        self.servers: dict[tuple[object, ...], ServerTransaction] = {}
+        self.servers: dict[ServerKey, ServerTransaction] = {}
         # What completed transactions leave behind: for Timer J the final
-        # answer and where it went, for Timer K only the key.  Timer J must
+        # answer (over UDP only: a retransmission comes from the address it
+        # went to), for Timer K only the key.  Timer J must
         # outlast the *sender's* retransmissions, which run on its own T1: a
         # node with a short T1 still keeps answers for 64 times the default
         # T1 (32 s), or a late copy from a peer on the default would be
         # handled, and applied, a second time.
         # Their timers run at most every T1 (and T4 / 8): an entry lives up
         # to that much longer, and steady traffic wakes no timer per message.
-        self.completed_servers: ExpiringMap[tuple[object, ...], tuple[bytes, Address]] = ExpiringMap(
-            reactor, 64 * max(t1, T1), max_completed, weigh=_answer_size, max_weight=max_completed_bytes,
+        self.completed_servers: ExpiringMap[ServerKey, bytes] = ExpiringMap(
+            reactor, 64 * max(t1, T1), max_completed, weigh=len, max_weight=max_completed_bytes,
             granularity=max(t1, T1),
         )
         # At most max_completed keys: past it a late copy of an old answer is a stray, and harmless.
@@ -398,12 +400,15 @@ class TransactionLayer:
             return
         transaction.response_received(response)
 
-    def _server_key(self, request: Request) -> tuple[object, ...]:
+    def _server_key(self, request: Request) -> ServerKey:
         top = request.vias[0]
         branch = top.branch
         method = "INVITE" if request.method == "ACK" else request.method
         if branch and branch.startswith(MAGIC_COOKIE):
-            return (branch, top.sent_by.lower(), method)
+            # One string rather than a tuple of three: a key may be kept for
+            # 64*T1 with its answer, many thousands of them after a burst.
+            # Neither a branch (a token) nor a sent-by holds a space.
+            return f"{branch} {top.sent_by.lower()} {method}"
         # RFC 2543 peers: match on the request's identifying fields (17.2.3).
         return (
             str(request.uri),
@@ -427,7 +432,7 @@ class TransactionLayer:
         if done is not None:
             self.stats.retransmitted_requests += 1
             # A resend that fails needs no word: the next retransmission tries again.
-            self.transport.send(done[0], done[1], source.connection).addErrback(lambda f: None)
+            self.transport.send(done, source.address, source.connection).addErrback(lambda f: None)
             return
         # Every answer copies From and To: a request whose From or To does not
         # parse is refused (SIPParseError: the transport answers 400) before a
@@ -471,7 +476,7 @@ class TransactionLayer:
             lambda failure: transaction.respond(self._failure_response(failure, request, source)),
         )
 
-    def _answer_now(self, key: tuple[object, ...], request: Request, source: Source, response: Response) -> None:
+    def _answer_now(self, key: ServerKey, request: Request, source: Source, response: Response) -> None:
         """Send the final ``response`` to a request no server transaction holds, and keep its bytes (Timer J)."""
         data = self._response_bytes(response, request, source)
         address = source.address
@@ -482,7 +487,7 @@ class TransactionLayer:
             self.transport.send_datagram(data, address)
         except Exception as e:
             log.info("cannot send response to {address}: {reason}", address=address, reason=str(e))
-        self.completed_servers.put(key, (data, address))
+        self.completed_servers.put(key, data)
 
     def _response_bytes(self, response: Response, request: Request, source: Source) -> bytes:
         """``response`` as bytes (a 513 when it would not fit a datagram), counted."""
