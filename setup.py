@@ -2,7 +2,7 @@
 
 import re
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 VERSION = re.search(r'^__version__ = "([^"]+)"', open("dmq/__init__.py", encoding="utf-8").read(), re.M).group(1)
 
@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=["dmq", "dmq.sip", "dmq.peers", "dmq.peers.htable", "dmq.replicated", "twisted.plugins"],
+    packages=[*find_packages(include=["dmq", "dmq.*"]), "twisted.plugins"],
     package_data={"twisted.plugins": ["dmq_plugin.py"]},
     install_requires=[
         "twisted>=23.10",
