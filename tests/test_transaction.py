@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import platform
-import tracemalloc
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -740,6 +739,8 @@ class ExpiringMapTests(SynchronousTestCase):
     @pytest.mark.skipif(platform.python_implementation() != "CPython", reason="tracemalloc is CPython's")
     def test_an_answer_kept_for_retransmissions_costs_little_more_than_its_bytes(self) -> None:
         """What Timer J keeps per answered request: its bytes, and at most 250 bytes of key and bookkeeping."""
+        import tracemalloc  # CPython's alone: PyPy has no _tracemalloc
+
         clock, transport, layer = make_layer(handler=lambda r, s: make_response(r, 200))
         requests = [kdmq().to_bytes() for _ in range(3000)]
         for data in requests[:1000]:
