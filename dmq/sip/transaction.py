@@ -88,8 +88,6 @@ def _remember(known: set[str], text: str) -> None:
     known.add(text)
 
 
-
-
 class ServerTransaction:
     """
     A non-INVITE server transaction: absorbs retransmissions of its request
@@ -539,7 +537,7 @@ class TransactionLayer:
         if self.servers.get(transaction.key) is transaction:
             del self.servers[transaction.key]
 
-    def _send_response(self, data: bytes, request: Request, source: Source) -> Address:
+    def _send_response(self, data: bytes, request: Request, source: Source) -> None:
         address = self.response_address(request, source)
         self.transport.send(data, address, source.connection).addErrback(
             lambda f: log.info(
@@ -548,7 +546,6 @@ class TransactionLayer:
                 reason=f.getErrorMessage(),
             )
         )
-        return address
 
     def stop(self) -> None:
         """Cancel every timer; pending requests fail with a transport error."""
