@@ -231,6 +231,10 @@ class DmqProcess:
             argv.append("--trigger")
         if watch_uri:
             argv += ["--watch-uri", watch_uri]
+        self._spawn(argv)
+
+    def _spawn(self, argv: list[str]) -> None:
+        """Run ``argv`` in a process group of its own and follow the lines it writes."""
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, cwd=ROOT, start_new_session=True)
         self.lines: "queue.Queue[str]" = queue.Queue()
@@ -323,6 +327,15 @@ class DmqProcess:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+class FloorProcess(DmqProcess):
+    """``bench/floor.py``: the inbound bench's yardstick, a minimal Twisted responder on CPython."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        """Start it on ``address``; :meth:`wait_listening` waits for its socket."""
+        self.addresses = [address]
+        self._spawn([sys.executable, str(HERE / "floor.py"), "--node", f"{address[0]}:{address[1]}"])
 
 
 class TwistdNode:

@@ -84,6 +84,7 @@ def inbound_section(r: dict[str, Any]) -> str:
         "",
         f"Requests given up on (no answer within 1 s): {lost}; answers other than 200/404: {other}.",
         *pypy_inbound(runs),
+        *floor_inbound(runs),
     ])
 
 
@@ -106,6 +107,39 @@ def pypy_inbound(runs: dict[str, Any]) -> list[str]:
     return pypy_table("The same package on PyPy (`make run-pypy`), in the same run, against the Kamailio figures above:",
                       ["request", "outstanding", "PyPy req/s", "rate PyPy / Kamailio", "PyPy p50 / p99 µs",
                        "p50 PyPy / Kamailio", "PyPy CPU µs/req", "CPU PyPy / Kamailio"], rows, 2)
+
+
+def floor_inbound(runs: dict[str, Any]) -> list[str]:
+    """
+    The yardstick (``bench/floor.py``, a minimal Twisted responder on CPython) against Kamailio, and
+    what dmq spends per message above it (per repetition; none without yardstick runs).
+    """
+    if "floor" not in runs:
+        return []
+    others = [impl for impl in ("dmq", "pypy") if impl in runs]
+    names = {"dmq": "dmq", "pypy": "dmq on PyPy"}
+    rows = []
+    for key in sorted(runs["floor"], key=lambda k: (k.split("/")[0] != "htable", int(k.split("/")[1]))):
+        kind, window = key.split("/")
+        k, f = runs["kamailio"][key], runs["floor"][key]
+        floor_cpu = field(f, "server_cpu_us_per_request")
+        rows.append([
+            "htable set (200)" if kind == "htable" else "unknown channel (404)", window,
+            num(median(field(f, "rate"))), num(median(floor_cpu)),
+            ratios(floor_cpu, field(k, "server_cpu_us_per_request")),
+            *(num(median([d - y for d, y in zip(field(runs[impl][key], "server_cpu_us_per_request"), floor_cpu)]))
+              for impl in others),
+        ])
+    return [
+        "", "The yardstick, in the same run: `bench/floor.py`, a minimal Twisted responder on CPython. It copies",
+        "the request's Via, From, To, Call-ID and CSeq into its answer and decodes an htable set into a dict,",
+        "and checks nothing (no transaction layer, no syntax checks, no membership, no metrics). The last",
+        "columns are what a dmq node spends per message above it (median of the per-repetition differences):",
+        "the price of parsing and checking the whole request, absorbing retransmissions, dispatching to a",
+        "peer, keeping its table as Kamailio does, and counting.", "",
+        table(["request", "outstanding", "yardstick req/s", "yardstick CPU µs/req", "CPU yardstick / Kamailio",
+               *(f"{names[impl]} above it, µs/req" for impl in others)], rows, 2),
+    ]
 
 
 def pypy_table(intro: str, head: Row, rows: list[Row], right_from: int = 1) -> list[str]:
@@ -518,8 +552,8 @@ def plots(results: dict[str, Any], folder: Path) -> list[tuple[str, Path]]:
 
     folder.mkdir(parents=True, exist_ok=True)
     drawn: list[tuple[str, Path]] = []
-    colours = {"kamailio": "tab:blue", "dmq": "tab:orange", "pypy": "tab:green"}
-    names = {"kamailio": "Kamailio", "dmq": "dmq", "pypy": "dmq on PyPy"}
+    colours = {"kamailio": "tab:blue", "dmq": "tab:orange", "pypy": "tab:green", "floor": "tab:gray"}
+    names = {"kamailio": "Kamailio", "dmq": "dmq", "pypy": "dmq on PyPy", "floor": "yardstick (bench/floor.py)"}
 
     def save(fig: Any, name: str, caption: str) -> None:
         path = folder / name

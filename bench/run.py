@@ -124,7 +124,9 @@ def header(plan: scenarios.Plan, quick: bool, load: tuple[str, str], seconds: fl
         "Kamailio nodes are the interop harness's (`tests/interop/kamailio.py` `KamailioNode`:",
         f"`kamailio -f node.cfg -DD -E -Y run -m {cluster.KAMAILIO_SHM_MB}`, config in a temp folder, stopped by",
         "pid) plus one route for the fan-out trigger; dmq nodes are `bench/node.py` processes",
-        "(`DMQService` + `HTablePeer`, one reactor). The same settings on both:",
+        "(`DMQService` + `HTablePeer`, one reactor). The inbound scenario also measures a yardstick,",
+        "`bench/floor.py`: a minimal Twisted responder that answers without checking anything. The same",
+        "settings on both implementations:",
         "",
         report.table(["setting", "Kamailio 5.6", "dmq"], [
             ["ping interval", f"`dmq` `ping_interval={cluster.PING_INTERVAL}`",

@@ -25,6 +25,7 @@ from cluster import (
     BenchKamailio,
     BindWatcher,
     DmqProcess,
+    FloorProcess,
     TwistdNode,
     join_as_member,
     memory_kb,
@@ -34,6 +35,8 @@ from cluster import (
 
 IMPLS = ("kamailio", "dmq") + (("pypy",) if PYPY_PYTHON is not None else ())
 """Kamailio, dmq on CPython, and dmq on PyPy where ``.venv-pypy`` is installed."""
+INBOUND_IMPLS = IMPLS + ("floor",)
+"""The inbound scenario adds its yardstick: ``bench/floor.py``, a minimal Twisted responder on CPython."""
 TIMING_IMPLS = ("kamailio", "dmq")
 """Where CPU speed does not matter (convergence, failure detection): Kamailio and dmq on CPython."""
 Results = dict[str, Any]
@@ -136,6 +139,10 @@ class Cluster:
                     node = BenchKamailio(self.workdir / f"k{index}", address, seeds)
                     self.kamailio.append(node)
                     node.start()
+                elif self.impl == "floor":
+                    floor = FloorProcess(address)
+                    self.dmq.append(floor)
+                    floor.wait_listening()
                 else:
                     proc = DmqProcess([address], seeds, htable=self.htable, trigger=self.trigger and index == 0,
                                       watch_uri=uri(self.watch) if self.watch else None,
@@ -191,9 +198,12 @@ def _client_host() -> str:
 
 
 def inbound(plan: Plan, workdir: Path) -> Results:
-    """One lone node of each kind; htable sets (200) and an unknown channel (404) at 1 and 32 outstanding."""
-    clusters = {impl: Cluster(impl, workdir / f"in-{impl}", 1) for impl in IMPLS}
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {impl: {} for impl in IMPLS}
+    """
+    One lone node of each kind, and the yardstick (``bench/floor.py``); htable sets (200) and an
+    unknown channel (404) at 1 and 32 outstanding.
+    """
+    clusters = {impl: Cluster(impl, workdir / f"in-{impl}", 1) for impl in INBOUND_IMPLS}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {impl: {} for impl in INBOUND_IMPLS}
     client = _client_host()
     commands = []
     try:
@@ -203,7 +213,7 @@ def inbound(plan: Plan, workdir: Path) -> Results:
             for kind in ("htable", "channel"):
                 run_client("--target", hostport(cluster.addresses[0]), "--bind", f"{client}:{port}", "--kind", kind,
                            "--window", 32, "--seconds", plan.jit_warmup / 2, "--keys", 1000, "--prefix", "warm")
-        for rep, impl in alternate(plan.reps):
+        for rep, impl in alternate(plan.reps, INBOUND_IMPLS):
             cluster = clusters[impl]
             pids = ",".join(map(str, cluster.pids()))
             for kind in ("htable", "channel"):

@@ -22,7 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
-from cluster import ANSWER_KEPT_MS, CLIENT_FLAGS, CLIENT_SOURCE, T1_MS, DmqProcess, join_as_member  # noqa: E402
+from cluster import (  # noqa: E402
+    ANSWER_KEPT_MS,
+    CLIENT_FLAGS,
+    CLIENT_SOURCE,
+    T1_MS,
+    DmqProcess,
+    FloorProcess,
+    join_as_member,
+)
 from scenarios import settle_seconds  # noqa: E402
 
 
@@ -61,6 +69,43 @@ def test_client_counts_htable_sets_and_unknown_channels(client: Path, dmq_node: 
     assert (sets["answered"], sets["code_200"], sets["lost"]) == (300, 300, 0)
     assert sets["server_cpu_s"] > 0
     assert (unknown["answered"], unknown["code_404"], unknown["code_200"]) == (200, 200, 0)
+
+
+def test_the_yardstick_answers_the_client_as_a_node_does(client: Path) -> None:
+    """``bench/floor.py`` takes the client's join, answers its htable sets 200 and an unknown channel 404."""
+    floor = FloorProcess(free_address())
+    try:
+        floor.wait_listening()
+        host, port = floor.addresses[0]
+        own_host = free_address()[0]
+        own = f"{own_host}:{join_as_member(own_host, (host, port))}"
+        sets = run(client, "--target", f"{host}:{port}", "--bind", own, "--kind", "htable", "--window", 8,
+                   "--count", 300, "--pids", ",".join(map(str, floor.pids())))
+        unknown = run(client, "--target", f"{host}:{port}", "--bind", own, "--kind", "channel", "--window", 8,
+                      "--count", 200)
+    finally:
+        floor.stop()
+    assert (sets["answered"], sets["code_200"], sets["lost"]) == (300, 300, 0)
+    assert (unknown["answered"], unknown["code_404"], unknown["code_200"]) == (200, 200, 0)
+    assert floor.proc.returncode == 0
+
+
+def test_the_yardstick_copies_what_an_answer_needs_and_keeps_the_set() -> None:
+    """The answer carries the request's Via, From, To, Call-ID and CSeq (compact names too), nothing else of it."""
+    from floor import Floor
+
+    responder = Floor()
+    body = b'{"action":2,"htname":"t","cname":"k7","type":2,"strval":"v","mode":0}'
+    request = (b"KDMQ sip:htable@127.0.0.1:5060 SIP/2.0\r\nv: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK1\r\n"
+               b"f: <sip:a@127.0.0.2>;tag=1\r\nt: <sip:b@127.0.0.1>\r\ni: abc\r\nCSeq: 10 KDMQ\r\n"
+               b"Max-Forwards: 1\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    answer = responder.answer(request)
+    assert answer.split(b"\r\n") == [
+        b"SIP/2.0 200 OK", b"v: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK1", b"f: <sip:a@127.0.0.2>;tag=1",
+        b"t: <sip:b@127.0.0.1>", b"i: abc", b"CSeq: 10 KDMQ", b"Content-Length: 0", b"", b""]
+    assert responder.table == {("t", "k7"): "v"}
+    other = responder.answer(request.replace(b"sip:htable@", b"sip:other@", 1))
+    assert other.startswith(b"SIP/2.0 404 Not Found\r\n") and b"\r\ni: abc\r\n" in other
 
 
 def test_client_refuses_a_missing_target(client: Path) -> None:
@@ -102,6 +147,22 @@ def test_report_adds_the_pypy_table_only_with_pypy_runs() -> None:
     assert cells[3] == "1.20, 1.20 (**1.20**)"
     assert cells[5] == "0.50, 1.50 (**1.00**)"
     assert cells[7] == "0.50, 0.80 (**0.65**)"
+
+
+def test_report_adds_the_yardstick_table_only_with_yardstick_runs() -> None:
+    """The yardstick's table gives its CPU against Kamailio's, and what dmq spends above it, per repetition."""
+    import report
+
+    kamailio = {"htable/32": [inbound_run(20000, 40, 100), inbound_run(30000, 30, 80)]}
+    dmq = {"htable/32": [inbound_run(10000, 80, 200), inbound_run(12000, 60, 160)]}
+    pypy = {"htable/32": [inbound_run(24000, 20, 50), inbound_run(36000, 24, 120)]}
+    floor = {"htable/32": [inbound_run(50000, 12, 40), inbound_run(60000, 12, 30)]}
+    assert "yardstick" not in report.inbound_section({"runs": {"kamailio": kamailio, "dmq": dmq, "pypy": pypy}})
+    text = report.inbound_section({"runs": {"kamailio": kamailio, "dmq": dmq, "pypy": pypy, "floor": floor}})
+    row = [line for line in text.split("yardstick req/s", 1)[1].splitlines() if line.startswith("| htable")][0]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    # CPU 12/40 and 12/30; dmq above it: 80-12 and 60-12; PyPy: 20-12 and 24-12
+    assert cells[2:] == ["55,000", "12", "0.30, 0.40 (**0.35**)", "58", "10"]
 
 
 def test_targets_table_marks_each_target_met_or_not() -> None:
