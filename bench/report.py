@@ -14,6 +14,10 @@ from typing import Any, Callable, Optional, Sequence
 Row = list[str]
 
 
+NAMES = {"kamailio": "Kamailio", "dmq": "dmq", "pypy": "dmq on PyPy", "floor": "yardstick (bench/floor.py)"}
+"""How the report names each implementation of the runs."""
+
+
 def median(values: Sequence[float]) -> float:
     """The median (NaN for none)."""
     return statistics.median(values) if values else float("nan")
@@ -48,13 +52,18 @@ def field(runs: Sequence[dict[str, Any]], key: str) -> list[float]:
 # -- sections ------------------------------------------------------------------------------
 
 
+def inbound_keys(runs: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, label, outstanding) of an implementation's inbound runs: htable sets first, then by window."""
+    keys = sorted(runs, key=lambda k: (k.split("/")[0] != "htable", int(k.split("/")[1])))
+    return [(key, "htable set (200)" if key.startswith("htable/") else "unknown channel (404)", key.split("/")[1])
+            for key in keys]
+
+
 def inbound_section(r: dict[str, Any]) -> str:
     """Inbound KDMQ: rate, latency, server and client CPU."""
     runs = r["runs"]
     rows = []
-    for key in sorted(runs["dmq"], key=lambda k: (k.split("/")[0] != "htable", int(k.split("/")[1]))):
-        kind, window = key.split("/")
-        label = "htable set (200)" if kind == "htable" else "unknown channel (404)"
+    for key, label, window in inbound_keys(runs["dmq"]):
         k, d = runs["kamailio"][key], runs["dmq"][key]
         rows.append([
             label, window,
@@ -93,11 +102,10 @@ def pypy_inbound(runs: dict[str, Any]) -> list[str]:
     if "pypy" not in runs:
         return []
     rows = []
-    for key in sorted(runs["pypy"], key=lambda k: (k.split("/")[0] != "htable", int(k.split("/")[1]))):
-        kind, window = key.split("/")
+    for key, label, window in inbound_keys(runs["pypy"]):
         k, p = runs["kamailio"][key], runs["pypy"][key]
         rows.append([
-            "htable set (200)" if kind == "htable" else "unknown channel (404)", window,
+            label, window,
             num(median(field(p, "rate"))), ratios(field(p, "rate"), field(k, "rate")),
             f"{median(field(p, 'p50_us')):,.0f} / {median(field(p, 'p99_us')):,.0f}",
             ratios(field(p, "p50_us"), field(k, "p50_us")),
@@ -117,14 +125,12 @@ def floor_inbound(runs: dict[str, Any]) -> list[str]:
     if "floor" not in runs:
         return []
     others = [impl for impl in ("dmq", "pypy") if impl in runs]
-    names = {"dmq": "dmq", "pypy": "dmq on PyPy"}
     rows = []
-    for key in sorted(runs["floor"], key=lambda k: (k.split("/")[0] != "htable", int(k.split("/")[1]))):
-        kind, window = key.split("/")
+    for key, label, window in inbound_keys(runs["floor"]):
         k, f = runs["kamailio"][key], runs["floor"][key]
         floor_cpu = field(f, "server_cpu_us_per_request")
         rows.append([
-            "htable set (200)" if kind == "htable" else "unknown channel (404)", window,
+            label, window,
             num(median(field(f, "rate"))), num(median(floor_cpu)),
             ratios(floor_cpu, field(k, "server_cpu_us_per_request")),
             *(num(median([d - y for d, y in zip(field(runs[impl][key], "server_cpu_us_per_request"), floor_cpu)]))
@@ -138,7 +144,7 @@ def floor_inbound(runs: dict[str, Any]) -> list[str]:
         "the price of parsing and checking the whole request, absorbing retransmissions, dispatching to a",
         "peer, keeping its table as Kamailio does, and counting.", "",
         table(["request", "outstanding", "yardstick req/s", "yardstick CPU µs/req", "CPU yardstick / Kamailio",
-               *(f"{names[impl]} above it, µs/req" for impl in others)], rows, 2),
+               *(f"{NAMES[impl]} above it, µs/req" for impl in others)], rows, 2),
     ]
 
 
@@ -166,8 +172,7 @@ def fanout_section(r: dict[str, Any]) -> str:
             f"{median(field(k, 'server_cpu_ms_per_set')):.3f}", f"{median(field(d, 'server_cpu_ms_per_set')):.3f}",
             f"{median(field(k, 'client_cpu_share')) * 100:.0f}% / {median(field(d, 'client_cpu_share')) * 100:.0f}%",
         ])
-    names = {"kamailio": "Kamailio", "dmq": "dmq", "pypy": "dmq on PyPy"}
-    incomplete = [f"{names[impl]}, {key.replace('/', ' receivers, ')}, rep {i + 1}: "
+    incomplete = [f"{NAMES[impl]}, {key.replace('/', ' receivers, ')}, rep {i + 1}: "
                   f"{run['keys_everywhere']:,} of {run['sent']:,} (the watcher saw {run['sniffed_requests']:,} KDMQs,"
                   f" matched {run['sniffed_answers']:,} answers and could not match {run['unmatched_answers']:,})"
                   for impl, per in runs.items() for key, rs in per.items()
@@ -223,9 +228,8 @@ def fanout_memory(r: dict[str, Any]) -> list[str]:
     memory = r.get("memory")
     if not memory:
         return []
-    names = {"kamailio": "Kamailio", "dmq": "dmq", "pypy": "dmq on PyPy"}
     keys = ("fresh_kb", "baseline_kb", "burst_kb", "after_kb", "after2_kb")
-    rows = [[n, names[impl], *(f"{reading[k] / 1024:,.1f}" for k in keys),
+    rows = [[n, NAMES[impl], *(f"{reading[k] / 1024:,.1f}" for k in keys),
              f"{burst_growth(reading):+.1f}%", f"{burst_growth(reading, True):+.1f}%"]
             for n in sorted(memory, key=int) for impl, reading in memory[n].items()]
     return [
@@ -553,7 +557,6 @@ def plots(results: dict[str, Any], folder: Path) -> list[tuple[str, Path]]:
     folder.mkdir(parents=True, exist_ok=True)
     drawn: list[tuple[str, Path]] = []
     colours = {"kamailio": "tab:blue", "dmq": "tab:orange", "pypy": "tab:green", "floor": "tab:gray"}
-    names = {"kamailio": "Kamailio", "dmq": "dmq", "pypy": "dmq on PyPy", "floor": "yardstick (bench/floor.py)"}
 
     def save(fig: Any, name: str, caption: str) -> None:
         path = folder / name
@@ -570,7 +573,7 @@ def plots(results: dict[str, Any], folder: Path) -> list[tuple[str, Path]]:
                 keys = sorted((k for k in runs[impl] if k.startswith(kind + "/")), key=lambda k: int(k.split("/")[1]))
                 xs = [int(k.split("/")[1]) for k in keys]
                 ys = [median(field(runs[impl][k], "rate")) for k in keys]
-                label = f"{names[impl]}, {'htable set' if kind == 'htable' else 'unknown channel'}"
+                label = f"{NAMES[impl]}, {'htable set' if kind == 'htable' else 'unknown channel'}"
                 ax.plot(xs, ys, style, color=colours[impl], label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks([1, 32], ["1", "32"])
@@ -587,11 +590,11 @@ def plots(results: dict[str, Any], folder: Path) -> list[tuple[str, Path]]:
         for impl in runs:
             sizes = sorted({int(k.split("/")[0]) for k in runs[impl]})
             left.plot(sizes, [median(field(runs[impl][f"{n}/load"], "replicated_rate")) for n in sizes], "-o",
-                      color=colours[impl], label=names[impl])
+                      color=colours[impl], label=NAMES[impl])
             right.plot(sizes, [median(field(runs[impl][f"{n}/load"], "lag_p99_ms")) for n in sizes], "-o",
-                       color=colours[impl], label=f"{names[impl]}, 32 outstanding")
+                       color=colours[impl], label=f"{NAMES[impl]}, 32 outstanding")
             right.plot(sizes, [median(field(runs[impl][f"{n}/light"], "lag_p99_ms")) for n in sizes], "--s",
-                       color=colours[impl], label=f"{names[impl]}, 1 outstanding")
+                       color=colours[impl], label=f"{NAMES[impl]}, 1 outstanding")
         for axis in (left, right):
             axis.set_xticks(sizes)
         left.set_xlabel("receivers")
@@ -615,7 +618,7 @@ def plots(results: dict[str, Any], folder: Path) -> list[tuple[str, Path]]:
                 sizes = sorted(runs[impl], key=int)
                 ticks += [int(s) for s in sizes]
                 ax.plot([int(s) for s in sizes], [median(runs[impl][s]) * 1000 for s in sizes], "-o",
-                        color=colours[impl], label=f"{names[impl]}, one process per node")
+                        color=colours[impl], label=f"{NAMES[impl]}, one process per node")
         if "large" in results:
             runs = {size: [x for x in rs if "error" not in x] for size, rs in results["large"]["runs"].items()}
             sizes = sorted((s for s in runs if runs[s]), key=int)

@@ -57,15 +57,21 @@ def run(client: Path, *args: object) -> dict[str, float]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def test_client_counts_htable_sets_and_unknown_channels(client: Path, dmq_node: DmqProcess) -> None:
-    """From a member's address htable sets are answered 200 and unknown-channel requests 404, as the client counts."""
-    host, port = dmq_node.addresses[0]
+def sets_and_unknowns(client: Path, server: DmqProcess) -> tuple[dict[str, float], dict[str, float]]:
+    """From a member's address: 300 htable sets (the server's CPU read), then 200 requests on an unknown channel."""
+    host, port = server.addresses[0]
     own_host = free_address()[0]
     own = f"{own_host}:{join_as_member(own_host, (host, port))}"
     sets = run(client, "--target", f"{host}:{port}", "--bind", own, "--kind", "htable", "--window", 8,
-               "--count", 300, "--pids", ",".join(map(str, dmq_node.pids())))
+               "--count", 300, "--pids", ",".join(map(str, server.pids())))
     unknown = run(client, "--target", f"{host}:{port}", "--bind", own, "--kind", "channel", "--window", 8,
                   "--count", 200)
+    return sets, unknown
+
+
+def test_client_counts_htable_sets_and_unknown_channels(client: Path, dmq_node: DmqProcess) -> None:
+    """From a member's address htable sets are answered 200 and unknown-channel requests 404, as the client counts."""
+    sets, unknown = sets_and_unknowns(client, dmq_node)
     assert (sets["answered"], sets["code_200"], sets["lost"]) == (300, 300, 0)
     assert sets["server_cpu_s"] > 0
     assert (unknown["answered"], unknown["code_404"], unknown["code_200"]) == (200, 200, 0)
@@ -76,13 +82,7 @@ def test_the_yardstick_answers_the_client_as_a_node_does(client: Path) -> None:
     floor = FloorProcess(free_address())
     try:
         floor.wait_listening()
-        host, port = floor.addresses[0]
-        own_host = free_address()[0]
-        own = f"{own_host}:{join_as_member(own_host, (host, port))}"
-        sets = run(client, "--target", f"{host}:{port}", "--bind", own, "--kind", "htable", "--window", 8,
-                   "--count", 300, "--pids", ",".join(map(str, floor.pids())))
-        unknown = run(client, "--target", f"{host}:{port}", "--bind", own, "--kind", "channel", "--window", 8,
-                      "--count", 200)
+        sets, unknown = sets_and_unknowns(client, floor)
     finally:
         floor.stop()
     assert (sets["answered"], sets["code_200"], sets["lost"]) == (300, 300, 0)
