@@ -762,6 +762,31 @@ class ExpiringMapTests(SynchronousTestCase):
         self.assertGreater(answer, 200)
         self.assertLessEqual(grown / 2000, answer + 250)
 
+    @pytest.mark.skipif(platform.python_implementation() != "CPython", reason="tracemalloc is CPython's")
+    def test_a_map_emptied_after_a_burst_gives_its_memory_back(self) -> None:
+        """Once a burst's 20,000 entries have expired, the map holds no more than before it (the
+        table its dict grew to included)."""
+        import tracemalloc  # CPython's alone: PyPy has no _tracemalloc
+
+        clock = Clock()
+        kept: ExpiringMap[int, None] = ExpiringMap(clock, 10.0, granularity=0.5)
+        keys = list(range(1_000_000, 1_020_000))  # made before measuring: the caller's, not the map's
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for key in keys:
+                kept.put(key, None)
+            grown = tracemalloc.get_traced_memory()[0] - before
+            clock.advance(11.0)
+            gc.collect()
+            left = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(len(kept), 0)
+        self.assertGreater(grown, 500_000)
+        self.assertLess(left, 32_768)  # without giving the table back: some 600 KB
+
     def test_limit_forgets_the_oldest(self) -> None:
         """Past the limit the oldest entries go first; clear forgets all and stops the timer."""
         clock = Clock()

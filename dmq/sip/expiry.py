@@ -149,4 +149,7 @@ class ExpiringMap(Generic[K, V]):
         while times and times[0].expires <= now:
             for _ in range(times.popleft().count):
                 forget(order.popleft())
+        if not times:
+            # Emptied after a burst: a dict keeps the table it grew to until it is cleared.
+            self._entries.clear()
         self._schedule()
