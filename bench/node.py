@@ -16,6 +16,8 @@ The process writes lines on stdout, each with the reactor's wall-clock time:
 - ``STATUS <index> <time> <status>`` whenever the status a node lists for ``--watch-uri``
   changes (``absent`` once it is no longer listed).
 
+Like ``twistd dmq``, the process runs a :class:`dmq.heap.IdleCollector`.
+
 It stops when its standard input closes.
 
 Usage: ``python bench/node.py --node HOST:PORT [--node ...] [--seed URI ...]
@@ -31,6 +33,7 @@ from typing import Any, Optional
 from twisted.internet import protocol, stdio
 
 from dmq import DMQService
+from dmq.heap import IdleCollector
 from dmq.peers.htable import HTablePeer
 from dmq.sip import make_response
 
@@ -129,6 +132,10 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     for service, _reporter in services:
         service.startService()
+    # One for the process, as twistd dmq runs it (collect_when_idle): the burst-memory readings
+    # measure a node as it runs in service.
+    linger = max(service.transactions.completed_servers.lifetime for service, _ in services)
+    IdleCollector(reactor, linger=linger).startService()
     d = defer.gatherResults([service.when_listening() for service, _ in services], consumeErrors=True)
     d.addCallbacks(listening, failed)
     stdio.StandardIO(StopOnEOF(reactor), reactor=reactor)

@@ -241,11 +241,13 @@ def fanout_memory(r: dict[str, Any]) -> list[str]:
         f"their transactions were over); just after a burst of {r['burst']:,} more sets, 32 outstanding;",
         "once the burst's transactions were over (the time the slowest of the three clusters takes to",
         f"replicate a burst at its sets/s above, plus {r['answer_kept_s']:g} s, the time dmq keeps each answer "
-        "for retransmissions, plus 4 s: "
+        "for retransmissions, plus two 5 s readings of the idle collector, plus 4 s: "
         + ", ".join(f"{r['settle_s'][n]:.0f} s with {n}" for n in sorted(r["settle_s"], key=int)) + ");",
         "and the same after a second, identical burst. The bursts cycle over",
         f"{r['burst_keys']:,} keys the warm-up set, so the tables hold the same keys throughout: what stays",
-        "above the baseline is what a burst left behind.",
+        "above the baseline is what a burst left behind. The dmq processes run the idle collector of",
+        "`twistd dmq` (`dmq.heap.IdleCollector`): one full garbage collection once a process has been",
+        "quiet after a burst for as long as its node keeps answers.",
         "",
         table(["receivers", "implementation", "fresh MB", "baseline MB", "just after the burst MB",
                "after MB", "after a second burst MB", "after / baseline", "after second / after first"], rows, 2),

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from dmq.heap import CHECK_INTERVAL
+
 from cluster import (
     ANSWER_KEPT_MS,
     KAMAILIO_SHM_MB,
@@ -289,9 +291,10 @@ def settle_seconds(sets: int, rate: float) -> float:
     """
     Seconds after a burst of ``sets`` by which every transaction it started is over, in a cluster
     that replicates ``rate`` sets/s: its replication may go on for up to ``sets / rate`` after the
-    last trigger is answered, then dmq keeps each answer for ``ANSWER_KEPT_MS`` and sweeps every T1.
+    last trigger is answered, then dmq keeps each answer for ``ANSWER_KEPT_MS`` and sweeps every T1;
+    its idle collector (``dmq.heap``) runs up to two of its reading intervals after that.
     """
-    return sets / max(rate, 1.0) + ANSWER_KEPT_MS / 1000 + 4
+    return sets / max(rate, 1.0) + ANSWER_KEPT_MS / 1000 + 2 * CHECK_INTERVAL + 4
 
 
 def burst_memory(plan: Plan, clusters: dict[str, Cluster], fresh: dict[str, int],

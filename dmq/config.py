@@ -199,6 +199,7 @@ class NodeConfig:
     manhole_user: str = "admin"
     manhole_password: Optional[str] = None
     manhole_keys: Optional[str] = None
+    collect_when_idle: bool = True
     htables: list[str] = field(default_factory=list)
     htable_persist: Optional[str] = None
     dialog: bool = False
@@ -272,6 +273,7 @@ _HTABLE = re.compile(r"^[A-Za-z0-9_.\-]+(:.*)?$")
 _PLAIN = (
     "multi_notify", "seed_refresh", "max_nodes", "max_nodes_per_list", "ping_interval", "remove_inactive", "fail_count_enabled", "fail_count_threshold_not_active",
     "fail_count_threshold_disabled", "init_with_single", "udp", "tcp", "udp_max_size",
+    "collect_when_idle",
 )
 """Settings taken as converted, with no check beyond their kind and minimum."""
 

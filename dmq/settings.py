@@ -161,6 +161,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("manhole_user", "str", "admin", "User name to log in to the manhole as."),
     Setting("manhole_password_file", "path", None, "File holding the manhole password."),
     Setting("manhole_password", "str", None, "The manhole password itself (config file only).", cli=False),
+    Setting("collect_when_idle", "bool", True,
+            "1: run one full garbage collection when the process goes quiet after a burst of work, so that "
+            "the burst's garbage does not stay resident; 0: leave collections to the interpreter."),
     # bundled peers
     Setting("htable", "list", [], "Replicate a Kamailio-compatible hash table: NAME[:expire=SECS]; repeatable.",
             modparam=Modparam("htable", "htable")),

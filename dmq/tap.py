@@ -228,8 +228,9 @@ class Listener(StreamServerEndpointService):
 class NodeService(MultiService):
     """
     The service tree of a node run by twistd: the :class:`~dmq.service.DMQService`
-    (:attr:`dmq`, named ``dmq``) and the control, metrics and manhole
-    :class:`Listener` services.  If the SIP listeners fail at start the
+    (:attr:`dmq`, named ``dmq``), the control, metrics and manhole
+    :class:`Listener` services, and the process's
+    :class:`~dmq.heap.IdleCollector` (named ``collector``).  If the SIP listeners fail at start the
     reactor stops.
     """
 
@@ -284,6 +285,12 @@ def build_node(config: NodeConfig, reactor: Any = None, probe: bool = True) -> N
     except ConfigurationError as e:
         raise usage.UsageError(str(e)) from None
     node = NodeService(dmq, config, reactor)
+    if config.collect_when_idle:
+        from dmq.heap import IdleCollector
+
+        collector = IdleCollector(dmq.reactor, linger=dmq.transactions.completed_servers.lifetime)
+        collector.setName("collector")
+        collector.setServiceParent(node)
 
     if config.htables:
         from dmq.peers.htable import HTablePeer

@@ -40,7 +40,7 @@ FLOORS: list[list[str]] = [
     ["dmq.peers.*.rpc", "dmq.peers.*.peer"],
     ["dmq.peers.*", "dmq.peers"],
     ["dmq.views"],
-    ["dmq.testing", "dmq.control", "dmq.status", "dmq.metrics", "dmq.manhole"],
+    ["dmq.testing", "dmq.control", "dmq.status", "dmq.metrics", "dmq.manhole", "dmq.heap"],
     ["dmq.settings"],
     ["dmq.config"],
     ["dmq.tap"],

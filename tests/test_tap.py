@@ -21,6 +21,7 @@ from twisted.python.usage import UsageError
 
 from dmq import DMQService
 from dmq.control import _QuietSite
+from dmq.heap import IdleCollector
 from dmq.tap import SETTINGS, Listener, NodeConfig, NodeService, Options, PortProbe, build_node, check_ports, makeService
 from dmq.testing import FakeSIPTransport
 from tests.certs import CertificateAuthority
@@ -374,7 +375,7 @@ def test_build_node_tree(tmp_path: Path) -> None:
     assert [str(u) for u in dmq.notification.seed_uris] == ["sip:127.0.0.1:5999"]
     assert dmq.notification.ping_interval == 9
     assert dmq.policy.fail_count_enabled
-    listeners = [s for s in node if s is not dmq]
+    listeners = [s for s in node if isinstance(s, Listener)]
     assert [(s.description, s.what) for s in listeners] == [("tcp:0:interface=127.0.0.1", "control API and metrics")]
     assert isinstance(listeners[0].factory, _QuietSite)
     assert set(listeners[0].factory.resource.children) == {b"RPC", b"metrics", b"", b"status.json"}
@@ -387,9 +388,23 @@ def test_build_node_separate_metrics_and_manhole(tmp_path: Path) -> None:
     config = parse("--server-address", f"sip:127.0.0.1:{free_port('udp+tcp')}", "--control", "none", "--metrics", "tcp:0",
                    "--manhole", "tcp:0", "--manhole-protocol", "telnet", "--manhole-password-file", str(password))
     node = build_node(config, reactor=Clock())
-    listeners = [s for s in node if s is not node.dmq]
+    listeners = [s for s in node if isinstance(s, Listener)]
     assert [s.what for s in listeners] == ["metrics", "telnet manhole"]
     assert set(listeners[0].factory.resource.children) == {b"metrics"}
+
+
+def test_build_node_collects_when_idle_unless_told_not_to() -> None:
+    """One IdleCollector on the node's reactor, lingering 64×T1, by default; --collect-when-idle 0 leaves it out."""
+    clock = Clock()
+    node = build_node(parse("--server-address", f"sip:127.0.0.1:{free_port('udp+tcp')}", "--control", "none",
+                            "--t1", "1000"), reactor=clock)
+    collector = node.getServiceNamed("collector")
+    assert isinstance(collector, IdleCollector) and collector.clock is clock
+    assert collector.linger == 64 * 1.0  # the answers of a node with this T1 are kept that long
+    assert [s for s in node if s is not node.dmq] == [collector]
+    node = build_node(parse("--server-address", f"sip:127.0.0.1:{free_port('udp+tcp')}", "--control", "none",
+                            "--collect-when-idle", "0"), reactor=clock)
+    assert [s for s in node] == [node.dmq]
 
 
 def test_check_ports_finds_ports_in_use(busy_udp: int, busy_tcp: int) -> None:
@@ -559,7 +574,7 @@ def test_twistd_help_lists_every_option(tmp_path: Path) -> None:
     assert "Usage: twistd [options] dmq [options]" in result.stdout
     options = ["--config"] + [f"--{s.option}" for s in SETTINGS if s.cli and s.kind != "flag"]
     flags = [f"--{s.option}" for s in SETTINGS if s.cli and s.kind == "flag"]
-    assert len(options) + len(flags) == 44
+    assert len(options) + len(flags) == 45
     for option in options:
         assert f"{option}=" in result.stdout, option
     for flag in flags:

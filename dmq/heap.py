@@ -1,0 +1,146 @@
+"""
+Giving a burst's memory back: :class:`IdleCollector` runs one full garbage
+collection once the process goes quiet after a burst of work.
+
+A burst (a replication storm, a resync) leaves garbage behind: the answers and
+transactions it kept, the objects of every message.  CPython frees most of it
+at once, but what sits in reference cycles waits for the collector's oldest
+generation; PyPy's collector lets its heap grow to nearly twice the live data
+before a major collection.  Either way the process can stay well above its
+usual size long after the burst, until enough new work comes to trigger a
+collection.  A full collection while the process is quiet costs a pause
+nobody waits for.  Part of a burst's data outlives it on purpose: a node keeps
+its answers for 64×T1 (32 s by default) to answer retransmissions, so the
+collection waits that long into the quiet.
+
+The collector watches the process's own CPU time (one reading per interval;
+nothing on the request path), so it serves every node of a process together,
+however many there are.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any, Callable, Optional
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from dmq.sip.transaction import T1
+
+__all__ = ["IdleCollector", "BURST_CPU", "CHECK_INTERVAL", "LINGER", "QUIET_SHARE"]
+
+log = Logger()
+
+CHECK_INTERVAL = 5.0
+"""Seconds between two readings of the process's CPU time."""
+
+BURST_CPU = 1.0
+"""CPU seconds of work since the last collection that make a burst worth collecting after."""
+
+QUIET_SHARE = 0.1
+"""A process is quiet when its CPU time over the last interval is at most this share of the interval."""
+
+LINGER = 64 * T1
+"""Seconds a burst's data outlives it: how long a node keeps its answers (64×T1 with the default T1)."""
+
+
+class IdleCollector(Service):
+    """
+    Runs one full garbage collection (``gc.collect()``) once the process
+    has been quiet for ``linger`` seconds after a burst.  An interval is
+    quiet when the process spent at most ``quiet_share`` of it on the CPU;
+    a burst is at least one busy interval and ``burst_cpu`` CPU seconds of
+    work since the last collection.  So it collects once after every
+    burst, never during one, and never on a process that stays idle or
+    lightly loaded (the interpreter's own collector keeps up with that).
+
+    ``twistd dmq`` runs one (setting ``collect_when_idle``); an application
+    that embeds :class:`~dmq.service.DMQService` may add one to its own
+    service tree, one for the whole process.
+
+    :param clock: the reactor (or a ``task.Clock`` in tests).
+    :param linger: seconds a burst's data outlives it; ``twistd dmq``
+        passes how long its node keeps answers (64×T1, T1 at least 500 ms).
+    :param cpu: the process's CPU seconds (default: ``time.process_time``).
+    :param collect: the collection (default: ``gc.collect``).
+    :ivar collections: how many collections it has run.
+    :ivar last_pause: the wall-clock seconds the last one took, or None.
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        interval: float = CHECK_INTERVAL,
+        burst_cpu: float = BURST_CPU,
+        quiet_share: float = QUIET_SHARE,
+        linger: float = LINGER,
+        cpu: Callable[[], float] = time.process_time,
+        collect: Callable[[], Any] = gc.collect,
+    ) -> None:
+        if interval <= 0 or burst_cpu <= 0 or linger < 0 or not 0 < quiet_share < 1:
+            raise ValueError(
+                "interval and burst_cpu must be positive, linger not negative, quiet_share between 0 and 1"
+            )
+        self.clock = clock
+        self.interval = interval
+        self.burst_cpu = burst_cpu
+        self.quiet_share = quiet_share
+        self.linger = linger
+        self._cpu = cpu
+        self._collect = collect
+        self.collections = 0
+        self.last_pause: Optional[float] = None
+        self._since_collection = 0.0
+        self._last_reading = 0.0
+        self._busy = False
+        self._quiet_since: Optional[float] = None
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = clock
+
+    def startService(self) -> None:  # noqa: N802
+        """Read the CPU time now and every :attr:`interval` seconds."""
+        super().startService()
+        self._since_collection = self._last_reading = self._cpu()
+        if not self._loop.running:
+            self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:  # noqa: N802
+        """Stop reading."""
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def check(self) -> bool:
+        """Take one reading; collect if a burst is over.  Returns whether it collected."""
+        now = self._cpu()
+        last_interval = now - self._last_reading
+        self._last_reading = now
+        if last_interval > self.quiet_share * self.interval:
+            self._busy = True
+            self._quiet_since = None
+            return False
+        work = now - self._since_collection
+        if not self._busy or work < self.burst_cpu:
+            return False
+        seconds = float(self.clock.seconds())
+        if self._quiet_since is None:
+            self._quiet_since = seconds - self.interval  # quiet since the last reading
+        if seconds - self._quiet_since < self.linger:
+            return False
+        started = time.perf_counter()
+        self._collect()
+        self.last_pause = time.perf_counter() - started
+        self.collections += 1
+        # The collection's own CPU time is not work: the next burst is counted from here.
+        self._since_collection = self._last_reading = self._cpu()
+        self._busy = False
+        self._quiet_since = None
+        log.debug(
+            "collected garbage after {work:.1f} s of CPU work: {ms:.1f} ms",
+            work=work,
+            ms=self.last_pause * 1000,
+        )
+        return True

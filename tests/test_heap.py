@@ -1,0 +1,153 @@
+"""The idle collector: one full collection after a burst, once the process is quiet."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+from twisted.internet.task import Clock
+
+from dmq.heap import IdleCollector
+from dmq.sip.transaction import T1
+
+
+class Process:
+    """A process whose CPU time the test advances, and which counts the collections asked of it."""
+
+    def __init__(self) -> None:
+        self.cpu_seconds = 100.0
+        self.collected = 0
+
+    def cpu(self) -> float:
+        return self.cpu_seconds
+
+    def collect(self) -> int:
+        self.collected += 1
+        self.cpu_seconds += 0.05  # a collection costs CPU time too
+        return 0
+
+
+def started(clock: Clock, process: Process, **kwargs: float) -> IdleCollector:
+    """A running collector; by default it collects at the first quiet interval (no linger)."""
+    kwargs.setdefault("linger", 0.0)
+    collector = IdleCollector(clock, cpu=process.cpu, collect=process.collect, **kwargs)
+    collector.startService()
+    return collector
+
+
+def run(clock: Clock, process: Process, busy_share: float, intervals: int, interval: float = 5.0) -> None:
+    """``intervals`` intervals in which the process spends ``busy_share`` of the time on the CPU."""
+    for _ in range(intervals):
+        process.cpu_seconds += busy_share * interval
+        clock.advance(interval)
+
+
+def test_collects_once_after_a_burst_when_quiet() -> None:
+    clock, process = Clock(), Process()
+    collector = started(clock, process)
+    run(clock, process, 0.9, 3)  # a 15 s burst: no collection while it lasts
+    assert process.collected == 0
+    run(clock, process, 0.02, 1)  # the first quiet interval
+    assert process.collected == 1 and collector.collections == 1
+    assert collector.last_pause is not None and collector.last_pause >= 0
+    run(clock, process, 0.02, 20)  # quiet from then on: nothing more to give back
+    assert process.collected == 1
+
+
+def test_waits_for_the_burst_data_to_expire() -> None:
+    """With ``linger``, the collection comes that long into the quiet; a busy interval restarts the wait."""
+    clock, process = Clock(), Process()
+    started(clock, process, linger=32.0)
+    run(clock, process, 0.9, 2)
+    run(clock, process, 0.0, 6)  # quiet for 30 s
+    assert process.collected == 0
+    run(clock, process, 0.5, 1)  # busy again: the burst goes on
+    run(clock, process, 0.0, 6)
+    assert process.collected == 0
+    run(clock, process, 0.0, 1)  # quiet for 35 s
+    assert process.collected == 1
+    run(clock, process, 0.0, 20)
+    assert process.collected == 1
+
+
+def test_the_default_linger_is_how_long_answers_are_kept() -> None:
+    assert IdleCollector(Clock()).linger == 64 * T1
+
+
+def test_every_burst_gets_its_collection() -> None:
+    clock, process = Clock(), Process()
+    started(clock, process)
+    for burst in range(1, 4):
+        run(clock, process, 0.5, 2)
+        run(clock, process, 0.0, 2)
+        assert process.collected == burst
+
+
+def test_never_during_sustained_load_nor_under_light_or_no_load() -> None:
+    for busy_share in (0.5, 0.05, 0.0):  # always busy; light work, 25 s of CPU over 500 s; idle
+        clock, process = Clock(), Process()
+        started(clock, process)
+        run(clock, process, busy_share, 100)
+        assert process.collected == 0, busy_share
+
+
+def test_a_short_burst_is_not_worth_a_collection() -> None:
+    clock, process = Clock(), Process()
+    started(clock, process)
+    run(clock, process, 0.15, 1)  # busy, but 0.75 s of CPU: below one second of work
+    run(clock, process, 0.0, 5)
+    assert process.collected == 0
+    run(clock, process, 0.2, 1)  # together with the earlier work, more than a second
+    run(clock, process, 0.0, 1)
+    assert process.collected == 1
+
+
+def test_thresholds_are_settings() -> None:
+    clock, process = Clock(), Process()
+    started(clock, process, interval=1.0, burst_cpu=0.2, quiet_share=0.5)
+    run(clock, process, 0.6, 1, interval=1.0)  # 0.6 s of work: busy at 60%
+    run(clock, process, 0.4, 1, interval=1.0)  # 40% busy counts as quiet at 50%
+    assert process.collected == 1
+
+
+def test_stop_ends_the_readings() -> None:
+    clock, process = Clock(), Process()
+    collector = started(clock, process)
+    run(clock, process, 0.9, 2)
+    collector.stopService()
+    assert clock.getDelayedCalls() == []
+    run(clock, process, 0.0, 3)
+    assert process.collected == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"interval": 0}, {"burst_cpu": -1}, {"quiet_share": 0}, {"quiet_share": 1}, {"linger": -1}]
+)
+def test_bad_thresholds_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        IdleCollector(Clock(), **kwargs)
+
+
+def test_by_default_it_collects_the_real_heap() -> None:
+    """The defaults: the process's own CPU time and gc.collect, which frees a reference cycle."""
+    collector = IdleCollector(Clock(), burst_cpu=1e-9, quiet_share=0.999999, interval=1e6, linger=0)
+    collector.startService()
+
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.self = cycle  # type: ignore[attr-defined]
+    gc.disable()
+    try:
+        collector._since_collection -= 1.0  # as if a second of work had been done
+        collector._busy = True
+        del cycle
+        before = gc.get_count()[0] if hasattr(gc, "get_count") else None
+        assert collector.check()
+        assert collector.collections == 1
+        if before is not None:
+            assert gc.get_count()[0] <= before
+    finally:
+        gc.enable()
+        collector.stopService()
