@@ -1,6 +1,7 @@
 """
 Giving a burst's memory back: :class:`IdleCollector` runs one full garbage
-collection once the process goes quiet after a burst of work.
+collection (:func:`release_memory`) once the process goes quiet after a burst
+of work.
 
 A burst (a replication storm, a resync) leaves garbage behind: the answers and
 transactions it kept, the objects of every message.  CPython frees most of it
@@ -11,7 +12,11 @@ usual size long after the burst, until enough new work comes to trigger a
 collection.  A full collection while the process is quiet costs a pause
 nobody waits for.  Part of a burst's data outlives it on purpose: a node keeps
 its answers for 64×T1 (32 s by default) to answer retransmissions, so the
-collection waits that long into the quiet.
+collection waits that long into the quiet.  What the collection frees goes
+back to the allocator, which keeps it for the next burst; where the C library
+is glibc, :func:`release_memory` then asks it to give its free pages back to
+the system (``malloc_trim``).  That matters most on PyPy, whose heap lives in
+memory from ``malloc``.
 
 The collector watches the process's own CPU time (one reading per interval;
 nothing on the request path), so it serves every node of a process together,
@@ -21,6 +26,7 @@ however many there are.
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -30,7 +36,7 @@ from twisted.logger import Logger
 
 from dmq.sip.transaction import T1
 
-__all__ = ["IdleCollector", "BURST_CPU", "CHECK_INTERVAL", "LINGER", "QUIET_SHARE"]
+__all__ = ["IdleCollector", "BURST_CPU", "CHECK_INTERVAL", "LINGER", "QUIET_SHARE", "malloc_trim", "release_memory"]
 
 log = Logger()
 
@@ -47,9 +53,43 @@ LINGER = 64 * T1
 """Seconds a burst's data outlives it: how long a node keeps its answers (64×T1 with the default T1)."""
 
 
+_NOT_LOOKED_UP: Any = object()
+_trim: Any = _NOT_LOOKED_UP
+
+
+def malloc_trim() -> Optional[Callable[[int], int]]:
+    """
+    glibc's ``malloc_trim``, or None where the C library has none (musl,
+    macOS) or ctypes cannot load it.  Looked up on first use: ctypes is not
+    imported by a node that never collects.
+    """
+    global _trim
+    if _trim is _NOT_LOOKED_UP:
+        _trim = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                _trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+                if _trim is not None:
+                    _trim.argtypes = [ctypes.c_size_t]
+                    _trim.restype = ctypes.c_int
+            except (ImportError, OSError):
+                pass
+    return _trim
+
+
+def release_memory() -> None:
+    """One full garbage collection, then the C library's free pages back to the system (glibc)."""
+    gc.collect()
+    trim = malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class IdleCollector(Service):
     """
-    Runs one full garbage collection (``gc.collect()``) once the process
+    Runs one full garbage collection (:func:`release_memory`) once the process
     has been quiet for ``linger`` seconds after a burst.  An interval is
     quiet when the process spent at most ``quiet_share`` of it on the CPU;
     a burst is at least one busy interval and ``burst_cpu`` CPU seconds of
@@ -65,7 +105,7 @@ class IdleCollector(Service):
     :param linger: seconds a burst's data outlives it; ``twistd dmq``
         passes how long its node keeps answers (64×T1, T1 at least 500 ms).
     :param cpu: the process's CPU seconds (default: ``time.process_time``).
-    :param collect: the collection (default: ``gc.collect``).
+    :param collect: the collection (default: :func:`release_memory`).
     :ivar collections: how many collections it has run.
     :ivar last_pause: the wall-clock seconds the last one took, or None.
     """
@@ -78,7 +118,7 @@ class IdleCollector(Service):
         quiet_share: float = QUIET_SHARE,
         linger: float = LINGER,
         cpu: Callable[[], float] = time.process_time,
-        collect: Callable[[], Any] = gc.collect,
+        collect: Callable[[], Any] = release_memory,
     ) -> None:
         if interval <= 0 or burst_cpu <= 0 or linger < 0 or not 0 < quiet_share < 1:
             raise ValueError(
