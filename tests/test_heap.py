@@ -50,10 +50,10 @@ def test_collects_once_after_a_burst_when_quiet() -> None:
     collector = started(clock, process)
     run(clock, process, 0.9, 3)  # a 15 s burst: no collection while it lasts
     assert process.collected == 0
-    run(clock, process, 0.02, 1)  # the first quiet interval
+    run(clock, process, 0.01, 1)  # the first quiet interval
     assert process.collected == 1 and collector.collections == 1
     assert collector.last_pause is not None and collector.last_pause >= 0
-    run(clock, process, 0.02, 20)  # quiet from then on: nothing more to give back
+    run(clock, process, 0.01, 20)  # quiet from then on: nothing more to give back
     assert process.collected == 1
 
 
@@ -87,27 +87,28 @@ def test_every_burst_gets_its_collection() -> None:
 
 
 def test_never_during_sustained_load_nor_under_light_or_no_load() -> None:
-    for busy_share in (0.5, 0.05, 0.0):  # always busy; light work, 25 s of CPU over 500 s; idle
+    for busy_share in (0.5, 0.01, 0.0):  # always busy; light work, 5 s of CPU over 500 s; idle
         clock, process = Clock(), Process()
         started(clock, process)
         run(clock, process, busy_share, 100)
         assert process.collected == 0, busy_share
 
 
-def test_a_short_burst_is_not_worth_a_collection() -> None:
+def test_a_small_burst_counts() -> None:
+    """0.3 s of CPU in one interval (6%: a PyPy node receiving 20,000 sets) is a burst; 2% is not."""
     clock, process = Clock(), Process()
     started(clock, process)
-    run(clock, process, 0.15, 1)  # busy, but 0.75 s of CPU: below one second of work
+    run(clock, process, 0.02, 1)
     run(clock, process, 0.0, 5)
     assert process.collected == 0
-    run(clock, process, 0.2, 1)  # together with the earlier work, more than a second
+    run(clock, process, 0.06, 1)
     run(clock, process, 0.0, 1)
     assert process.collected == 1
 
 
 def test_thresholds_are_settings() -> None:
     clock, process = Clock(), Process()
-    started(clock, process, interval=1.0, burst_cpu=0.2, quiet_share=0.5)
+    started(clock, process, interval=1.0, quiet_share=0.5)
     run(clock, process, 0.6, 1, interval=1.0)  # 0.6 s of work: busy at 60%
     run(clock, process, 0.4, 1, interval=1.0)  # 40% busy counts as quiet at 50%
     assert process.collected == 1
@@ -124,7 +125,7 @@ def test_stop_ends_the_readings() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"interval": 0}, {"burst_cpu": -1}, {"quiet_share": 0}, {"quiet_share": 1}, {"linger": -1}]
+    "kwargs", [{"interval": 0}, {"quiet_share": 0}, {"quiet_share": 1}, {"linger": -1}]
 )
 def test_bad_thresholds_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
