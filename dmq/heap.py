@@ -30,8 +30,7 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-from twisted.application.service import Service
-from twisted.internet.task import LoopingCall
+from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
 from dmq.sip.transaction import T1
@@ -88,7 +87,7 @@ def release_memory() -> None:
         trim(0)
 
 
-class IdleCollector(Service):
+class IdleCollector(TimerService):
     """
     Runs one full garbage collection (:func:`release_memory`) once the
     process has been quiet for ``linger`` seconds after a burst.  An
@@ -122,6 +121,7 @@ class IdleCollector(Service):
     ) -> None:
         if interval <= 0 or linger < 0 or not 0 < quiet_share < 1:
             raise ValueError("interval must be positive, linger not negative, quiet_share between 0 and 1")
+        super().__init__(interval, self.check)
         self.clock = clock
         self.interval = interval
         self.quiet_share = quiet_share
@@ -134,21 +134,11 @@ class IdleCollector(Service):
         self._busy = False
         self._quiet_since = 0.0
         """When the last busy interval ended."""
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = clock
 
     def startService(self) -> None:  # noqa: N802
         """Read the CPU time now and every :attr:`interval` seconds."""
-        super().startService()
         self._last_reading = self._cpu()
-        if not self._loop.running:
-            self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> None:  # noqa: N802
-        """Stop reading."""
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
+        super().startService()
 
     def check(self) -> bool:
         """Take one reading; collect if a burst is over.  Returns whether it collected."""

@@ -35,8 +35,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import quote
 
-from twisted.application.service import Service
-from twisted.internet.task import LoopingCall
+from twisted.application.internet import TimerService
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -79,7 +78,7 @@ MAX_PEER_STATUS = 8192
 _CSP = b"default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 
-class RateSampler(Service):
+class RateSampler(TimerService):
     """
     Reads a node's message counters (received and sent, all channels) at
     regular intervals on the node's clock, and keeps the last readings.
@@ -91,23 +90,11 @@ class RateSampler(Service):
     """
 
     def __init__(self, dmq: "DMQService", interval: float = SAMPLE_INTERVAL, keep: int = SAMPLES) -> None:
+        super().__init__(interval, self.sample)
+        self.clock = dmq.clock
         self.dmq = dmq
         self.interval = interval
         self.samples: deque[tuple[float, int, int]] = deque(maxlen=keep)
-        self._loop = LoopingCall(self.sample)
-        self._loop.clock = dmq.clock
-
-    def startService(self) -> None:  # noqa: N802
-        """Read the counters now and every :attr:`interval` seconds."""
-        super().startService()
-        if not self._loop.running:
-            self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> None:  # noqa: N802
-        """Stop reading (the readings are kept)."""
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
 
     def sample(self) -> None:
         """Take one reading."""
