@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Optional, Union
 
@@ -89,6 +88,25 @@ class _Outcomes:
         self._missing -= 1
         if not self._missing and not self.deferred.called:
             self.deferred.callback(self._results)
+
+
+class _Place:
+    """
+    Where one message's outcome goes: the ``done`` of an outbox item.  One
+    small object per message and node, as many as a burst queues, where a
+    ``functools.partial`` would cost three (itself, its arguments and its
+    keywords).
+    """
+
+    __slots__ = ("outcomes", "index", "node")
+
+    def __init__(self, outcomes: _Outcomes, index: int, node: Node) -> None:
+        self.outcomes = outcomes
+        self.index = index
+        self.node = node
+
+    def __call__(self, result: Union[int, Failure]) -> None:
+        self.outcomes.put(self.index, self.node, result)
 
 
 class ReplicatedPeer(Peer):
@@ -223,11 +241,10 @@ class ReplicatedPeer(Peer):
             return defer.succeed([])
         outcomes = _Outcomes(len(bodies) * len(targets))
         post = self._outbox.post
-        put = outcomes.put
         index = 0
         for body in bodies:
             for node in targets:
-                post(node, body, partial(put, index, node), group=group, key=key)
+                post(node, body, _Place(outcomes, index, node), group=group, key=key)
                 index += 1
         self.replicated += len(bodies)
         return outcomes.deferred
