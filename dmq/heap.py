@@ -102,6 +102,8 @@ class IdleCollector(TimerService):
     service tree, one for the whole process.
 
     :param clock: the reactor (or a ``task.Clock`` in tests).
+    :param interval: seconds between two readings (the timer's ``step``).
+    :param quiet_share: the share of an interval above which it is busy.
     :param linger: seconds a burst's data outlives it; ``twistd dmq``
         passes how long its node keeps answers (64×T1, T1 at least 500 ms).
     :param cpu: the process's CPU seconds (default: ``time.process_time``).
@@ -123,7 +125,6 @@ class IdleCollector(TimerService):
             raise ValueError("interval must be positive, linger not negative, quiet_share between 0 and 1")
         super().__init__(interval, self.check)
         self.clock = clock
-        self.interval = interval
         self.quiet_share = quiet_share
         self.linger = linger
         self._cpu = cpu
@@ -146,7 +147,7 @@ class IdleCollector(TimerService):
         last_interval = now - self._last_reading
         self._last_reading = now
         seconds = float(self.clock.seconds())
-        if last_interval > self.quiet_share * self.interval:
+        if last_interval > self.quiet_share * self.step:
             self._busy = True
             self._quiet_since = seconds
             return False

@@ -84,7 +84,7 @@ class RateSampler(TimerService):
     regular intervals on the node's clock, and keeps the last readings.
 
     :param dmq: the node.
-    :param interval: seconds between readings.
+    :param interval: seconds between readings (the timer's ``step``).
     :param keep: how many readings to keep.
     :ivar samples: ``(time, received, sent)`` readings, oldest first.
     """
@@ -93,7 +93,6 @@ class RateSampler(TimerService):
         super().__init__(interval, self.sample)
         self.clock = dmq.clock
         self.dmq = dmq
-        self.interval = interval
         self.samples: deque[tuple[float, int, int]] = deque(maxlen=keep)
 
     def sample(self) -> None:
@@ -207,7 +206,7 @@ def status_data(dmq: "DMQService", sampler: Optional[RateSampler] = None) -> dic
         "peers": summaries,
         "events": events,
         "rates": {
-            "interval": sampler.interval if sampler is not None else SAMPLE_INTERVAL,
+            "interval": sampler.step if sampler is not None else SAMPLE_INTERVAL,
             "samples": [{"time": t, "received": r, "sent": s} for t, r, s in rates],
         },
     }
