@@ -137,7 +137,7 @@ class IdleCollector(TimerService):
         """When the last busy interval ended."""
 
     def startService(self) -> None:  # noqa: N802
-        """Read the CPU time now and every :attr:`interval` seconds."""
+        """Read the CPU time now and every :attr:`step` seconds."""
         self._last_reading = self._cpu()
         super().startService()
 
