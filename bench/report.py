@@ -243,7 +243,8 @@ def fanout_memory(r: dict[str, Any]) -> list[str]:
         f"replicate a burst at its sets/s above, plus {r['answer_kept_s']:g} s, the time dmq keeps each answer "
         "for retransmissions, plus two 5 s readings of the idle collector, plus 4 s: "
         + ", ".join(f"{r['settle_s'][n]:.0f} s with {n}" for n in sorted(r["settle_s"], key=int)) + ");",
-        "and the same after a second, identical burst. The bursts cycle over",
+        "and the same after a second, identical burst. Each cluster's burst runs alone: the next cluster's",
+        "starts once this one has had the time to replicate it at its sets/s above. The bursts cycle over",
         f"{r['burst_keys']:,} keys the warm-up set, so the tables hold the same keys throughout: what stays",
         "above the baseline is what a burst left behind. The dmq processes run the idle collector of",
         "`twistd dmq` (`dmq.heap.IdleCollector`): one full garbage collection once a process has been",

@@ -272,11 +272,11 @@ def fanout(plan: Plan, workdir: Path) -> Results:
                     runs[impl].setdefault(f"{receivers}/{label}", []).append(result)
                     if rep == 0 and receivers == plan.receivers[-1]:
                         commands.append((impl, args))
-            # The slowest cluster may still be replicating a burst for up to sets / its sets/s.
-            slowest = min(sorted(float(x["replicated_rate"]) for x in runs[impl][f"{receivers}/load"])[plan.reps // 2]
-                          for impl in clusters)
-            settle[str(receivers)] = settle_seconds(plan.burst, slowest)
-            memory[str(receivers)] = burst_memory(plan, clusters, fresh, settle[str(receivers)])
+            # Each cluster's median sets/s; the slowest may still be replicating a burst for up to sets / that.
+            rates = {impl: sorted(float(x["replicated_rate"]) for x in runs[impl][f"{receivers}/load"])[plan.reps // 2]
+                     for impl in clusters}
+            settle[str(receivers)] = settle_seconds(plan.burst, min(rates.values()))
+            memory[str(receivers)] = burst_memory(plan, clusters, fresh, settle[str(receivers)], rates)
             shm = clusters["kamailio"].kamailio[0].rpc("core.shmmem")
             shm_peaks[str(receivers)] = int(shm["max_used"]) // 1024
         finally:
@@ -298,7 +298,7 @@ def settle_seconds(sets: int, rate: float) -> float:
 
 
 def burst_memory(plan: Plan, clusters: dict[str, Cluster], fresh: dict[str, int],
-                 settle: float) -> dict[str, dict[str, float]]:
+                 settle: float, rates: dict[str, float]) -> dict[str, dict[str, float]]:
     """
     Each fan-out cluster's memory (PSS of all its processes, KiB): ``fresh`` (converged, before any
     load), ``baseline`` (after the warm-up and the reps, their transactions over), ``burst`` (just
@@ -306,7 +306,9 @@ def burst_memory(plan: Plan, clusters: dict[str, Cluster], fresh: dict[str, int]
     burst's transactions over too: ``settle`` seconds later), and ``after2`` (the same once more after a second, identical
     burst). The tables hold the same keys throughout, so whatever ``after`` keeps above
     ``baseline`` is what the burst left behind, and ``after2`` above ``after`` what a burst adds
-    each time.
+    each time. Each cluster's burst runs alone: the next cluster's starts once this one has had
+    the time to replicate it at its sets/s in ``rates``, so that no burst is replicated while
+    another cluster's burst takes the CPU.
     """
     readings = {impl: {"fresh_kb": float(fresh[impl])} for impl in clusters}
     for suffix in ("", "2"):
@@ -318,6 +320,7 @@ def burst_memory(plan: Plan, clusters: dict[str, Cluster], fresh: dict[str, int]
                                "--keys", min(BURST_KEYS, plan.jit_warmup_sets), "--prefix", "warm")
             readings[impl][f"burst{suffix}_kb"] = float(memory_kb(cluster.pids())[1])
             readings[impl][f"burst{suffix}_rate"] = float(burst["rate"])
+            time.sleep(max(0.0, plan.burst / max(rates[impl], 1.0) - float(burst["elapsed_s"])))
     time.sleep(settle)
     for impl, cluster in clusters.items():
         readings[impl]["after2_kb"] = float(memory_kb(cluster.pids())[1])

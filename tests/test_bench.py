@@ -32,7 +32,8 @@ from cluster import (  # noqa: E402
     FloorProcess,
     join_as_member,
 )
-from scenarios import settle_seconds  # noqa: E402
+import scenarios  # noqa: E402
+from scenarios import Plan, burst_memory, settle_seconds  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +232,32 @@ def test_the_burst_settle_outlasts_the_answers_a_dmq_node_keeps() -> None:
     layer = TransactionLayer(FakeSIPTransport(clock, ("udp",)), None, reactor=clock, t1=T1_MS / 1000)
     assert layer.completed_servers.lifetime * 1000 == ANSWER_KEPT_MS
     assert settle_seconds(20000, 2000) == 20000 / 2000 + ANSWER_KEPT_MS / 1000 + 2 * CHECK_INTERVAL + 4
+
+
+def test_each_cluster_replicates_its_burst_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a cluster's burst the next cluster's waits until the first has had the time to replicate it
+    at its own sets/s; readings come from each cluster's own processes."""
+    events: list[tuple[str, object]] = []
+
+    class FakeCluster:
+        def __init__(self, pid: int) -> None:
+            self.pid = pid
+            self.addresses = [(f"127.0.0.{pid}", 5060), ("127.0.0.9", 5060)]
+
+        def pids(self) -> list[int]:
+            return [self.pid]
+
+    def run_client(*args: object) -> dict[str, float]:
+        events.append(("burst", args[1]))
+        return {"rate": 5000.0, "elapsed_s": 4.0}
+
+    monkeypatch.setattr(scenarios, "run_client", run_client)
+    monkeypatch.setattr(scenarios, "memory_kb", lambda pids: (0, 1000 * pids[0]))
+    monkeypatch.setattr(scenarios.time, "sleep", lambda seconds: events.append(("sleep", seconds)))
+    clusters = {"slow": FakeCluster(1), "fast": FakeCluster(2)}
+    readings = burst_memory(Plan(burst=20000), clusters, {"slow": 10, "fast": 20}, 60.0,  # type: ignore[arg-type]
+                            {"slow": 1000.0, "fast": 10000.0})
+    first_round = [("sleep", 60.0), ("burst", "127.0.0.1:5060"), ("sleep", 16.0),  # 20,000 sets at 1,000/s, 4 s gone
+                   ("burst", "127.0.0.2:5060"), ("sleep", 0.0)]  # at 10,000/s: done within the client's 4 s
+    assert events == first_round * 2 + [("sleep", 60.0)]
+    assert readings["slow"]["baseline_kb"] == 1000.0 and readings["fast"]["after2_kb"] == 2000.0
