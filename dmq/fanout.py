@@ -9,13 +9,16 @@ to the cluster.
     outbox.send(node, b"...", group="t")            # the whole group "t": waits for and holds back all of it
     outbox.send(node, lambda: build_chunk())        # a body built when its turn comes
     outbox.post(node, b"...", done, group="t")      # the same without a Deferred: done(code)
+    outbox.post_all(nodes, b"...", done, group="t", key="a")  # one item to each node: done(node, code) for each
 
 An :class:`Outbox` hands messages to a send function with at most
 ``window`` of them awaiting an answer, so a burst cannot flood the nodes.
 Per node, an item with an ordering key is not sent while an earlier item of
 the same key to that node is in flight: Kamailio hands incoming DMQ
 messages to several worker processes, so two messages in flight at once may
-be applied in either order.  Nodes take turns for free slots.
+be applied in either order.  Nodes take turns for free slots.  A message
+for several nodes (:meth:`Outbox.post_all`) is one item, queued by each of
+them: a backlog costs a reference per node, not an item.
 
 It knows nothing of channels or services: the send function is given, and
 answers each message with a status code (408 for a timeout, and so on).
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from functools import partial
-from typing import Any, Callable, Hashable, Optional, Union
+from typing import Any, Callable, Hashable, Iterable, Optional, Union
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -34,7 +37,7 @@ from twisted.python.failure import Failure
 
 from dmq.node import Node, NodeKey
 
-__all__ = ["Outbox", "SendFunction", "SendThenFunction", "Done", "Body", "NOT_SENT", "MAX_QUEUED"]
+__all__ = ["Outbox", "SendFunction", "SendThenFunction", "Done", "NodeDone", "Body", "NOT_SENT", "MAX_QUEUED"]
 
 log = Logger()
 
@@ -54,28 +57,50 @@ NOT_SENT = 503
 Done = Callable[[Union[int, Failure]], object]
 """Told once what became of an item: the status code, or a failure (a Deferred's ``callback`` serves)."""
 
+NodeDone = Callable[[Node, Union[int, Failure]], object]
+"""Told once for each node what became of a message posted to several: the node, and its code or a failure."""
+
 SendThenFunction = Callable[[Node, bytes, Callable[[int], object]], None]
 """Sends one body to one node and calls back with the status code the node answered."""
 
 
 class _Item:
-    """One queued message to one node (``group`` ``None``: unordered; ``key`` ``None``: the whole group)."""
+    """
+    One queued message to one node, told ``done(code)`` (``group`` ``None``:
+    unordered; ``key`` ``None``: the whole group).
+    """
 
-    __slots__ = ("node", "body", "group", "key", "done")
+    __slots__ = ("body", "group", "key", "done")
+    shared = False
 
-    def __init__(self, node: Node, body: Body, group: Optional[Hashable], key: Optional[Hashable], done: Done) -> None:
-        self.node = node
+    def __init__(self, body: Body, group: Optional[Hashable], key: Optional[Hashable], done: Any) -> None:
         self.body = body
         self.group = group
         self.key = key
         self.done = done
 
 
+class _Shared(_Item):
+    """One message to several nodes, each queueing the same item, told ``done(node, code)`` for each."""
+
+    __slots__ = ()
+    shared = True
+
+
+def _tell(node: Node, item: _Item, result: "Union[int, Failure]") -> None:
+    """Tell ``item``'s ``done`` what became of it at ``node``."""
+    if item.shared:
+        item.done(node, result)
+    else:
+        item.done(result)
+
+
 class _Lane:
     """The messages for one node, and which keys and groups have one in flight."""
 
-    def __init__(self, node_key: NodeKey) -> None:
-        self.node_key = node_key
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.node_key = node.key
         self.queue: deque[_Item] = deque()
         self.keys: dict[tuple[Hashable, Hashable], int] = {}
         self.groups: dict[Hashable, int] = {}
@@ -244,6 +269,33 @@ class Outbox:
         """
         if group is None and key is not None:
             raise ValueError("an ordering key needs a group")
+        self._offer(node, _Item(body, group, key, done))
+
+    def post_all(
+        self,
+        nodes: Iterable[Node],
+        body: Body,
+        done: NodeDone,
+        *,
+        group: Optional[Hashable] = None,
+        key: Optional[Hashable] = None,
+    ) -> None:
+        """
+        :meth:`post` the same message to each of ``nodes``, as one item
+        that each of them queues: ``done(node, result)`` is called once for
+        each node, as :meth:`post` calls ``done(result)``.  A body built when
+        its turn comes is built once for each node.
+
+        :raises ValueError: for a ``key`` without a ``group``.
+        """
+        if group is None and key is not None:
+            raise ValueError("an ordering key needs a group")
+        item = _Shared(body, group, key, done)
+        for node in nodes:
+            self._offer(node, item)
+
+    def _offer(self, node: Node, item: _Item) -> None:
+        """Start ``item`` for ``node`` when nothing waits and it may go, else queue it."""
         lanes = self._lanes
         node_key = node.key
         lane = lanes.get(node_key)
@@ -251,34 +303,37 @@ class Outbox:
             not self.queued
             and self.in_flight < self.window
             and not self._pumping
-            and (lane is None or lane.free_for(group, key))
+            and (lane is None or lane.free_for(item.group, item.key))
         ):
             # Nothing waits anywhere and the item may go: what _pump would
             # do, without walking the lanes.  A served node goes to the back.
             if lane is None:
-                lane = lanes[node_key] = _Lane(node_key)
+                lane = lanes[node_key] = _Lane(node)
             else:
+                lane.node = node
                 lanes.move_to_end(node_key)
                 if lane.overflowing and self.max_queued // 2:
                     lane.overflowing = False  # its queue is empty: as in _enqueue
             self._pumping = True  # what the item's body or send queues waits for its turn, as in _pump
             try:
-                self._start(lane, _Item(node, body, group, key, done))
+                self._start(lane, item)
             finally:
                 self._pumping = False
             self._pump()
             return
-        self._enqueue(node, body, done, group, key)
+        self._enqueue(node, item)
 
-    def _enqueue(self, node: Node, body: Body, done: Done, group: Optional[Hashable], key: Optional[Hashable]) -> None:
-        """Queue the item (or refuse it, its node's queue full) and send what may go: the general way of :meth:`post`."""
+    def _enqueue(self, node: Node, item: _Item) -> None:
+        """Queue the item (or refuse it, its node's queue full) and send what may go: the general way of :meth:`_offer`."""
         lanes = self._lanes
         node_key = node.key
         lane = lanes.get(node_key)
         if lane is None:
             # A new node has waited longest: it comes first in the next round.
-            lane = lanes[node_key] = _Lane(node_key)
+            lane = lanes[node_key] = _Lane(node)
             lanes.move_to_end(node_key, last=False)
+        else:
+            lane.node = node
         if len(lane.queue) >= self.max_queued:
             self.overflowed += 1
             if not lane.overflowing:
@@ -288,11 +343,11 @@ class Outbox:
                     count=len(lane.queue),
                     uri=str(node.uri),
                 )
-            done(NOT_SENT)
+            _tell(node, item, NOT_SENT)
             return
         if lane.overflowing and len(lane.queue) < self.max_queued // 2:
             lane.overflowing = False  # warned again only when it fills again after draining by half
-        lane.queue.append(_Item(node, body, group, key, done))
+        lane.queue.append(item)
         self.queued += 1
         self._pump()
 
@@ -302,7 +357,7 @@ class Outbox:
         self.queued = 0
         for lane in lanes.values():
             while lane.queue:
-                lane.queue.popleft().done(NOT_SENT)
+                _tell(lane.node, lane.queue.popleft(), NOT_SENT)
 
     def _pump(self) -> None:
         if self._pumping or not self.queued:
@@ -335,11 +390,11 @@ class Outbox:
                 body = item.body()
             except Exception:
                 self._forget_if_idle(lane)
-                item.done(Failure())
+                _tell(lane.node, item, Failure())
                 return
             if body is None:
                 self._forget_if_idle(lane)
-                item.done(NOT_SENT)
+                _tell(lane.node, item, NOT_SENT)
                 return
         else:
             body = item.body
@@ -348,13 +403,13 @@ class Outbox:
         send_then = self._send_then
         if send_then is not None:
             try:
-                send_then(item.node, body, partial(self._done, lane, item))
+                send_then(lane.node, body, partial(self._done, lane, item))
             except Exception:
                 self._done(lane, item, Failure())
             return
         assert self._send is not None
         try:
-            sent: Deferred[int] = self._send(item.node, body)
+            sent: Deferred[int] = self._send(lane.node, body)
         except Exception:
             sent = defer.fail()
         if not isinstance(sent, Deferred):
@@ -368,7 +423,7 @@ class Outbox:
         self.in_flight -= 1
         lane.started(item, -1)
         self._forget_if_idle(lane)
-        item.done(result)
+        _tell(lane.node, item, result)
         if self.queued:
             self._pump()
 

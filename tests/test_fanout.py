@@ -23,46 +23,52 @@ C = Node("127.0.0.1", 5062)
 class GeneralOutbox(Outbox):
     """An outbox that always queues and pumps: the general way, without the shortcut of an idle outbox."""
 
-    def post(
-        self, node: Node, body: Any, done: Any, *, group: Optional[Hashable] = None, key: Optional[Hashable] = None
-    ) -> None:
-        self._enqueue(node, body, done, group, key)
+    def _offer(self, node: Node, item: Any) -> None:
+        self._enqueue(node, item)
 
 
-def run_script(seed: int, kind: str) -> tuple[list[tuple[Node, bytes]], dict[int, Union[int, str]], list[Any]]:
+def run_script(seed: int, kind: str) -> tuple[list[tuple[Node, bytes]], dict[tuple[int, int], Union[int, str]], list[Any]]:
     """
-    A random run of sends, answers and window changes (the same for one
-    ``seed``) through an outbox of ``kind``: ``general`` (queued and pumped
-    every time), ``send`` (Deferreds) or ``post`` (``send_then`` and plain
-    callbacks).  Returns what went out, each item's outcome, and the lanes left.
+    A random run of sends to one or more nodes, answers and window changes
+    (the same for one ``seed``) through an outbox of ``kind``: ``general``
+    (queued and pumped every time), ``send`` (Deferreds), ``post``
+    (``send_then`` and plain callbacks, one item per node) or ``all``
+    (``send_then`` and ``post_all``, one item for all the nodes of a send).
+    Returns what went out, each item's outcome at each node, and the lanes left.
     """
     rng = random.Random(seed)
     wire = ManualSend()
-    results: dict[int, Union[int, str]] = {}
-    if kind == "post":
+    results: dict[tuple[int, int], Union[int, str]] = {}
+    if kind in ("post", "all"):
         outbox = Outbox(None, window=3, max_queued=6,
                         send_then=lambda node, body, then: wire(node, body).addCallback(then))
     else:
         outbox = (GeneralOutbox if kind == "general" else Outbox)(wire, window=3, max_queued=6)
 
-    def record(index: int) -> Any:
+    def record(index: int, node: Node) -> Any:
         def done(result: Union[int, Failure]) -> None:
-            results[index] = result if isinstance(result, int) else repr(result.value)
+            results[index, node.port] = result if isinstance(result, int) else repr(result.value)
         return done
+
+    def record_each(index: int) -> Any:
+        return lambda node, result: record(index, node)(result)
 
     for step in range(400):
         roll = rng.random()
         if roll < 0.5:
-            node = rng.choice([A, B, C])
+            nodes = rng.sample([A, B, C], rng.choice([1, 1, 2, 3]))
             group = rng.choice([None, "t", "t", "u"])
             key = None if group is None or rng.random() < 0.1 else rng.choice("abcd")
             body: Any = b"m%d" % step
             if rng.random() < 0.1:
                 body = rng.choice([lambda b=body: b, lambda: None])
-            if kind == "post":
-                outbox.post(node, body, record(step), group=group, key=key)
-            else:
-                outbox.send(node, body, group=group, key=key).addBoth(record(step))
+            if kind == "all":
+                outbox.post_all(nodes, body, record_each(step), group=group, key=key)
+            for node in nodes if kind != "all" else ():
+                if kind == "post":
+                    outbox.post(node, body, record(step, node), group=group, key=key)
+                else:
+                    outbox.send(node, body, group=group, key=key).addBoth(record(step, node))
         elif roll < 0.95:
             waiting = [d for _, _, d in wire.sent if not d.called]
             if waiting:
@@ -243,12 +249,14 @@ class OutboxTests(SynchronousTestCase):
     def test_shortcut_and_callbacks_change_nothing(self) -> None:
         """Random runs of sends, answers and window changes send the same messages in the same order, with the
         same outcomes, whether items are queued and pumped every time, sent at once when the outbox is idle,
-        or posted with plain callbacks."""
+        posted with plain callbacks, or posted once for all the nodes of a send."""
         for seed in range(30):
             general = run_script(seed, "general")
             self.assertGreater(len(general[0]), 100)
+            self.assertIn(NOT_SENT, general[1].values())  # full queues and withdrawn bodies are in the runs
             self.assertEqual(run_script(seed, "send"), general, seed)
             self.assertEqual(run_script(seed, "post"), general, seed)
+            self.assertEqual(run_script(seed, "all"), general, seed)
 
     def test_post_calls_back_without_a_deferred(self) -> None:
         """post hands the send_then function the body and calls done with the code it is told; a full queue

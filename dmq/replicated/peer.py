@@ -64,49 +64,54 @@ log = Logger()
 
 class _Outcomes:
     """
-    Collects ``count`` outcomes by their place, and fires :attr:`deferred`
-    with all of them once the last comes in (a failure fails it at once):
-    what ``gatherResults`` gives, without a Deferred for each.
+    What became of one change, each of its bodies at each of its nodes: it
+    fires :attr:`deferred` with every ``(node, code)``, body by body and
+    node by node (in the order of their keys), once the last comes in (a
+    failure fails it at once).  It is the ``done`` of the change's first
+    body in the outbox, which queues one item per body for all the nodes: a
+    queued change costs a few objects, whatever the number of nodes.
     """
 
     __slots__ = ("deferred", "_results", "_missing")
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, nodes: int, bodies: int) -> None:
         self.deferred: Deferred[list[Outcome]] = Deferred()
-        self._results: list[Any] = [None] * count
-        self._missing = count
-        if not count:
+        self._results: Optional[list[tuple[int, Node, int]]] = None  # made at the first answer
+        self._missing = bodies * nodes
+        if not self._missing:
             self.deferred.callback([])
 
-    def put(self, index: int, node: Node, result: Union[int, Failure]) -> None:
-        """The outcome of the ``index``-th message, to ``node``."""
+    def __call__(self, node: Node, result: Union[int, Failure]) -> None:
+        """The outcome of the first body at ``node``."""
+        self.put(0, node, result)
+
+    def put(self, body: int, node: Node, result: Union[int, Failure]) -> None:
+        """The outcome of the ``body``-th body at ``node``."""
         if isinstance(result, Failure):
             if not self.deferred.called:
                 self.deferred.errback(result)
             return
-        self._results[index] = (node, result)
+        results = self._results
+        if results is None:
+            results = self._results = []
+        results.append((body, node, result))
         self._missing -= 1
         if not self._missing and not self.deferred.called:
-            self.deferred.callback(self._results)
+            results.sort(key=lambda outcome: (outcome[0], outcome[1].key))
+            self.deferred.callback([(node, code) for _, node, code in results])
 
 
-class _Place:
-    """
-    Where one message's outcome goes: the ``done`` of an outbox item.  One
-    small object per message and node, as many as a burst queues, where a
-    ``functools.partial`` would cost three (itself, its arguments and its
-    keywords).
-    """
+class _Later:
+    """The ``done`` of a change's second or later body: its outcomes go to the change's :class:`_Outcomes`."""
 
-    __slots__ = ("outcomes", "index", "node")
+    __slots__ = ("outcomes", "body")
 
-    def __init__(self, outcomes: _Outcomes, index: int, node: Node) -> None:
+    def __init__(self, outcomes: _Outcomes, body: int) -> None:
         self.outcomes = outcomes
-        self.index = index
-        self.node = node
+        self.body = body
 
-    def __call__(self, result: Union[int, Failure]) -> None:
-        self.outcomes.put(self.index, self.node, result)
+    def __call__(self, node: Node, result: Union[int, Failure]) -> None:
+        self.outcomes.put(self.body, node, result)
 
 
 class ReplicatedPeer(Peer):
@@ -239,13 +244,10 @@ class ReplicatedPeer(Peer):
         targets = self.link.active_nodes()
         if not targets:
             return defer.succeed([])
-        outcomes = _Outcomes(len(bodies) * len(targets))
-        post = self._outbox.post
-        index = 0
-        for body in bodies:
-            for node in targets:
-                post(node, body, _Place(outcomes, index, node), group=group, key=key)
-                index += 1
+        outcomes = _Outcomes(len(targets), len(bodies))
+        post_all = self._outbox.post_all
+        for index, body in enumerate(bodies):
+            post_all(targets, body, _Later(outcomes, index) if index else outcomes, group=group, key=key)
         self.replicated += len(bodies)
         return outcomes.deferred
 
