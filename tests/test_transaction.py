@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import platform
+from typing import Callable
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -332,6 +333,51 @@ class ServerTransactionTests(SynchronousTestCase):
         self.assertIsNotNone(response.to.tag)
         self.assertEqual(transport.sent[0].address, PEER)
         self.assertEqual(layer.stats.retransmitted_requests, 2)
+
+    def test_retransmissions_get_the_same_bytes_however_the_answer_was_made(self) -> None:
+        """A retransmission gets the first answer byte for byte: a plain one kept as what makes it again, one
+        changed after make_response (a header added or set, a body) or answered later kept as its bytes."""
+
+        def added(request: Request, source: Source) -> Response:
+            response = make_response(request, 200, "Fine", server="x")
+            response.headers.add("X-Extra", "1")
+            return response
+
+        def set_header(request: Request, source: Source) -> Response:
+            response = make_response(request, 200)
+            response.headers.set("Server", "other")
+            return response
+
+        def with_body(request: Request, source: Source) -> Response:
+            response = make_response(request, 200, server=None)
+            response.body = b"late body"
+            return response
+
+        def later(request: Request, source: Source) -> "Deferred[Response]":
+            d: Deferred[Response] = Deferred()
+            clock.callLater(1, d.callback, make_response(request, 202, "Later"))
+            return d
+
+        cases = [
+            (lambda r, s: make_response(r, 404, "User Not Found", server="kamailio"), tuple, b" 404 User Not Found\r\n"),
+            (lambda r, s: make_response(r, 200, server=None), tuple, b"\r\nContent-Length: 0\r\n"),
+            (added, bytes, b"\r\nX-Extra: 1\r\n"),
+            (set_header, bytes, b"\r\nServer: other\r\n"),
+            (with_body, bytes, b"\r\n\r\nlate body"),
+            (later, tuple, b" 202 Later\r\n"),
+        ]
+        for handler, kept_as, part in cases:
+            clock, transport, layer = make_layer(handler=handler)
+            data = kdmq().to_bytes()
+            transport.receive(data, PEER)
+            clock.advance(1)
+            transport.receive(data, PEER)
+            transport.receive(data, PEER)
+            self.assertEqual(len(transport.sent), 3, part)
+            self.assertEqual(len({s.data for s in transport.sent}), 1, part)
+            self.assertIn(part, transport.sent[0].data)
+            [kept] = layer.completed_servers._entries.values()
+            self.assertIsInstance(kept, kept_as, part)
 
     def test_answer_at_once_makes_no_transaction(self) -> None:
         """A handler answering at once gets no server transaction; its answer goes out and stays for retransmissions."""
@@ -737,11 +783,11 @@ class ExpiringMapTests(SynchronousTestCase):
         self.assertEqual((len(kept), len(kept._order), len(kept._times), clock.getDelayedCalls()), (0, 0, 0, []))
 
     @pytest.mark.skipif(platform.python_implementation() != "CPython", reason="tracemalloc is CPython's")
-    def test_an_answer_kept_for_retransmissions_costs_little_more_than_its_bytes(self) -> None:
-        """What Timer J keeps per answered request: its bytes, and at most 250 bytes of key and bookkeeping."""
+    def kept_cost(self, answer: Callable[[Request, Source], Response]) -> tuple[float, TransactionLayer]:
+        """Bytes Timer J keeps per request answered by ``answer`` (2,000 measured), and the layer."""
         import tracemalloc  # CPython's alone: PyPy has no _tracemalloc
 
-        clock, transport, layer = make_layer(handler=lambda r, s: make_response(r, 200))
+        clock, transport, layer = make_layer(handler=answer)
         requests = [kdmq().to_bytes() for _ in range(3000)]
         for data in requests[:1000]:
             transport.receive(data, PEER)
@@ -758,9 +804,22 @@ class ExpiringMapTests(SynchronousTestCase):
         finally:
             tracemalloc.stop()
         self.assertEqual((sent, len(layer.completed_servers)), (1000, 3000))
-        answer = len(layer.completed_servers.get(next(reversed(layer.completed_servers._entries))) or b"")
-        self.assertGreater(answer, 200)
-        self.assertLessEqual(grown / 2000, answer + 250)
+        return grown / 2000, layer
+
+    @pytest.mark.skipif(platform.python_implementation() != "CPython", reason="tracemalloc is CPython's")
+    def test_an_answer_kept_for_retransmissions_costs_little(self) -> None:
+        """What Timer J keeps per answered request: for a plain answer (make_response from the request alone)
+        no bytes, at most 250 bytes of key and bookkeeping (its bytes alone are over 300); for an answer with
+        a body, its bytes and at most 250 more."""
+        plain, layer = self.kept_cost(lambda r, s: make_response(r, 404, "User Not Found", server="kamailio"))
+        kept = layer.completed_servers.get(next(reversed(layer.completed_servers._entries)))
+        self.assertEqual(kept, (404, "User Not Found", "kamailio"))
+        self.assertLessEqual(plain, 250)
+        with_body, layer = self.kept_cost(lambda r, s: make_response(r, 200, body=b"x" * 100, content_type="text/plain"))
+        answer = layer.completed_servers.get(next(reversed(layer.completed_servers._entries)))
+        assert isinstance(answer, bytes)
+        self.assertGreater(len(answer), 300)
+        self.assertLessEqual(with_body, len(answer) + 250)
 
     @pytest.mark.skipif(platform.python_implementation() != "CPython", reason="tracemalloc is CPython's")
     def test_a_map_emptied_after_a_burst_gives_its_memory_back(self) -> None:

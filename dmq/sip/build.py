@@ -170,11 +170,13 @@ def make_response(
         lines = ["Via: " + via for via in vias]
         lines += ("From: " + from_, "To: " + to, "Call-ID: " + call_id, "CSeq: " + cseq)
     index = {"via": vias.copy(), "from": [from_], "to": [to], "call-id": [call_id], "cseq": [cseq]}
+    extra = False
     for name, value in headers:
         check_field(name, value)
         value = value.strip(" \t")  # as it will read back
         lines.append(f"{name}: {value}")
         index.setdefault(canonical_key(name), []).append(value)
+        extra = True
     if body and content_type:
         lines.append("Content-Type: " + content_type)
         index["content-type"] = [content_type]
@@ -184,7 +186,12 @@ def make_response(
     length = str(len(body))
     lines.append("Content-Length: " + length)
     index["content-length"] = [length]
-    return Response(code, reason, Headers._prepared(index, lines=lines), body)
+    response = Response(code, reason, Headers._prepared(index, lines=lines), body)
+    if not (body or extra or to_tag or code == 100):
+        # Made from the request alone: the same call on a retransmission of
+        # the request makes the same bytes, as long as these lines stay.
+        response._plain = lines
+    return response
 
 
 def build_request(

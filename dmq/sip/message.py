@@ -336,7 +336,7 @@ class Response(Message):
     :ivar reason: the reason phrase.
     """
 
-    __slots__ = ("code", "reason")
+    __slots__ = ("code", "reason", "_plain")
 
     def __init__(
         self,
@@ -348,6 +348,22 @@ class Response(Message):
         super().__init__(headers, body)
         self.code = code
         self.reason = REASONS.get(code, "") if reason is None else reason
+        self._plain: Optional[list[str]] = None
+        """The header lines :func:`~dmq.sip.build.make_response` made from the request alone (see :meth:`remake`)."""
+
+    def remake(self) -> Optional[tuple[int, str, Optional[str]]]:
+        """
+        What makes this response again from a copy of its request, when it is
+        what :func:`~dmq.sip.build.make_response` made from the request alone
+        and has not changed since: ``(code, reason, server)``, which
+        ``make_response(request, code, reason, server=server)`` turns into
+        the same bytes.  ``None`` for any other response.
+        """
+        lines: Optional[list[str]] = getattr(self, "_plain", None)  # a parsed response has none
+        if lines is None or self.headers._raw is not lines or self._body:
+            return None
+        server = lines[-2]
+        return self.code, self.reason, server[8:] if server.startswith("Server: ") else None
 
     def _start_line(self) -> str:
         return f"SIP/2.0 {self.code} {self.reason}"

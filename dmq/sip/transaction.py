@@ -80,6 +80,15 @@ RequestHandler = Callable[[Request, "Source"], Union[Response, "Deferred[Respons
 ServerKey = Hashable
 """What identifies a server transaction: ``"branch sent-by method"`` (RFC 3261 17.2.3), or an RFC 2543 tuple."""
 
+Remake = tuple[int, str, Optional[str]]
+"""What makes an answer again from a copy of its request: see :meth:`~dmq.sip.message.Response.remake`."""
+
+Kept = Union[bytes, Remake]
+"""What Timer J keeps of an answer: its bytes, or what makes them again."""
+
+MAX_REMAKES = 256
+"""The most distinct :data:`Remake` tuples a transaction layer shares (past it, each answer keeps its own)."""
+
 
 def _remember(known: set[str], text: str) -> None:
     """Add ``text`` to a set of values known to parse, bounded by :data:`MAX_VALID`."""
@@ -115,7 +124,7 @@ class ServerTransaction:
             log.debug("late response {code} ignored", code=response.code)
             return
         layer = self.layer
-        data = layer._response_bytes(response, self.request, self.source)
+        data, sent = layer._response_bytes(response, self.request, self.source)
         self._last = data
         layer._send_response(data, self.request, self.source)
         if response.code < 200:
@@ -124,8 +133,8 @@ class ServerTransaction:
         self.state = State.TERMINATED
         layer._server_done(self)
         if not self.source.address.reliable:
-            # Timer J: retransmissions of the request get these bytes again.
-            layer.completed_servers.put(self.key, data)
+            # Timer J: retransmissions of the request get this answer again.
+            layer.completed_servers.put(self.key, layer._kept(sent, data))
 
 
 @implementer(IMessageHandler)
@@ -187,10 +196,14 @@ class TransactionLayer:
         # handled, and applied, a second time.
         # Their timers run at most every T1 (and T4 / 8): an entry lives up
         # to that much longer, and steady traffic wakes no timer per message.
-        self.completed_servers: ExpiringMap[ServerKey, bytes] = ExpiringMap(
+        # An answer make_response made from the request alone is kept as what
+        # makes it again, (code, reason, server), one tuple shared by all
+        # such answers (its weight: 3); any other as its bytes.
+        self.completed_servers: ExpiringMap[ServerKey, Kept] = ExpiringMap(
             reactor, 64 * max(t1, T1), max_completed, weigh=len, max_weight=max_completed_bytes,
             granularity=max(t1, T1),
         )
+        self._remakes: dict[Remake, Remake] = {}
         # At most max_completed keys: past it a late copy of an old answer is a stray, and harmless.
         self.completed_clients: ExpiringMap[tuple[str, str], None] = ExpiringMap(
             reactor, t4, max_completed, granularity=t4 / 8
@@ -429,8 +442,14 @@ class TransactionLayer:
         done = self.completed_servers.get(key)
         if done is not None:
             self.stats.retransmitted_requests += 1
+            if isinstance(done, bytes):
+                data = done
+            else:
+                # Kept as what makes it: the copy of the request makes the same bytes.
+                code, reason, server = done
+                data = make_response(request, code, reason, server=server).to_bytes()
             # A resend that fails needs no word: the next retransmission tries again.
-            self.transport.send(done, source.address, source.connection).addErrback(lambda f: None)
+            self.transport.send(data, source.address, source.connection).addErrback(lambda f: None)
             return
         # Every answer copies From and To: a request whose From or To does not
         # parse is refused (SIPParseError: the transport answers 400) before a
@@ -475,8 +494,8 @@ class TransactionLayer:
         )
 
     def _answer_now(self, key: ServerKey, request: Request, source: Source, response: Response) -> None:
-        """Send the final ``response`` to a request no server transaction holds, and keep its bytes (Timer J)."""
-        data = self._response_bytes(response, request, source)
+        """Send the final ``response`` to a request no server transaction holds, and keep it (Timer J)."""
+        data, sent = self._response_bytes(response, request, source)
         address = source.address
         if address.reliable:
             self._send_response(data, request, source)
@@ -485,10 +504,23 @@ class TransactionLayer:
             self.transport.send_datagram(data, address)
         except Exception as e:
             log.info("cannot send response to {address}: {reason}", address=address, reason=str(e))
-        self.completed_servers.put(key, data)
+        self.completed_servers.put(key, self._kept(sent, data))
 
-    def _response_bytes(self, response: Response, request: Request, source: Source) -> bytes:
-        """``response`` as bytes (a 513 when it would not fit a datagram), counted."""
+    def _kept(self, response: Response, data: bytes) -> "Kept":
+        """What Timer J keeps of ``response``, sent as ``data``: what makes it again when it can, else ``data``."""
+        remake = response.remake()
+        if remake is None:
+            return data
+        remakes = self._remakes
+        shared = remakes.get(remake)
+        if shared is None:
+            shared = remake
+            if len(remakes) < MAX_REMAKES:
+                remakes[remake] = remake
+        return shared
+
+    def _response_bytes(self, response: Response, request: Request, source: Source) -> tuple[bytes, Response]:
+        """``response`` as bytes (a 513 when it would not fit a datagram), counted; and the response they are."""
         data = response.to_bytes()
         limit = self.transport.udp_max_size
         if len(data) > limit and not source.address.reliable:
@@ -507,7 +539,7 @@ class TransactionLayer:
         by_code = stats.by_code
         code = response.code
         by_code[code] = by_code.get(code, 0) + 1
-        return data
+        return data, response
 
     def _failure_response(self, failure: Failure, request: Request, source: Source) -> Response:
         """The answer to a request whose handler failed: the fault's own code for a SIPParseError, else 500."""
