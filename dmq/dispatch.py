@@ -32,11 +32,12 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dmq.node import Node
+from dmq.node import Node, NodeKey, NodeListError
+from dmq.nodelist import NodeList
 from dmq.peer import DMQMessage, Peer, PeerError, PeerResponse
 from dmq.sip.build import make_response
 from dmq.sip.handler import now_or_later
-from dmq.sip.message import Request, Response
+from dmq.sip.message import Request, Response, untagged
 from dmq.sip.transaction import Source
 from dmq.sip.uri import SIPURI, unescape
 
@@ -71,8 +72,15 @@ MAX_CHANNELS = 256
 OTHER_CHANNELS = "(other)"
 """The counters of the channels past :data:`MAX_CHANNELS` that have no peer."""
 
+MAX_SENDERS = 4096
+"""The most ``From`` addresses whose URI and node key are remembered (all are forgotten when there are more)."""
+
 RETRY_AFTER = 1
 """The Retry-After of a 503, in seconds."""
+
+
+Sender = tuple[Optional[SIPURI], Optional[NodeKey]]
+"""What :meth:`Dispatcher._sender` tells of a request's ``From``: its SIP URI and the key of the node it names."""
 
 
 @dataclass
@@ -107,6 +115,7 @@ class Dispatcher:
         self.refused: dict[str, int] = {"rate": 0, "pending": 0, "timeout": 0}
         """Requests answered 503, by reason: a stranger over its rate, a channel full, a peer too slow."""
         self._buckets: dict[str, list[float]] = {}
+        self._senders: dict[str, Sender] = {}
 
     def stats(self, channel: str) -> ChannelStats:
         """
@@ -163,10 +172,10 @@ class Dispatcher:
         if peer is None:
             stats.answered[404] = stats.answered.get(404, 0) + 1
             return make_response(request, 404, NOT_FOUND, server=self.server)
-        from_uri = request.from_.uri
+        from_uri, key = self._sender(request)
         node = None
-        if isinstance(from_uri, SIPURI):
-            node = service.nodes.get(from_uri)
+        if key is not None:
+            node = service.nodes.get(key)
             if node is not None:
                 node.note_agent(request.headers.get("User-Agent"))
         message = DMQMessage(
@@ -174,7 +183,7 @@ class Dispatcher:
             request.body,
             request.content_type,
             node=node,
-            from_uri=from_uri if isinstance(from_uri, SIPURI) else None,
+            from_uri=from_uri,
             max_forwards=request.max_forwards,
             request=request,
             source=source,
@@ -183,9 +192,9 @@ class Dispatcher:
 
         def respond(answer: PeerResponse) -> Response:
             stats.answered[answer.code] = stats.answered.get(answer.code, 0) + 1
-            if node is None and isinstance(from_uri, SIPURI):
+            if node is None and key is not None:
                 # The message may have made its sender a member (a join).
-                joined = service.nodes.get(from_uri)
+                joined = service.nodes.get(key)
                 if joined is not None:
                     joined.note_agent(request.headers.get("User-Agent"))
             body = answer.body if keep_body else b""
@@ -207,6 +216,32 @@ class Dispatcher:
         if isinstance(answer, Deferred):
             return self._answer_later(answer, channel, request, respond)
         return respond(answer)
+
+    def _sender(self, request: Request) -> "Sender":
+        """
+        The From URI of ``request`` (``None`` unless a SIP URI) and the key
+        of the node it names (``None`` when it names none).  Both are the
+        same for every request of one sender but for the From-tag, so they
+        are remembered by the rest of the From value: a node's messages
+        parse its From once.
+        """
+        head = untagged(request.headers.get("From") or "")
+        if head is not None:
+            known = self._senders.get(head)
+            if known is not None:
+                return known
+        uri = request.from_.uri
+        sender: Sender = (None, None)
+        if isinstance(uri, SIPURI):
+            try:
+                sender = (uri, NodeList.key_of(uri))
+            except NodeListError:
+                sender = (uri, None)
+        if head is not None:
+            if len(self._senders) >= MAX_SENDERS:
+                self._senders.clear()
+            self._senders[head] = sender
+        return sender
 
     def _answer_later(
         self,

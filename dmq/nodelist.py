@@ -144,8 +144,12 @@ class NodeList:
             return False
 
     @staticmethod
-    def _key_of(ref: NodeRef) -> NodeKey:
-        """The key a node reference stands for."""
+    def key_of(ref: NodeRef) -> NodeKey:
+        """
+        The key a node reference stands for.
+
+        :raises NodeListError: when URI text is malformed or not ``sip:``.
+        """
         if isinstance(ref, Node):
             return ref.key
         if isinstance(ref, tuple):
@@ -165,7 +169,7 @@ class NodeList:
             other than ``transport`` ignored).
         :raises NodeListError: when URI text is malformed or not ``sip:``.
         """
-        return self._nodes.get(self._key_of(key_or_uri))
+        return self._nodes.get(self.key_of(key_or_uri))
 
     def count_by_status(self) -> dict[NodeStatus, int]:
         """How many nodes (this one included) have each status, every status listed."""
@@ -289,7 +293,7 @@ class NodeList:
         makes it active; its own list or its answer (:meth:`mark_reply`)
         does, and lifts the hold, as does :meth:`add`.
         """
-        key = self._key_of(node)
+        key = self.key_of(node)
         if key != self._local.key:
             self._held[key] = until
             self.version += 1  # a list that changed nothing before might now: merge it again

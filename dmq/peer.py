@@ -50,7 +50,8 @@ class DMQMessage:
     :ivar content_type: the ``Content-Type``, or ``None``.
     :ivar node: the sending node when it is in the node list (found by the
         From URI), else ``None``.
-    :ivar from_uri: the From URI, which names the sending node.
+    :ivar from_uri: the From URI, which names the sending node; the
+        messages of one sender share it, so read it and do not change it.
     :ivar max_forwards: the request's ``Max-Forwards`` (``None`` if absent).
     :ivar request: the whole SIP request (``None`` when injected locally).
     :ivar source: the transport source (``None`` when injected locally).

@@ -95,6 +95,50 @@ class DispatchTests(SynchronousTestCase):
         self.assertNotIn(503, member)
 
 
+class SenderTests(SynchronousTestCase):
+    """Which node a message comes from: its From URI, parsed once per sender, whatever the From-tag."""
+
+    def setUp(self) -> None:
+        self.cluster = FakeCluster()
+        self.svc = self.cluster.add(5060)
+        self.cluster.add(5061, seeds=(5060,))
+        self.cluster.run(0.1)
+        self.seen: list[Any] = []
+        self.svc.register_peer(CallbackPeer("see", lambda m: self.seen.append(m) or PeerResponse(200)))
+
+    def send(self, from_value: str) -> None:
+        request = kdmq("see")
+        request.headers.set("From", from_value)
+        self.svc.transport.receive(request.to_bytes(), Address("udp", "127.0.0.1", 5061))
+
+    def test_each_sender_is_parsed_once_and_told_apart(self) -> None:
+        """Messages of a member with new tags share one From URI and find the member; others find theirs, or none."""
+        member = self.svc.nodes.get("sip:127.0.0.1:5061")
+        self.send("<sip:see@127.0.0.1:5061>;tag=a")
+        self.send("<sip:see@127.0.0.1:5061>;tag=b")
+        self.send("<sip:see@127.0.0.1:5062>;tag=a")
+        self.send("sip:see@127.0.0.1:5061;tag=c")
+        self.send("<sip:see@127.0.0.1:5062;tag=x>")  # a URI parameter, not a From-tag
+        self.send("<sip:see@127.0.0.1:5061;transport=tcp>;tag=a")
+        nodes = [m.node for m in self.seen]
+        self.assertEqual(nodes, [member, member, None, member, None, None])
+        self.assertIs(self.seen[0].from_uri, self.seen[1].from_uri)
+        self.assertEqual([m.from_uri.port for m in self.seen], [5061, 5061, 5062, 5061, 5062, 5061])
+        self.assertEqual(self.seen[4].from_uri.params, {"tag": "x"})
+        self.assertEqual(self.seen[5].from_uri.transport, "tcp")
+
+    def test_the_remembered_senders_are_bounded(self) -> None:
+        """Past MAX_SENDERS From values the dispatcher forgets them all and goes on finding nodes."""
+        from dmq import dispatch
+
+        self.patch(dispatch, "MAX_SENDERS", 3)
+        for port in range(6000, 6005):
+            self.send(f"<sip:see@127.0.0.9:{port}>;tag=a")
+        self.assertLessEqual(len(self.svc.dispatcher._senders), 3)
+        self.send("<sip:see@127.0.0.1:5061>;tag=z")
+        self.assertIs(self.seen[-1].node, self.svc.nodes.get("sip:127.0.0.1:5061"))
+
+
 class ChannelCountTests(SynchronousTestCase):
     """Made-up channel names cannot grow the counters without bound."""
 

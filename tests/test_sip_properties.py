@@ -679,6 +679,53 @@ def test_plain_via_paths_agree(value):
     assert _via_tuples(_outcome(parse_vias, value)) == _via_tuples(_outcome(_parse_vias_general, value))
 
 
+BRANCH_VIA_PIECES = ["SIP/2.0/UDP ", "SIP/2.0/tcp ", "SIP/2.0/", "127.0.0.1", "H.Example", "[::1]", ":", "5060",
+                     "05060", "65535", "65536", ";branch=", ";BRANCH=", "z9hG4bK", "x.1", ";rport", ";rport=1", ";",
+                     "=", " ", ",", '"', "é"]
+
+
+@_examples(800)
+@given(st.one_of(_pieces(BRANCH_VIA_PIECES, 12), st.sampled_from([
+    "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK5b8c.1", "SIP/2.0/UDP h:05060;branch=z9hG4bKa;rport",
+    "SIP/2.0/UDP h;branch=a;branch=b", "SIP/2.0/UDP h;rport;branch=a", "SIP/2.0/UDP h;branch=a;received=1.2.3.4"])))
+def test_plain_branch_agrees_with_the_via(value):
+    """plain_branch gives the branch and sent-by of the one Via parse_vias gives, or None; never for a bad Via."""
+    from dmq.sip.headers import parse_vias, plain_branch
+
+    plain = plain_branch(value)
+    vias = _outcome(parse_vias, value)
+    if plain is not None:
+        assert vias is not SIPParseError and len(vias) == 1
+        assert plain == (vias[0].branch, vias[0].sent_by)
+    elif vias is not SIPParseError and len(vias) == 1 and set(vias[0].params) == {"branch"}:
+        # Only an unusual spelling of a one-branch Via goes the long way.
+        assert value != f"SIP/2.0/{vias[0].transport} {vias[0].sent_by};branch={vias[0].branch}"
+
+
+@_examples(600)
+@given(st.one_of(
+    st.builds(lambda uri, params, tag: f"<{uri}>{params}{tag}", uri_samples,
+              st.sampled_from(["", ";x", ";x=y", ';x="y"']),
+              st.sampled_from(["", ";tag=1", ";tag=a-b.c", ";tag=", ";tag=%", ";tag=a b", ";TAG=1", ";tag=<"])),
+    st.sampled_from(["<sip:a@h;tag=1>", "<sip:a@h;tag=1>;tag=2", "sip:a@h;tag=1", '"x;tag=1" <sip:h>;tag=2'])))
+def test_untagged_names_the_same_address(value):
+    """Two From values that untagged maps alike name the same URI and parameters, but for the tag."""
+    from dmq.sip.headers import NameAddr
+    from dmq.sip.message import untagged
+
+    head = untagged(value)
+    if head is None:
+        return
+    other = f"{head};tag=other"
+    parsed, again = _outcome(NameAddr.parse, value, "From"), _outcome(NameAddr.parse, other, "From")
+    if parsed is SIPParseError:
+        assert again is SIPParseError
+        return
+    assert again is not SIPParseError and str(parsed.uri) == str(again.uri)
+    assert {k: v for k, v in parsed.params.items() if k != "tag"} == {k: v for k, v in again.params.items() if k != "tag"}
+    assert again.params["tag"] == "other"
+
+
 NAME_ADDR_PIECES = ["<", ">", "sip:", "sips:", "tel:+1", "a", "@", "127.0.0.1", "h.example", ":", "5060", ";",
                     "tag=", "x", "=", "lr", '"', "\\", " ", "Bob", "%41", "?", "h=v", "[::1]", ",", "é"]
 

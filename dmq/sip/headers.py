@@ -23,7 +23,7 @@ from dmq.sip.uri import (
 )
 
 __all__ = [
-    "Via", "NameAddr", "parse_vias", "parse_params", "format_params", "parse_uri", "check_uri",
+    "Via", "NameAddr", "parse_vias", "parse_params", "format_params", "parse_uri", "check_uri", "plain_branch",
 ]
 
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
@@ -46,6 +46,11 @@ _VIA_RE = re.compile(
 _PLAIN_PARAMS = rf"(?:;{_TOKEN}(?:={_TOKEN})?)*"
 _PLAIN_VIA_RE = re.compile(
     rf"SIP/2\.0/({_TOKEN}) ({PLAIN_HOST_PATTERN})(?::({PORT_PATTERN}))?({_PLAIN_PARAMS})"
+)
+# The commonest Via of all, one sent-by and a branch (and maybe rport), whose
+# transaction key needs no Via object: see plain_branch.
+_BRANCH_VIA_RE = re.compile(
+    rf"SIP/2\.0/{_TOKEN} ({PLAIN_HOST_PATTERN})(?::({PORT_PATTERN}))?;branch=({_TOKEN})(?:;rport)?"
 )
 _PLAIN_NAME_ADDR_RE = re.compile(rf"<{PLAIN_SIP_URI_PATTERN}>(?P<header_params>{_PLAIN_PARAMS})")
 
@@ -225,6 +230,20 @@ def _parse_vias_general(value: str) -> list[Via]:
             return vias
         if pos == end:
             raise SIPParseError(f"trailing comma in Via header: {value!r}")
+
+
+def plain_branch(value: str) -> Optional[tuple[str, str]]:
+    """
+    The branch and sent-by of a ``Via`` value of the commonest shape,
+    ``SIP/2.0/UDP host:port;branch=token``, maybe with ``;rport`` after:
+    a well-formed Via, whose :class:`Via` would give the same.  ``None``
+    for any other value, to be parsed with :func:`parse_vias`.
+    """
+    m = _BRANCH_VIA_RE.fullmatch(value)
+    if m is None:
+        return None
+    host, port, branch = m.groups()
+    return branch, host if port is None else f"{host}:{int(port)}"
 
 
 class NameAddr:

@@ -39,6 +39,7 @@ __all__ = [
     "REASONS",
     "REQUIRED_HEADERS",
     "check_headers",
+    "untagged",
 ]
 
 REQUIRED_HEADERS = ("via", "from", "to", "call-id", "cseq")
@@ -82,6 +83,19 @@ _CONTENT_TYPE_RE = re.compile(
 )
 _MAX_FORWARDS = {str(n): n for n in range(256)}
 """Max-Forwards values as normally written, to their ints."""
+
+
+def untagged(value: str) -> Optional[str]:
+    """
+    A ``From`` or ``To`` value without its final ``;tag=token``: the part
+    that names the address, the same in every request one sender makes.
+    ``None`` when the value does not end in a tag of that plain form (then
+    the tag may stand inside a bracketed URI, and only a parse tells).
+    """
+    head, sep, tag = value.rpartition(";tag=")
+    if sep and TOKEN_RE.fullmatch(tag) is not None:
+        return head
+    return None
 
 
 class Message:

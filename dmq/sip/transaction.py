@@ -41,8 +41,8 @@ from dmq.sip.build import make_response, reason_with, via_over
 from dmq.sip.client import ClientTransaction, LazyResponse, State, TransactionStats, plain_answer
 from dmq.sip.handler import now_or_later
 from dmq.sip.expiry import ExpiringMap
-from dmq.sip.fields import TOKEN_RE
-from dmq.sip.message import Request, Response
+from dmq.sip.headers import plain_branch
+from dmq.sip.message import Request, Response, untagged
 
 __all__ = [
     "TransactionLayer",
@@ -412,9 +412,15 @@ class TransactionLayer:
         transaction.response_received(response)
 
     def _server_key(self, request: Request) -> ServerKey:
+        method = "INVITE" if request.method == "ACK" else request.method
+        vias = request.headers._index.get("via", ())
+        if len(vias) == 1:
+            plain = plain_branch(vias[0])
+            if plain is not None and plain[0].startswith(MAGIC_COOKIE):
+                # The usual request: one Via, checked by that match, and no Via object.
+                return f"{plain[0]} {plain[1].lower()} {method}"
         top = request.vias[0]
         branch = top.branch
-        method = "INVITE" if request.method == "ACK" else request.method
         if branch and branch.startswith(MAGIC_COOKIE):
             # One string rather than a tuple of three: a key may be kept for
             # 64*T1 with its answer, many thousands of them after a burst.
@@ -457,11 +463,10 @@ class TransactionLayer:
         index = request.headers._index
         # A node's requests to this one carry the same From but for the tag: a From that is
         # a known-good text then ";tag=" and a token is good, without a parse.
-        head, sep, tag = index["from"][0].rpartition(";tag=")
-        tagged = bool(sep) and TOKEN_RE.fullmatch(tag) is not None
-        if not (tagged and head in self._valid_from):
+        head = untagged(index["from"][0])
+        if head is None or head not in self._valid_from:
             request.from_  # noqa: B018
-            if tagged:
+            if head is not None:
                 _remember(self._valid_from, head)
         # ... and the same To: parsed once.
         to_text = index["to"][0]
