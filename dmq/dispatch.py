@@ -157,15 +157,15 @@ class Dispatcher:
             return self._overloaded(request, "too many requests from this address")
         if request.method != "KDMQ":
             return self._other_method(request, source)
-        uri = request.uri
-        if not isinstance(uri, SIPURI):
+        user = request.uri_user
+        if user is None and not isinstance(request.uri, SIPURI):
             return make_response(request, 416, server=self.server)
         refusal = self._unsupported(request)
         if refusal is not None:
             return refusal
-        if not uri.user:
+        if not user:
             return make_response(request, 404, NOT_FOUND, server=self.server)
-        channel = unescape(uri.user)
+        channel = unescape(user)
         stats = self.stats(channel)
         stats.received += 1
         peer = service.peers.get(channel)

@@ -770,6 +770,26 @@ def test_plain_request_line_path_agrees(line):
         assert str(general.uri) == str(SIPURI._from_match(m))
 
 
+@_examples(400)
+@given(st.builds(lambda u: f"KDMQ {u} SIP/2.0", st.one_of(uri_samples, st.sampled_from(
+    ["tel:+1234", "sip:%41b@h", "sips:u@h;lr", "urn:service:sos"]))))
+def test_uri_user_is_the_built_uris_user(line):
+    """Request.uri_user, read off the parse, is the user of the URI built from it (None for another scheme)."""
+    from dmq.sip.parse import parse_message
+
+    data = f"{line}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\n" \
+           "Call-ID: c\r\nCSeq: 1 KDMQ\r\nContent-Length: 0\r\n\r\n"
+    request = _outcome(parse_message, data.encode())
+    if request is SIPParseError:
+        return
+    read_off = request.uri_user
+    uri = request.uri
+    assert read_off == (uri.user if isinstance(uri, SIPURI) else None)
+    assert request.uri_user == read_off  # and the same once the URI is built
+    request.uri = SIPURI("h", user="other")
+    assert request.uri_user == "other"
+
+
 CSEQ_PIECES = ["0", "1", "9", "4294967295", "4294967296", "0000000000", " ", "\t", "KDMQ", "kdmq", "INVITE", "-",
                "+", "\u0661", "x"]
 

@@ -311,6 +311,19 @@ class Request(Message):
         self._uri_text = None
         self._uri_match = None
 
+    @property
+    def uri_user(self) -> Optional[str]:
+        """
+        The user part of a SIP or SIPS Request-URI as written (escapes kept),
+        ``None`` when it has none or the URI is of another scheme; read off
+        the parse without building :attr:`uri`.
+        """
+        m = self._uri_match
+        if m is not None and self._uri is None:
+            return m.group("user")
+        uri = self.uri
+        return uri.user if isinstance(uri, SIPURI) else None
+
     def _start_line(self) -> str:
         text = self._uri_text
         if text is None:
