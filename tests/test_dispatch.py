@@ -27,14 +27,20 @@ def kdmq(channel: str, host: str = "127.0.0.1", port: int = 5061) -> Request:
     )
 
 
+def two_nodes() -> tuple[FakeCluster, Any]:
+    """A converged FakeCluster of the node on 127.0.0.1:5060 (returned) and a member on 5061."""
+    cluster = FakeCluster()
+    svc = cluster.add(5060)
+    cluster.add(5061, seeds=(5060,))
+    cluster.run(0.1)
+    return cluster, svc
+
+
 class DispatchTests(SynchronousTestCase):
     """One node on 127.0.0.1:5060 with a member on 5061; requests delivered by hand."""
 
     def setUp(self) -> None:
-        self.cluster = FakeCluster()
-        self.svc = self.cluster.add(5060)
-        self.cluster.add(5061, seeds=(5060,))
-        self.cluster.run(0.1)
+        self.cluster, self.svc = two_nodes()
         self.stuck: list[Deferred[Any]] = []
 
         def stuck(message: Any) -> Deferred[Any]:
@@ -99,10 +105,7 @@ class SenderTests(SynchronousTestCase):
     """Which node a message comes from: its From URI, parsed once per sender, whatever the From-tag."""
 
     def setUp(self) -> None:
-        self.cluster = FakeCluster()
-        self.svc = self.cluster.add(5060)
-        self.cluster.add(5061, seeds=(5060,))
-        self.cluster.run(0.1)
+        self.cluster, self.svc = two_nodes()
         self.seen: list[Any] = []
         self.svc.register_peer(CallbackPeer("see", lambda m: self.seen.append(m) or PeerResponse(200)))
 
