@@ -19,7 +19,8 @@
  *
  * With --watch HOST:PORT,... (root: a packet socket on the loopback interface) it also follows
  * the replication of every key: each KDMQ request to a watched node that names a key of this
- * run, and that node's 200 answer to it. A key has reached a node when the node answers the
+ * run, and that node's 200 answer to it (a request may carry several keys: dmq joins a backlog
+ * of sets for another dmq node into one message). A key has reached a node when the node answers the
  * request carrying it (Kamailio and dmq both apply a set before answering). It then reports
  * the lag from sending each set to the moment the last watched node answered its replication
  * (p50, p99, max), the end-to-end rate (sets that reached every node per second, from the
@@ -318,14 +319,17 @@ static int watched(struct in_addr ip, int port)
     return -1;
 }
 
-/* The key number named by "cname":"PREFIX<n>" in a replication body, or -1 (one set per message). */
-static long body_key(const char *body, size_t len)
+/* The key number named by the first "cname":"PREFIX<n>" in body[0, len), or -1; *next is set
+ * to where the search for another goes on (a message may carry several sets). */
+static long body_key(const char *body, size_t len, const char **next)
 {
     size_t plen = strlen(prefix);
     const char *end = body + len, *p = memmem(body, len, "\"cname\"", 7);
+    *next = end;
     if (!p)
         return -1;
     p += 7;
+    *next = p;
     while (p < end && (*p == ' ' || *p == ':'))
         p++;
     if (p >= end || *p != '"')
@@ -336,6 +340,12 @@ static long body_key(const char *body, size_t len)
     char *stop;
     long n = strtol(p + plen, &stop, 10);
     return stop < end && *stop == '"' && n >= 0 && n < track_count ? n : -1;
+}
+
+/* The pending entry of the index-th key of the request with this Call-ID to watched node `node`. */
+static uint64_t key_hash(const char *cid, size_t clen, int node, int index)
+{
+    return hash_bytes(cid, clen, node | index << 8);
 }
 
 static void on_packet(const unsigned char *pkt, size_t len, double stamp)
@@ -386,29 +396,36 @@ static void on_packet(const unsigned char *pkt, size_t len, double stamp)
     if (to >= 0 && mlen > 5 && memcmp(msg, "KDMQ ", 5) == 0) {
         const char *cid = header(msg, mlen, "Call-ID", "i", &clen);
         const char *body = memmem(msg, mlen, "\r\n\r\n", 4);
-        long key = cid && body ? body_key(body + 4, msg + mlen - body - 4) : -1;
-        if (key >= 0) {
-            sniffed_requests++;
-            pending_put(hash_bytes(cid, clen, to), key);
+        if (!cid || !body)
+            return;
+        const char *p = body + 4, *end = msg + mlen;
+        for (int index = 0; p < end;) {
+            long key = body_key(p, (size_t)(end - p), &p);
+            if (key >= 0) {
+                sniffed_requests++;
+                pending_put(key_hash(cid, clen, to, index++), key);
+            }
         }
     } else if (from >= 0 && mlen > 12 && memcmp(msg, "SIP/2.0 200", 11) == 0) {
         const char *cid = header(msg, mlen, "Call-ID", "i", &clen);
-        struct pending *p = cid ? pending_get(hash_bytes(cid, clen, from)) : NULL;
+        struct pending *p = cid ? pending_get(key_hash(cid, clen, from, 0)) : NULL;
         if (!p) {
             if (cid)
                 unmatched_answers++;
             return;
         }
         sniffed_answers++;
-        struct track *t = &tracks[p->key];
-        if (t->seen[from])
-            return;
-        t->seen[from] = 1;
-        if (++t->nodes_seen == watch_count) {
-            t->last = stamp;
-            keys_complete++;
-            if (stamp > last_arrival)
-                last_arrival = stamp;
+        for (int index = 1; p; p = pending_get(key_hash(cid, clen, from, index++))) {
+            struct track *t = &tracks[p->key];
+            if (t->seen[from])
+                continue;
+            t->seen[from] = 1;
+            if (++t->nodes_seen == watch_count) {
+                t->last = stamp;
+                keys_complete++;
+                if (stamp > last_arrival)
+                    last_arrival = stamp;
+            }
         }
     }
 }

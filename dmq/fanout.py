@@ -11,6 +11,9 @@ to the cluster.
     outbox.post(node, b"...", done, group="t")      # the same without a Deferred: done(code)
     outbox.post_all(nodes, b"...", done, group="t", key="a")  # one item to each node: done(node, code) for each
 
+    batching = Batching(b'{"batch":[', b"]}", accepts=lambda node: True, limit=lambda: 1400)
+    outbox = Outbox(send, window=64, batching=batching)   # a backlog for a node goes several bodies a message
+
 An :class:`Outbox` hands messages to a send function with at most
 ``window`` of them awaiting an answer, so a burst cannot flood the nodes.
 Per node, an item with an ordering key is not sent while an earlier item of
@@ -20,6 +23,15 @@ be applied in either order.  Nodes take turns for free slots.  A message
 for several nodes (:meth:`Outbox.post_all`) is one item, queued by each of
 them: a backlog costs a reference per node, not an item.
 
+With :class:`Batching`, a node that takes joined messages has at most
+``Batching.window`` messages in flight; what comes for it meanwhile waits,
+and goes in one message when a slot frees: as many items as may be in
+flight together (those :meth:`_Lane.take` hands out one after another, so
+of distinct keys).  The node's answer is every item's answer; an answer
+other than 200 and 408 sends the items again one by one, so that each gets
+its own (a node that answered 400 to a joined message is sent no more of
+them).  A node without a backlog gets every item alone, as soon as it may.
+
 It knows nothing of channels or services: the send function is given, and
 answers each message with a status code (408 for a timeout, and so on).
 """
@@ -28,7 +40,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from functools import partial
-from typing import Any, Callable, Hashable, Iterable, Optional, Union
+from typing import Any, Callable, Hashable, Iterable, NamedTuple, Optional, Union
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -37,7 +49,7 @@ from twisted.python.failure import Failure
 
 from dmq.node import Node, NodeKey
 
-__all__ = ["Outbox", "SendFunction", "SendThenFunction", "Done", "NodeDone", "Body", "NOT_SENT", "MAX_QUEUED"]
+__all__ = ["Outbox", "Batching", "SendFunction", "SendThenFunction", "Done", "NodeDone", "Body", "NOT_SENT", "MAX_QUEUED"]
 
 log = Logger()
 
@@ -62,6 +74,39 @@ NodeDone = Callable[[Node, Union[int, Failure]], object]
 
 SendThenFunction = Callable[[Node, bytes, Callable[[int], object]], None]
 """Sends one body to one node and calls back with the status code the node answered."""
+
+
+class Batching(NamedTuple):
+    """
+    How an :class:`Outbox` joins queued bodies for one node into one
+    message: ``head``, the bodies joined by ``separator``, ``tail``.
+
+    :ivar accepts: whether a node takes such messages (asked when the
+        node's queue starts anew).
+    :ivar limit: the largest joined message, in bytes (asked each time).
+    :ivar most: the most bodies in one message.
+    :ivar window: the most messages in flight to a node that takes them.
+    """
+
+    head: bytes
+    tail: bytes
+    accepts: Callable[[Node], bool]
+    limit: Callable[[], int]
+    most: int = 16
+    window: int = 4
+    separator: bytes = b","
+
+    def join(self, bodies: "list[bytes]") -> bytes:
+        """The message of ``bodies``."""
+        return self.head + self.separator.join(bodies) + self.tail
+
+
+BATCH_REFUSED = 400
+"""A node that answers this to a joined message is not sent another (it does not know the form)."""
+
+
+UNLIMITED = 1 << 62
+"""The window of a node that gets its items one a message: the outbox's window alone counts."""
 
 
 class _Item:
@@ -96,11 +141,17 @@ def _tell(node: Node, item: _Item, result: "Union[int, Failure]") -> None:
 
 
 class _Lane:
-    """The messages for one node, and which keys and groups have one in flight."""
+    """
+    The messages for one node, and which keys and groups have one in
+    flight; with ``window``, the most messages in flight to it, joined.
+    """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, window: Optional[int] = None) -> None:
         self.node = node
         self.node_key = node.key
+        self.joins = window is not None
+        self.window = UNLIMITED if window is None else window
+        self.sending = 0
         self.queue: deque[_Item] = deque()
         self.keys: dict[tuple[Hashable, Hashable], int] = {}
         self.groups: dict[Hashable, int] = {}
@@ -167,8 +218,8 @@ class _Lane:
 
     @property
     def idle(self) -> bool:
-        """Nothing queued and nothing ordered in flight."""
-        return not self.queue and not self.groups
+        """Nothing queued and nothing in flight."""
+        return not self.queue and not self.sending
 
 
 def _count(counts: "dict[Any, int]", name: Hashable, delta: int) -> None:
@@ -198,9 +249,13 @@ class Outbox:
         not queued, its Deferred fires with :data:`NOT_SENT` at once, it is
         counted in :attr:`overflowed`, and a warning is logged when a node's
         queue fills (again once it has drained by half and fills anew).
+    :param batching: how to join bodies for a node with a backlog into one
+        message (see the module's text); ``None`` sends each alone.
     :ivar in_flight: messages sent and not answered yet.
     :ivar queued: messages waiting for a slot or for their key.
     :ivar overflowed: messages not queued because their node's queue was full.
+    :ivar joined: messages sent that carried several items (with ``batching``).
+    :ivar joined_items: the items those messages carried.
     """
 
     def __init__(
@@ -211,6 +266,7 @@ class Outbox:
         lookahead: int = 256,
         max_queued: int = MAX_QUEUED,
         send_then: Optional[SendThenFunction] = None,
+        batching: Optional[Batching] = None,
     ) -> None:
         if window < 1 or lookahead < 1 or max_queued < 1:
             raise ValueError("an outbox needs a window, a lookahead and a queue of at least 1")
@@ -222,8 +278,12 @@ class Outbox:
         self.in_flight = 0
         self.queued = 0
         self.overflowed = 0
+        self.joined = 0
+        self.joined_items = 0
         self._send = send
         self._send_then = send_then
+        self._batching = batching
+        self._unbatched: set[NodeKey] = set()  # nodes that refused a joined message
         self._lanes: OrderedDict[NodeKey, _Lane] = OrderedDict()
         self._pumping = False
 
@@ -303,12 +363,12 @@ class Outbox:
             not self.queued
             and self.in_flight < self.window
             and not self._pumping
-            and (lane is None or lane.free_for(item.group, item.key))
+            and (lane is None or (lane.sending < lane.window and lane.free_for(item.group, item.key)))
         ):
             # Nothing waits anywhere and the item may go: what _pump would
             # do, without walking the lanes.  A served node goes to the back.
             if lane is None:
-                lane = lanes[node_key] = _Lane(node)
+                lane = lanes[node_key] = self._lane(node)
             else:
                 lane.node = node
                 lanes.move_to_end(node_key)
@@ -330,7 +390,7 @@ class Outbox:
         lane = lanes.get(node_key)
         if lane is None:
             # A new node has waited longest: it comes first in the next round.
-            lane = lanes[node_key] = _Lane(node)
+            lane = lanes[node_key] = self._lane(node)
             lanes.move_to_end(node_key, last=False)
         else:
             lane.node = node
@@ -350,6 +410,13 @@ class Outbox:
         lane.queue.append(item)
         self.queued += 1
         self._pump()
+
+    def _lane(self, node: Node) -> _Lane:
+        """A new lane for ``node``: joining its items when it takes that."""
+        batching = self._batching
+        if batching is None or node.key in self._unbatched or not batching.accepts(node):
+            return _Lane(node)
+        return _Lane(node, batching.window)
 
     def drop_all(self) -> None:
         """Answer everything still queued with :data:`NOT_SENT` (what is in flight still completes)."""
@@ -372,6 +439,8 @@ class Outbox:
                 for node_key, lane in list(self._lanes.items()):
                     if self.in_flight >= self.window:
                         break
+                    if lane.sending >= lane.window:
+                        continue
                     item = lane.take(self.lookahead)
                     if item is None:
                         continue
@@ -379,9 +448,72 @@ class Outbox:
                     self.queued -= 1
                     if self._lanes.get(node_key) is lane:
                         self._lanes.move_to_end(node_key)
-                    self._start(lane, item)
+                    if lane.joins and lane.queue and not callable(item.body):
+                        assert self._batching is not None
+                        self._start_batch(lane, item, self._batching)
+                    else:
+                        self._start(lane, item)
         finally:
             self._pumping = False
+
+    def _start_batch(self, lane: _Lane, first: _Item, batching: Batching) -> None:
+        """Send ``first`` with what else of ``lane``'s backlog may go with it, in one message."""
+        body = first.body
+        assert isinstance(body, bytes)
+        limit = batching.limit()
+        size = len(batching.head) + len(batching.tail) + len(body)
+        items = [first]
+        bodies = [body]
+        lane.started(first, +1)  # so that take() holds back what must not go with it
+        separator = len(batching.separator)
+        while len(items) < batching.most and lane.queue:
+            item = lane.take(self.lookahead)
+            if item is None:
+                break
+            if callable(item.body) or size + separator + len(item.body) > limit:
+                # It was free to go first: back at the head, it overtakes only what it could.
+                lane.queue.appendleft(item)
+                break
+            self.queued -= 1
+            size += separator + len(item.body)
+            lane.started(item, +1)
+            items.append(item)
+            bodies.append(item.body)
+        if len(items) == 1:
+            lane.started(first, -1)
+            self._start(lane, first)
+            return
+        self.in_flight += 1
+        lane.sending += 1
+        self.joined += 1
+        self.joined_items += len(items)
+        self._transmit(lane, batching.join(bodies), partial(self._batch_done, lane, items))
+
+    def _batch_done(self, lane: _Lane, items: "list[_Item]", result: "Union[int, Failure]") -> None:
+        self.in_flight -= 1
+        lane.sending -= 1
+        if isinstance(result, int) and result != 200 and result != 408:
+            if result == BATCH_REFUSED and lane.node_key not in self._unbatched:
+                self._unbatched.add(lane.node_key)
+                lane.joins = False
+                lane.window = UNLIMITED
+                log.info("{uri} refused a joined message: it is sent one body a message", uri=str(lane.node.uri))
+            # Each again on its own for its own answer, still counted in flight for its
+            # key, so nothing overtakes it (a few more in flight than the windows, briefly).
+            for item in items:
+                self.in_flight += 1
+                lane.sending += 1
+                assert isinstance(item.body, bytes)
+                self._transmit(lane, item.body, partial(self._done, lane, item))
+            return
+        for item in items:
+            lane.started(item, -1)
+        self._forget_if_idle(lane)
+        node = lane.node
+        for item in items:
+            _tell(node, item, result)
+        if self.queued:
+            self._pump()
 
     def _start(self, lane: _Lane, item: _Item) -> None:
         body: Optional[bytes]
@@ -399,13 +531,18 @@ class Outbox:
         else:
             body = item.body
         self.in_flight += 1
+        lane.sending += 1
         lane.started(item, +1)
+        self._transmit(lane, body, partial(self._done, lane, item))
+
+    def _transmit(self, lane: _Lane, body: bytes, then: Callable[["Union[int, Failure]"], None]) -> None:
+        """Send ``body`` to ``lane``'s node; ``then`` gets the status code or a failure, once."""
         send_then = self._send_then
         if send_then is not None:
             try:
-                send_then(lane.node, body, partial(self._done, lane, item))
+                send_then(lane.node, body, then)
             except Exception:
-                self._done(lane, item, Failure())
+                then(Failure())
             return
         assert self._send is not None
         try:
@@ -414,13 +551,11 @@ class Outbox:
             sent = defer.fail()
         if not isinstance(sent, Deferred):
             sent = defer.succeed(sent)
-        sent.addBoth(self._answered, lane, item)
-
-    def _answered(self, result: "Union[int, Failure]", lane: _Lane, item: _Item) -> None:
-        self._done(lane, item, result)
+        sent.addBoth(then)
 
     def _done(self, lane: _Lane, item: _Item, result: "Union[int, Failure]") -> None:
         self.in_flight -= 1
+        lane.sending -= 1
         lane.started(item, -1)
         self._forget_if_idle(lane)
         _tell(lane.node, item, result)
@@ -428,5 +563,5 @@ class Outbox:
             self._pump()
 
     def _forget_if_idle(self, lane: _Lane) -> None:
-        if not lane.queue and not lane.groups and self._lanes.get(lane.node_key) is lane:
+        if lane.idle and self._lanes.get(lane.node_key) is lane:
             del self._lanes[lane.node_key]

@@ -96,4 +96,9 @@ def service_stats(service: "DMQService") -> dict[str, Any]:
             "refused_nodes": notification.refused_nodes,
         },
         "refused": dict(service.dispatcher.refused),
+        "peers": {
+            channel: dict(stats)
+            for channel, stats in ((c, getattr(peer, "stats", None)) for c, peer in sorted(service.peers.items()))
+            if isinstance(stats, dict)
+        },
     }

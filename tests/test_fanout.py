@@ -1,4 +1,4 @@
-"""The outbox: window, per-node order by key and group, fair turns, drop_all, built bodies (plain Deferreds, task.Clock)."""
+"""The outbox: window, per-node order by key and group, fair turns, drop_all, built bodies, joined messages (plain Deferreds, task.Clock)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from dmq.fanout import NOT_SENT, Outbox
+from dmq.fanout import NOT_SENT, Batching, Outbox
 from dmq.node import Node
 from tests.helpers import ManualSend
 
@@ -347,3 +347,177 @@ class PacedOverTimeTests(SynchronousTestCase):
         clock.advance(0.125)
         self.assertEqual(results, [200] * 20)
         self.assertEqual(peak[0], 4)
+
+
+def joined(limit: int = 1000, most: int = 16, window: int = 2) -> Batching:
+    """Bodies joined as ``[b1,b2,...]`` for every node but C, which takes them one a message."""
+    return Batching(b"[", b"]", lambda node: node is not C, lambda: limit, most=most, window=window)
+
+
+def items_of(body: bytes) -> list[bytes]:
+    """The item bodies a message carries (``[b1,b2]`` joined, else the body itself)."""
+    return body[1:-1].split(b",") if body.startswith(b"[") else [body]
+
+
+class BatchingTests(SynchronousTestCase):
+    """Joined messages: a node's backlog goes in one message, as much of it as may be in flight together."""
+
+    def setUp(self) -> None:
+        self.wire = ManualSend()
+
+    def backlog(self, outbox: Outbox, node: Node, count: int, **kw: Any) -> list["Deferred[int]"]:
+        return [outbox.send(node, b"k%d" % i, group="t", key=i, **kw) for i in range(count)]
+
+    def test_a_backlog_goes_joined_once_a_slot_frees(self) -> None:
+        """With a window of 2 for the node, the first two go alone as they come; the rest wait and go in one
+        message when a slot frees; its answer is each of its items' answer."""
+        outbox = Outbox(self.wire, window=64, batching=joined())
+        results = self.backlog(outbox, A, 6)
+        self.assertEqual(self.wire.bodies(), [b"k0", b"k1"])
+        self.assertEqual((outbox.in_flight, outbox.queued), (2, 4))
+        self.wire.answer(b"k0")
+        self.assertEqual(self.wire.bodies(), [b"k0", b"k1", b"[k2,k3,k4,k5]"])
+        self.assertEqual((outbox.in_flight, outbox.queued), (2, 0))
+        self.wire.answer(b"[k2,k3,k4,k5]", 408)
+        self.wire.answer(b"k1")
+        self.assertEqual([self.successResultOf(d) for d in results], [200, 200, 408, 408, 408, 408])
+        self.assertEqual((outbox.in_flight, outbox._lanes), (0, {}))
+
+    def test_a_node_that_does_not_take_them_gets_one_body_a_message(self) -> None:
+        """A node the batching does not accept has no window of its own and gets its items alone."""
+        outbox = Outbox(self.wire, window=64, batching=joined())
+        self.backlog(outbox, C, 5)
+        self.assertEqual(self.wire.bodies(), [b"k0", b"k1", b"k2", b"k3", b"k4"])
+
+    def test_items_of_one_key_never_go_together(self) -> None:
+        """Two items of one key are not in one message (the receiver may apply them in any order): the second
+        waits for the answer to the message carrying the first; whole-group items go with nothing of their group."""
+        outbox = Outbox(self.wire, window=64, batching=joined(window=1))
+        outbox.send(A, b"first", group="u", key="x")
+        for body, key in ((b"a1", "a"), (b"b1", "b"), (b"a2", "a"), (b"c1", "c")):
+            outbox.send(A, body, group="t", key=key)
+        outbox.send(A, b"t*", group="t")
+        outbox.send(A, b"d1", group="t", key="d")
+        self.wire.answer(b"first")
+        self.assertEqual(self.wire.bodies()[-1], b"[a1,b1,c1]")
+        self.wire.answer(b"[a1,b1,c1]")
+        self.assertEqual(self.wire.bodies()[-1], b"a2")  # the wall waits for a2; d1 waits behind the wall
+        self.wire.answer(b"a2")
+        self.assertEqual(self.wire.bodies()[-1], b"t*")
+        self.wire.answer(b"t*")
+        self.assertEqual(self.wire.bodies()[-1], b"d1")
+
+    def test_size_count_and_built_bodies_bound_a_message(self) -> None:
+        """A message stays within the limit (head, tail and separators counted) and the most items; a body
+        built when its turn comes goes alone; what does not fit goes next, first."""
+        outbox = Outbox(self.wire, window=64, batching=joined(limit=len(b"[k2,k3,k4]"), most=4, window=1))
+        outbox.send(A, b"k0", group="t", key=0)
+        self.backlog(outbox, A, 9)[0].addCallback(lambda code: None)  # k0 of key 0 again: it waits
+        outbox.send(A, lambda: b"built", group="t", key="b")
+        self.wire.answer(b"k0")
+        self.assertEqual(self.wire.bodies()[-1], b"[k0,k1,k2]")
+        for body in (b"[k0,k1,k2]", b"[k3,k4,k5]", b"[k6,k7,k8]"):
+            self.wire.answer(body)
+        self.assertEqual(self.wire.bodies()[1:], [b"[k0,k1,k2]", b"[k3,k4,k5]", b"[k6,k7,k8]", b"built"])
+        roomy = Outbox(self.wire, window=64, batching=joined(most=3, window=1))
+        self.backlog(roomy, B, 7)
+        self.wire.answer(b"k0")
+        self.assertEqual(self.wire.bodies(B)[-1], b"[k1,k2,k3]")
+
+    def test_a_refusal_sends_each_item_again_for_its_own_answer(self) -> None:
+        """An answer other than 200 and 408 sends the items again one by one, still in flight for their keys;
+        each gets its own answer.  After a 400 the node gets no joined message any more."""
+        outbox = Outbox(self.wire, window=64, batching=joined(window=1))
+        outbox.send(A, b"k0", group="t", key=0)
+        results = self.backlog(outbox, A, 4)[1:]
+        later = outbox.send(A, b"k1b", group="t", key=1)
+        self.wire.answer(b"k0")
+        self.wire.answer(b"[k0,k1,k2,k3]", 500)
+        self.assertEqual(self.wire.bodies()[-4:], [b"k0", b"k1", b"k2", b"k3"])
+        self.assertEqual(outbox.in_flight, 4)  # k1b still waits for k1
+        self.wire.answer(b"k1", 404)
+        self.wire.answer(b"k2")
+        self.wire.answer(b"k3", 500)
+        self.assertEqual([self.successResultOf(d) for d in results], [404, 200, 500])
+        self.assertEqual(self.wire.bodies()[-1], b"k3")  # k0, sent again, holds the node's one slot
+        self.wire.answer(b"k0")
+        self.assertEqual(self.wire.bodies()[-1], b"k1b")
+        self.wire.answer(b"k1b")
+        self.assertEqual(self.successResultOf(later), 200)
+
+        self.backlog(outbox, A, 4)
+        self.wire.answer(b"k0")
+        self.wire.answer(b"[k1,k2,k3]", 400)
+        for body in (b"k1", b"k2", b"k3"):
+            self.wire.answer(body)
+        self.backlog(outbox, A, 4)
+        self.assertEqual(self.wire.bodies()[-4:], [b"k0", b"k1", b"k2", b"k3"])
+        self.flushLoggedErrors()
+
+    def test_failure_of_a_joined_message_fails_each_item(self) -> None:
+        """A send that fails fails every item the message carried, and frees the node's slot."""
+        outbox = Outbox(self.wire, window=64, batching=joined(window=1))
+        results = self.backlog(outbox, A, 3)
+        self.wire.answer(b"k0")
+        self.wire.sent[-1][2].errback(ConnectionError("gone"))
+        for d in results[1:]:
+            self.failureResultOf(d, ConnectionError)
+        self.assertEqual((outbox.in_flight, outbox._lanes), (0, {}))
+
+    def test_random_runs_keep_order_and_answer_every_item_once(self) -> None:
+        """Random sends to three nodes (one that takes no joined message), answers of every kind and window
+        changes: no two items of one key to one node are ever in flight at once, a whole-group item is in
+        flight with nothing else of its group, items of one key reach their node in the order sent, every
+        item is answered exactly once, and nothing is left in flight."""
+        for seed in range(40):
+            rng = random.Random(seed)
+            wire = ManualSend()
+            outbox = Outbox(wire, window=4, batching=joined(limit=rng.choice([12, 30, 1000]), most=rng.randint(2, 6),
+                                                               window=rng.randint(1, 3)))
+            posted: dict[bytes, tuple[Node, str, Optional[str]]] = {}
+            answers: dict[tuple[bytes, int], list[Any]] = {}
+            order: dict[tuple[int, str, Optional[str]], list[bytes]] = {}
+            checked = 0
+            for step in range(300):
+                roll = rng.random()
+                if roll < 0.5:
+                    node = rng.choice([A, B, C])
+                    key = None if rng.random() < 0.1 else rng.choice("abcde")
+                    body = b"%d" % step
+                    posted[body] = (node, "t", key)
+                    order.setdefault((node.port, "t", key), []).append(body)
+                    outbox.send(node, body, group="t", key=key).addBoth(
+                        lambda r, b=body, n=node: answers.setdefault((b, n.port), []).append(r))
+                elif roll < 0.95:
+                    waiting = [d for _, _, d in wire.sent if not d.called]
+                    if waiting:
+                        rng.choice(waiting).callback(rng.choice([200, 200, 200, 408, 404, 400, 500]))
+                else:
+                    outbox.window = rng.randint(1, 6)
+                # Invariant: what is in flight to each node.
+                for node in (A, B, C):
+                    flying = [item for n, body, d in wire.sent if n is node and not d.called for item in items_of(body)]
+                    keys = [posted[item][2] for item in flying]
+                    named = [key for key in keys if key is not None]
+                    self.assertEqual(len(named), len(set(named)), (seed, step, flying))
+                    if None in keys:
+                        self.assertEqual(keys, [None], (seed, step, flying))
+                    checked += 1
+            while True:
+                waiting = [d for _, _, d in wire.sent if not d.called]
+                if not waiting:
+                    break
+                waiting[0].callback(200)
+            self.assertEqual(sorted(answers), sorted((b, n.port) for b, (n, _, _) in posted.items()), seed)
+            self.assertTrue(all(len(results) == 1 for results in answers.values()), seed)
+            first_sent: dict[tuple[int, bytes], int] = {}
+            for index, (node, body, _) in enumerate(wire.sent):
+                for item in items_of(body):
+                    first_sent.setdefault((node.port, item), index)
+            for (port, _, _), bodies in order.items():
+                sent_at = [first_sent[port, body] for body in bodies]
+                self.assertEqual(sent_at, sorted(sent_at), seed)
+            self.assertTrue(any(body.startswith(b"[") for _, body, _ in wire.sent), seed)
+            self.assertEqual((outbox.in_flight, outbox._lanes), (0, {}), seed)
+        self.assertGreater(checked, 0)
+        self.flushLoggedErrors()

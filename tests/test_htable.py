@@ -17,6 +17,7 @@ from zope.interface.verify import verifyObject
 from dmq import DMQService, NodeStatus
 from dmq.errors import ConfigurationError, RPCError
 from dmq.interfaces import IPeer
+from dmq.node import Node
 from dmq.peer import PeerResponse
 from dmq.peers import Cell, Change, HTablePeer, HTableSpec, NoSuchTable
 from dmq.peers.htable import HTable, compile_posix_regex
@@ -381,6 +382,40 @@ class OutboundTests(SynchronousTestCase):
         self.assertEqual(seen, [0, "c", *range(1, 10), None, 1])
         self.assertEqual(receiver.dump("t"), {"cold": "c", "after": 1})
 
+    def test_a_backlog_to_a_dmq_node_goes_joined(self) -> None:
+        """A burst of sets to a dmq node goes partly as {"batch":[...]} messages of the very bodies a set sends
+        alone, each within a datagram; the receiver ends with every value, and each set learns its answer."""
+        receiver = self.cluster.peers[5061]
+        results = [self.a.set("t", f"k{i}", "v" * 40 + str(i)) for i in range(200)]
+        self.cluster.run(0.5)
+        self.assertEqual(receiver.dump("t"), {f"k{i}": "v" * 40 + str(i) for i in range(200)})
+        self.assertEqual({code for d in results for _, code in self.successResultOf(d)}, {200})
+        sent = bodies(self.svc, 5061)
+        joined = [json.loads(body)["batch"] for body in sent if body.startswith(b'{"batch":[')]
+        self.assertEqual(len(joined), self.a.stats["joined"])
+        self.assertGreater(len(joined), 3)
+        self.assertLess(len(sent), 100)
+        self.assertLessEqual(max(map(len, sent)), self.svc.max_body_size)
+        singles = {body for body in sent if not body.startswith(b'{"batch":[')}
+        items = {json.dumps(item, separators=(",", ":")).encode() for batch in joined for item in batch}
+        self.assertEqual(len(items) + len(singles), 200)
+        self.assertIn(b'{"action":2,"htname":"t","cname":"k199","type":2,"strval":"' + b"v" * 40 + b'199","mode":1}',
+                      items | singles)
+
+    def test_only_dmq_nodes_take_batches(self) -> None:
+        """Joined messages go to nodes whose Server / User-Agent is dmq's, never to Kamailio nor to an unknown node."""
+        def node(agent: Optional[str]) -> Node:
+            node = Node("127.0.0.1", 5070)
+            node.note_agent(agent)
+            return node
+
+        self.assertTrue(self.a.takes_batches(node("dmq/0.1.0")))
+        self.assertFalse(self.a.takes_batches(node("kamailio (5.6.3 (x86_64/linux))")))
+        self.assertFalse(self.a.takes_batches(node(None)))
+        listed = self.svc.nodes.get("sip:127.0.0.1:5061")
+        assert listed is not None
+        self.assertTrue(self.a.takes_batches(listed))
+
     def test_api_errors(self) -> None:
         """Values Kamailio cannot hold, unknown tables and bad patterns raise at once and send nothing."""
         with self.assertRaises(NoSuchTable):
@@ -502,6 +537,10 @@ class InboundTests(SynchronousTestCase):
             (b'{"action":3,"htname":"t","cname":"k","mode":0}', "without intval"),
             (b'{"action":5,"htname":"t","type":2,"mode":0}', "without strval"),
             (b'{"cells":{"a":1}}', "cells is not a list"),
+            (b'{"batch":[]}', "batch is not a non-empty list"),
+            (b'{"batch":{"a":1}}', "batch is not a non-empty list"),
+            (b'{"batch":[{"action":1}]}', "a sync request in a batch"),
+            (b'{"batch":[7]}', "a batch item is not an object"),
             (b'{"action":2,"htname":"t","cname":"k","type":2,"strval":"\\ud800"}', "not valid UTF-8"),
         ]
         for body, reason in cases:
@@ -512,6 +551,39 @@ class InboundTests(SynchronousTestCase):
             self.assertIn(reason, answer.reason, body)
         self.assertEqual(self.peer.dump("t"), {})
         self.assertEqual(self.peer.stats["rejected"], len(cases))
+
+    def test_a_batch_applies_each_change_in_order(self) -> None:
+        """A dmq node's {"batch":[...]} is applied change by change, in order, and answered 200 as one message."""
+        seen: list[Any] = []
+        self.peer.add_change_listener(lambda c: seen.append((c.key, c.cell.value if c.cell else None)))
+        batch = {"batch": [
+            {"action": 2, "htname": "t", "cname": "a", "type": 2, "strval": "one", "mode": 1},
+            {"action": 2, "htname": "t", "cname": "b", "type": 0, "intval": 2, "mode": 1},
+            {"action": 3, "htname": "t", "cname": "a", "type": 0, "intval": 30, "mode": 0},
+            {"action": 4, "htname": "t", "cname": "b", "mode": 0},
+            {"action": 2, "htname": "t", "cname": "c", "type": 2, "strval": "three", "mode": 1},
+        ]}
+        response = deliver(self.svc, kdmq(json.dumps(batch).encode()))
+        self.assertEqual((response.code, response.body), (200, b""))
+        self.assertEqual(self.peer.dump("t"), {"a": "one", "c": "three"})
+        self.assertAlmostEqual(self.peer.cell("t", "a").expire, self.cluster.clock.seconds() + 30)  # type: ignore[union-attr]
+        self.assertEqual(seen, [("a", "one"), ("b", 2), ("a", "one"), ("b", None), ("c", "three")])
+        self.assertEqual((self.peer.stats["received"], self.peer.stats["applied"]), (1, 5))
+
+    def test_a_batch_answers_its_first_refusal_and_applies_the_rest(self) -> None:
+        """A bad change in a batch does not stop the others; the answer is the first refusal, with its reason."""
+        batch = {"batch": [
+            {"action": 2, "htname": "t", "cname": "a", "type": 2, "strval": "kept", "mode": 1},
+            {"action": 2, "htname": "nope", "cname": "k", "type": 0, "intval": 1, "mode": 1},
+            {"action": 2, "htname": "t", "type": 0, "intval": 1},
+            "not an object",
+            {"action": 2, "htname": "t", "cname": "z", "type": 0, "intval": 26, "mode": 1},
+        ]}
+        answer = process(self.peer, batch)
+        self.assertEqual(answer.code, 500)
+        self.assertIn("no table 'nope'", answer.reason or "")
+        self.assertEqual(self.peer.dump("t"), {"a": "kept", "z": 26})
+        self.assertEqual((self.peer.stats["applied"], self.peer.stats["rejected"]), (2, 1))
 
     def test_failures_are_500(self) -> None:
         """An unknown table or a remove that cannot run is answered 500, as Kamailio does."""

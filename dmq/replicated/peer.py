@@ -46,8 +46,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dmq.errors import ConfigurationError
-from dmq.fanout import Outbox
+from dmq.fanout import Batching, Outbox
 from dmq.node import Node
+from dmq.notification import SERVER_PRODUCT
 from dmq.peer import Peer
 from dmq.replicated.link import Outcome, ServiceLink
 from dmq.replicated.snapshot import Snapshot
@@ -143,6 +144,12 @@ class ReplicatedPeer(Peer):
     """How items make one sync-answer message."""
     snapshot_format = ""
     """The ``"format"`` of the snapshot document."""
+    batch_framing: Optional[Framing] = None
+    """
+    How several changes make one message to a node that takes it
+    (:meth:`takes_batches`), when its queue has a backlog; ``None``: one
+    change a message.  The peer's :meth:`handle_message` must apply it.
+    """
 
     def __init__(
         self,
@@ -171,7 +178,15 @@ class ReplicatedPeer(Peer):
         self.replicated = 0
         """Changes sent to the cluster so far."""
         self.link = ServiceLink(self, self.content_type, on_response=self.on_response)
-        self._outbox = Outbox(None, max_in_flight, send_then=self.link.send_then)
+        framing = self.batch_framing
+        if framing is not None and framing.numbered:
+            raise TypeError("a batch_framing is not numbered")
+        batching = (
+            Batching(framing.head, framing.tail, self.takes_batches, self.link.max_body_size, separator=framing.separator)
+            if framing is not None
+            else None
+        )
+        self._outbox = Outbox(None, max_in_flight, send_then=self.link.send_then, batching=batching)
         self._answers: SyncAnswers[Any] = SyncAnswers(
             self.link.send, sync_window, self._chunk_limit, self.framing, label=f"{self.channel} sync"
         )
@@ -200,6 +215,10 @@ class ReplicatedPeer(Peer):
         :raises ValueError, TypeError, KeyError: for a document it cannot use.
         """
         raise NotImplementedError
+
+    def takes_batches(self, node: Node) -> bool:
+        """Whether ``node`` applies :attr:`batch_framing` messages: a dmq node (by its ``Server`` / ``User-Agent``)."""
+        return (node.agent or "").startswith(SERVER_PRODUCT)
 
     def on_response(self, node: Node) -> None:
         """Called after each response a node gives to what this peer sent; the default does nothing."""
@@ -260,6 +279,11 @@ class ReplicatedPeer(Peer):
     def queued(self) -> int:
         """Replication messages waiting for a slot."""
         return self._outbox.queued
+
+    @property
+    def joined(self) -> int:
+        """Replication messages that carried several changes (:attr:`batch_framing`)."""
+        return self._outbox.joined
 
     @property
     def not_queued(self) -> int:

@@ -73,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         return root / f"run{run}"
 
     if "loss" in chosen:
-        print("\n| loss | sets | answered 200 | other answers | applied | lost | applied twice | retransmissions | "
-              "absorbed | seconds | tables equal |\n|---|---|---|---|---|---|---|---|---|---|---|")
+        print("\n| loss | sets | messages | answered 200 | other answers | applied | lost | applied twice | "
+              "retransmissions | absorbed | seconds | tables equal |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
         for rate in (0.01, 0.05, 0.10, 0.20):
             with factories(folder()) as (namespace, dmq_node):
                 f = replicate_under_loss(namespace, dmq_node, rate, sets=args.sets)
-            print(f"| {rate:.0%} | {f.sets} | {f.answered_200} | {f.answered_other} | {f.distinct} | {f.lost} | "
+            print(f"| {rate:.0%} | {f.sets} | {f.messages} | {f.answered_200} | {f.answered_other} | {f.distinct} | {f.lost} | "
                   f"{f.applied - f.distinct} | {f.retransmissions} | {f.absorbed} | {f.seconds:.1f} | "
                   f"{'yes' if f.tables_equal else 'NO'} |", flush=True)
     if "kamailio-loss" in chosen:

@@ -25,10 +25,13 @@ def htable_counts(node: DmqProcess) -> dict[str, Any]:
     """The htable channel's counters of ``node``, and its transactions' retransmission counters."""
     stats = node.stats()
     channel = stats["channels"].get("htable", {"received": 0, "sent": 0, "results": {}})
+    peer = stats["peers"]["htable"]
     return {
         "received": channel["received"],
         "sent": channel["sent"],
         "results": dict(channel["results"]),
+        "applied": peer["applied"],
+        "replicated": peer["replicated"],
         "retransmissions": stats["transactions"]["retransmissions"],
         "retransmitted_requests": stats["transactions"]["retransmitted_requests"],
     }
@@ -48,6 +51,7 @@ class LossFigures:
 
     rate: float
     sets: int
+    messages: int
     answered_200: int
     answered_other: int
     applied: int
@@ -64,10 +68,11 @@ def replicate_under_loss(namespace: Callable[..., Namespace], dmq_node: NodeFact
     """
     Two dmq nodes in a namespace that drops ``rate`` of every UDP datagram; ``sets`` htable sets on one.
 
-    Each set goes to the other node in a KDMQ that is retransmitted until answered (T1 500 ms,
-    up to 32 s). Counted on the receiver: requests its htable peer got (after the
-    transaction layer absorbed retransmissions) against distinct keys it holds, and on the
-    sender: final answers per code. ``lost`` is sets answered 200 whose key is missing.
+    Each set goes to the other node in a KDMQ (several in one, when they queue up) that is
+    retransmitted until answered (T1 500 ms, up to 32 s). Counted on the receiver: the sets its
+    htable peer applied (after the transaction layer absorbed retransmissions) against distinct
+    keys it holds, and on the sender: messages sent and their final answers per code. ``lost`` is
+    sets whose messages were all answered 200 but whose key is missing.
     """
     ns = namespace()
     a = dmq_node(namespace=ns, t1_ms=500)
@@ -81,9 +86,10 @@ def replicate_under_loss(namespace: Callable[..., Namespace], dmq_node: NodeFact
         a.rpc("htable.sets", "t", key, f"v{i}")
 
     def all_answered() -> dict[str, Any] | None:
+        # Every set handed to the outbox and every message sent answered: nothing waits any more.
         now = htable_counts(a)
-        done = sum(now["results"].values()) - sum(before_a["results"].values())
-        return now if done >= sets else None
+        answered = sum(now["results"].values()) - sum(before_a["results"].values())
+        return now if _delta(now, before_a, "replicated") >= sets and answered == _delta(now, before_a, "sent") else None
 
     after_a = wait_until(all_answered, timeout=40, interval=0.2)
     seconds = time.monotonic() - started
@@ -97,8 +103,9 @@ def replicate_under_loss(namespace: Callable[..., Namespace], dmq_node: NodeFact
     with ns.entered():
         assert_alive((a.host, a.port), (b.host, b.port))
     return LossFigures(
-        rate=rate, sets=sets, answered_200=ok, answered_other=answered - ok,
-        applied=_delta(after_b, before_b, "received"), distinct=len(present), lost=max(0, ok - len(present)),
+        rate=rate, sets=sets, messages=_delta(after_a, before_a, "sent"), answered_200=ok, answered_other=answered - ok,
+        applied=_delta(after_b, before_b, "applied"), distinct=len(present),
+        lost=sets - len(present) if ok == answered else 0,
         retransmissions=_delta(after_a, before_a, "retransmissions"),
         absorbed=_delta(after_b, before_b, "retransmitted_requests"), seconds=seconds, tables_equal=equal,
     )
@@ -139,7 +146,8 @@ def kamailio_under_loss(namespace: Callable[..., Namespace], dmq_node: NodeFacto
     with ns.entered():
         assert_alive(k, (d.host, d.port))
     return LossFigures(
-        rate=rate, sets=sets, answered_200=len(present), answered_other=0, applied=_delta(after, before, "received"),
+        rate=rate, sets=sets, messages=_delta(after, before, "received"), answered_200=len(present), answered_other=0,
+        applied=_delta(after, before, "applied"),
         distinct=len(present), lost=sets - len(present), retransmissions=0,
         absorbed=_delta(after, before, "retransmitted_requests"), seconds=seconds, tables_equal=True,
     )
@@ -178,7 +186,7 @@ def kill_and_restart(dmq_node: NodeFactory, kamailio: Callable[..., Any], rounds
     lists it active (the crash was noticed), restarts it on the same address,
     and waits until every node lists every other as active and all tables are equal (the
     restarted node syncs at start-up). Before the first kill, ``sets`` changes made on a
-    Kamailio node reach each dmq node exactly once (counted by its htable channel).
+    Kamailio node reach each dmq node exactly once (counted by its htable peer).
     """
     a = dmq_node(ping_interval=1)
     k1 = kamailio([a.uri])
@@ -191,7 +199,7 @@ def kill_and_restart(dmq_node: NodeFactory, kamailio: Callable[..., Any], rounds
         k1.rpc("htable.sets", "t", f"before-{i}", f"v{i}")
     wait_until(lambda: tables_equal(*cluster) and len(a.htable_items()) == sets, timeout=15, interval=0.2)
     after = [htable_counts(n) for n in (a, b)]
-    applied_once = all(_delta(x, y, "received") == sets for x, y in zip(after, before))
+    applied_once = all(_delta(x, y, "applied") == sets for x, y in zip(after, before))
     timings: list[float] = []
     detections: list[float] = []
     for round_ in range(rounds):
@@ -231,7 +239,7 @@ def partition_and_heal(namespace: Callable[..., Namespace], dmq_node: NodeFactor
 
     First a short partition (``short`` s, under the request timeout): ``sets`` changes on A and
     on B meanwhile are retransmitted through it once it heals, and each node applies each
-    change it should get exactly once (its htable channel counts). Then a long one: A removes
+    change it should get exactly once (its htable peer counts). Then a long one: A removes
     B and C, B and C hold A (their seed) as not active. Measured: seconds until that split,
     and from healing until every node lists all three as active again.
     """
@@ -250,8 +258,8 @@ def partition_and_heal(namespace: Callable[..., Namespace], dmq_node: NodeFactor
     ns.flush()
     wait_until(lambda: tables_equal(*nodes) and len(a.htable_items()) == 2 * sets, timeout=20, interval=0.2)
     after = [htable_counts(n) for n in nodes]
-    received = [_delta(x, y, "received") for x, y in zip(after, before)]
-    applied_once = received == [sets, sets, 2 * sets]
+    applied = [_delta(x, y, "applied") for x, y in zip(after, before)]
+    applied_once = applied == [sets, sets, 2 * sets]
     ns.partition([a.host], [b.host, c.host])
     cut = time.monotonic()
     wait_until(lambda: set(a.list_nodes()) == {a.uri} and b.list_nodes().get(a.uri) == "not_active"

@@ -142,6 +142,41 @@ def test_python_changes_reach_kamailio(kamailio: Any, htable_node: Any, reactor:
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_burst_goes_joined_to_python_and_one_by_one_to_kamailio(kamailio: Any, htable_node: Any, reactor: Any) -> Any:
+    """A burst of 600 sets from a Python node reaches a Kamailio node and another Python node: the Python node gets
+    part of it as {"batch":[...]} messages, which Kamailio does not take, and Kamailio gets each set alone and
+    answers every message 200."""
+    k = kam(kamailio)
+    svc, peer = htable_node([k.uri])
+    other_svc, other = htable_node([k.uri])
+    other_uri = str(other_svc.nodes.local.uri)
+
+    def listed_active(s: DMQService, uri: str) -> bool:
+        node = s.nodes.get(uri)
+        return node is not None and node.status.value == "active" and (node.agent or "").startswith("dmq/")
+
+    yield eventually(lambda: is_active(svc, k) and is_active(other_svc, k) and listed_active(svc, other_uri),
+                     timeout=2 * PING + 2, reactor=reactor)
+    batch = b'{"batch":[{"action":2,"htname":"t","cname":"probe","type":2,"strval":"x","mode":1}]}'
+    refused = yield svc.send_message("htable", batch, k.uri, "application/json")
+    assert refused.code != 200 and "probe" not in k.htable_items("t")
+    stats = svc.channel_stats["htable"]
+    sent_before = stats.sent
+    ok_before = stats.results.get(200, 0)
+
+    for i in range(600):
+        peer.set("t", f"burst-{i:03d}", f"value-{i:03d}")
+    expected = peer.dump("t")
+    yield eventually(lambda: k.htable_items("t") == expected and other.dump("t") == expected and peer.in_flight == 0,
+                     timeout=10, interval=0.05, reactor=reactor)
+    assert peer.stats["joined"] > 0
+    sent = stats.sent - sent_before
+    assert 600 < sent <= 1200 - peer.stats["joined"], sent  # every set alone to Kamailio, fewer messages to Python
+    assert stats.results.get(200, 0) - ok_before == sent  # Kamailio refused none: it got no batch
+    assert_alive(k)
+
+
+@pytest_twisted.inlineCallbacks
 def test_python_joins_big_kamailio_cluster(kamailio: Any, htable_node: Any, reactor: Any) -> Any:
     """A Python node joining a Kamailio cluster holding > 60 KB of cells ends with a table equal to htable.dump, expiries within 1 s."""
     k1 = kam(kamailio)

@@ -43,9 +43,11 @@ from dmq.peers.htable.table import (
     check_value,
 )
 from dmq.peers.htable.wire import (
+    BATCH,
     CELLS,
     CHANNEL,
     Action,
+    batch_items,
     cell_items,
     cell_json,
     delete_body,
@@ -109,6 +111,7 @@ class HTablePeer(ReplicatedPeer):
     """
 
     framing = CELLS
+    batch_framing = BATCH
     snapshot_format = "dmq-htable"
 
     def __init__(
@@ -155,7 +158,8 @@ class HTablePeer(ReplicatedPeer):
         """
         Counters: messages ``received``, ``applied``, ``rejected`` (400/500)
         and ``stale`` (dropped by last-write-wins); sync requests answered,
-        chunks and cells received and sent; changes ``replicated`` and
+        chunks and cells received and sent; changes ``replicated``, messages
+        that ``joined`` several of them for a dmq node, and changes
         ``not_queued`` (a node's queue was full); snapshots written.
         """
         return {
@@ -164,6 +168,7 @@ class HTablePeer(ReplicatedPeer):
             "sync_chunks_sent": self._answers.chunks_sent,
             "sync_cells_sent": self._answers.items_sent,
             "replicated": self.replicated,
+            "joined": self.joined,
             "not_queued": self.not_queued,
             "snapshots": self._snapshot.writes if self._snapshot is not None else 0,
         }
@@ -369,15 +374,22 @@ class HTablePeer(ReplicatedPeer):
 
     def handle_message(self, message: DMQMessage) -> None:
         """
-        Apply one message: an action object or a ``{"cells":[...]}`` sync
-        answer.  Answers 200 (with no body); 400 with the reason for a
-        malformed body; 500 for an unknown table or a remove that cannot run.
+        Apply one message: an action object, a ``{"cells":[...]}`` sync
+        answer, or a ``{"batch":[...]}`` of changes from a dmq node.
+        Answers 200 (with no body); 400 with the reason for a malformed
+        body; 500 for an unknown table or a remove that cannot run.  A batch
+        is applied change by change, a bad one skipped; its answer is the
+        first refusal, if any.
         """
         self._counts["received"] += 1
         try:
             doc = parse_object(message.body)
-            if "cells" in doc and "action" not in doc:
+            if "action" in doc:
+                self._apply_action(doc, message)
+            elif "cells" in doc:
                 self._apply_cells(cell_items(doc), message.node)
+            elif "batch" in doc:
+                self._apply_batch(batch_items(doc), message)
             else:
                 self._apply_action(doc, message)
         except PeerError as e:
@@ -386,9 +398,25 @@ class HTablePeer(ReplicatedPeer):
             raise
         return None
 
-    def _apply_action(self, doc: dict[str, Any], message: DMQMessage) -> None:
+    def _apply_batch(self, items: list[Any], message: DMQMessage) -> None:
+        refusal: Optional[PeerError] = None
+        for index, item in enumerate(items):
+            try:
+                if not isinstance(item, dict):
+                    raise bad_request("a batch item is not an object")
+                self._apply_action(item, message, batched=True)
+            except PeerError as e:
+                log.debug("htable batch item {index} refused: {code} {reason}", index=index, code=e.code, reason=e.reason)
+                if refusal is None:
+                    refusal = e
+        if refusal is not None:
+            raise refusal
+
+    def _apply_action(self, doc: dict[str, Any], message: DMQMessage, batched: bool = False) -> None:
         action, htname = parse_action(doc)
         if action is Action.SYNC:
+            if batched:
+                raise bad_request("a sync request in a batch")
             self._answer_sync(requester(message), htname or None)
             return
         if action is Action.NONE:

@@ -24,6 +24,8 @@ __all__ = [
     "CONTENT_TYPE",
     "CELLS",
     "EMPTY_CELLS",
+    "BATCH",
+    "batch_items",
     "Action",
     "set_body",
     "expire_body",
@@ -51,6 +53,9 @@ CELLS = Framing(b'{"cells":[', b"]}")
 """A sync answer: ``{"cells":[cell,cell,...]}``."""
 
 EMPTY_CELLS = CELLS.empty
+
+BATCH = Framing(b'{"batch":[', b"]}")
+"""Several changes in one message, between dmq nodes only: ``{"batch":[change,change,...]}``."""
 
 LAST_MODIFIED_SINCE = (6, 2, 0)
 """The first Kamailio release that may accept ``last_modified`` (it is on Kamailio's development branch only)."""
@@ -245,6 +250,18 @@ def cell_items(doc: dict[str, Any]) -> list[Any]:
     if not isinstance(cells, list):
         raise bad_request("cells is not a list")
     return cells
+
+
+def batch_items(doc: dict[str, Any]) -> list[Any]:
+    """
+    The changes of a ``{"batch":[...]}`` message.
+
+    :raises PeerError: 400 when ``batch`` is not a non-empty list.
+    """
+    items = doc["batch"]
+    if not isinstance(items, list) or not items:
+        raise bad_request("batch is not a non-empty list")
+    return items
 
 
 def parse_cell(item: Any) -> CellRecord:
