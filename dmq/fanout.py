@@ -79,7 +79,9 @@ SendThenFunction = Callable[[Node, bytes, Callable[[int], object]], None]
 class Batching(NamedTuple):
     """
     How an :class:`Outbox` joins queued bodies for one node into one
-    message: ``head``, the bodies joined by ``separator``, ``tail``.
+    message: ``head``, the bodies joined by ``separator``, ``tail``; with
+    ``numbered``, each body is an object's member named by its place from
+    1 (``{"multi":{"1":b1,"2":b2}}``).
 
     :ivar accepts: whether a node takes such messages (asked when the
         node's queue starts anew).
@@ -95,10 +97,18 @@ class Batching(NamedTuple):
     most: int = 16
     window: int = 4
     separator: bytes = b","
+    numbered: bool = False
 
     def join(self, bodies: "list[bytes]") -> bytes:
         """The message of ``bodies``."""
+        if self.numbered:
+            bodies = [b'"%d":%s' % (index, body) for index, body in enumerate(bodies, 1)]
         return self.head + self.separator.join(bodies) + self.tail
+
+    def grows(self, index: int, body: bytes) -> int:
+        """How many bytes the ``index``-th body (from 1) adds to a message."""
+        size = len(body) + (len(self.separator) if index > 1 else 0)
+        return size + len(b'"%d":' % index) if self.numbered else size
 
 
 BATCH_REFUSED = 400
@@ -461,24 +471,26 @@ class Outbox:
         body = first.body
         assert isinstance(body, bytes)
         limit = batching.limit()
-        size = len(batching.head) + len(batching.tail) + len(body)
+        size = len(batching.head) + len(batching.tail) + batching.grows(1, body)
         items = [first]
         bodies = [body]
         lane.started(first, +1)  # so that take() holds back what must not go with it
-        separator = len(batching.separator)
         while len(items) < batching.most and lane.queue:
             item = lane.take(self.lookahead)
             if item is None:
                 break
-            if callable(item.body) or size + separator + len(item.body) > limit:
+            more = item.body
+            grows = 0 if callable(more) else batching.grows(len(items) + 1, more)
+            if not grows or size + grows > limit:
                 # It was free to go first: back at the head, it overtakes only what it could.
                 lane.queue.appendleft(item)
                 break
+            assert isinstance(more, bytes)
             self.queued -= 1
-            size += separator + len(item.body)
+            size += grows
             lane.started(item, +1)
             items.append(item)
-            bodies.append(item.body)
+            bodies.append(more)
         if len(items) == 1:
             lane.started(first, -1)
             self._start(lane, first)

@@ -383,6 +383,17 @@ class BatchingTests(SynchronousTestCase):
         self.assertEqual([self.successResultOf(d) for d in results], [200, 200, 408, 408, 408, 408])
         self.assertEqual((outbox.in_flight, outbox._lanes), (0, {}))
 
+    def test_numbered_members(self) -> None:
+        """Numbered, each body is a member named by its place from 1, and the names count towards the limit."""
+        multi = Batching(b'{"m":{', b"}}", lambda node: True, lambda: len(b'{"m":{"1":k1,"2":k2}}'), window=1,
+                         numbered=True)
+        outbox = Outbox(self.wire, window=64, batching=multi)
+        self.backlog(outbox, A, 5)
+        self.wire.answer(b"k0")
+        self.assertEqual(self.wire.bodies()[-1], b'{"m":{"1":k1,"2":k2}}')
+        self.wire.answer(b'{"m":{"1":k1,"2":k2}}')
+        self.assertEqual(self.wire.bodies()[-1], b'{"m":{"1":k3,"2":k4}}')
+
     def test_a_node_that_does_not_take_them_gets_one_body_a_message(self) -> None:
         """A node the batching does not accept has no window of its own and gets its items alone."""
         outbox = Outbox(self.wire, window=64, batching=joined())

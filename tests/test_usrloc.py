@@ -361,6 +361,26 @@ class ReplicationTests(SynchronousTestCase):
         self.assertEqual(usrloc_bodies(self.cluster.nodes[5061]) + usrloc_bodies(self.cluster.nodes[5062]), [])
         self.assertEqual((self.a.stats["replicated"], self.b.stats["applied"], self.b.stats["replicated"]), (1, 1, 0))
 
+    def test_a_burst_goes_partly_in_multi_batches(self) -> None:
+        """A burst of 100 saves reaches the other nodes partly as {"multi":{"1":...}} batches of the very bodies a
+        save sends alone, numbered from 1; every contact arrives once, and the receivers count the batches."""
+        multi_before = self.b.stats["multi_received"]  # the sync answer at join
+        for i in range(100):
+            self.a.save(f"u{i}", f"sip:u{i}@10.0.0.1:5060", expires=60)
+        self.cluster.run(0.5)
+        for peer in (self.b, self.c):
+            self.assertEqual(sorted(peer.location.records), sorted(f"u{i}" for i in range(100)))
+            self.assertEqual(peer.stats["applied"], 100)
+        sent = usrloc_bodies(self.cluster.nodes[5060], 5061)
+        batches = [json.loads(body)["multi"] for body in sent if body.startswith(b'{"multi":{')]
+        self.assertGreater(len(batches), 0)
+        self.assertEqual(self.b.stats["multi_received"] - multi_before, len(batches))
+        for batch in batches:
+            self.assertEqual(list(batch), [str(n) for n in range(1, len(batch) + 1)])
+        self.assertEqual(sum(map(len, batches)) + len(sent) - len(batches), 100)
+        to_c = [body for body in usrloc_bodies(self.cluster.nodes[5060], 5062) if body.startswith(b'{"multi":{')]
+        self.assertEqual(self.a.stats["joined"], len(batches) + len(to_c))
+
     def test_refresh_keeps_the_ruid_and_raises_the_cseq(self) -> None:
         """Saving the same contact again keeps its ruid and Call-ID and sends CSeq + 1; a CSeq not above the stored one is refused."""
         self.a.save("alice", "sip:alice@h", callid="reg-1", cseq=7)
@@ -479,7 +499,7 @@ class SyncTests(SynchronousTestCase):
             self.assertEqual(list(members), [str(i) for i in range(1, len(members) + 1)])
         self.assertEqual([b for b in usrloc_bodies(cluster.nodes[5060], 5061) if b.startswith(b'{"multi"')], [])
         self.assertEqual(a.stats["sync_contacts_sent"], 600)
-        self.assertEqual(c.stats["sync_contacts_received"], 600)
+        self.assertEqual(c.stats["multi_contacts_received"], 600)
 
     def test_default_batches_fit_a_datagram(self) -> None:
         """With the default limit every batch stays below the node's max_body_size."""

@@ -179,10 +179,15 @@ class ReplicatedPeer(Peer):
         """Changes sent to the cluster so far."""
         self.link = ServiceLink(self, self.content_type, on_response=self.on_response)
         framing = self.batch_framing
-        if framing is not None and framing.numbered:
-            raise TypeError("a batch_framing is not numbered")
         batching = (
-            Batching(framing.head, framing.tail, self.takes_batches, self.link.max_body_size, separator=framing.separator)
+            Batching(
+                framing.head,
+                framing.tail,
+                self.takes_batches,
+                self.link.max_body_size,
+                separator=framing.separator,
+                numbered=framing.numbered,
+            )
             if framing is not None
             else None
         )

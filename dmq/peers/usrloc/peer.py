@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from dmq.node import Node
+from dmq.node import Node, kamailio_version
 from dmq.peer import DMQMessage, PeerError
 from dmq.peers.usrloc.rpc import UsrlocRPC
 from dmq.peers.usrloc.table import METHODS_ALL, Q_UNSET, Contact, ContactChange, Location, RuidMaker, check_contact
@@ -40,7 +40,7 @@ __all__ = ["UsrlocPeer"]
 
 log = Logger()
 
-_COUNTERS = ("received", "applied", "rejected", "stale", "sync_messages_received", "sync_contacts_received")
+_COUNTERS = ("received", "applied", "rejected", "stale", "multi_received", "multi_contacts_received")
 
 
 class UsrlocPeer(ReplicatedPeer):
@@ -75,6 +75,7 @@ class UsrlocPeer(ReplicatedPeer):
     """
 
     framing = MULTI
+    batch_framing = MULTI
     snapshot_format = "dmq-usrloc"
 
     def __init__(
@@ -107,8 +108,11 @@ class UsrlocPeer(ReplicatedPeer):
         """
         Counters: messages ``received``, actions ``applied``, messages
         ``rejected`` (400) and updates ``stale`` (an older CSeq, or expired
-        on the way); sync requests answered, messages and contacts received
-        and sent; changes ``replicated`` and ``not_queued`` (a node's queue was full); snapshots written.
+        on the way); ``multi`` messages received and the contacts they
+        carried (sync answers, and the changes another node joined); sync
+        requests answered, messages and contacts sent; changes
+        ``replicated``, messages that ``joined`` several of them, changes
+        ``not_queued`` (a node's queue was full); snapshots written.
         """
         return {
             **self._counts,
@@ -116,6 +120,7 @@ class UsrlocPeer(ReplicatedPeer):
             "sync_messages_sent": self._answers.chunks_sent,
             "sync_contacts_sent": self._answers.items_sent,
             "replicated": self.replicated,
+            "joined": self.joined,
             "not_queued": self.not_queued,
             "snapshots": self._snapshot.writes if self._snapshot is not None else 0,
         }
@@ -286,7 +291,7 @@ class UsrlocPeer(ReplicatedPeer):
             log.debug("usrloc message refused: {code} {reason}", code=e.code, reason=e.reason)
             raise
         if batch:
-            self._counts["sync_messages_received"] += 1
+            self._counts["multi_received"] += 1
         refused = [reason for item in items if (reason := self._apply(item, message, batch)) is not None]
         if refused:
             self._counts["rejected"] += 1
@@ -318,9 +323,18 @@ class UsrlocPeer(ReplicatedPeer):
             return None
         self._counts["applied"] += 1
         if batch:
-            self._counts["sync_contacts_received"] += 1
+            self._counts["multi_contacts_received"] += 1
         self._changed(kind, item.aor, stored, origin)
         return None
+
+    # -- replication --------------------------------------------------------------------------
+
+    def takes_batches(self, node: Node) -> bool:
+        """
+        Whether ``node`` applies changes joined in a ``multi`` message: a dmq
+        node, or a Kamailio node (dmq_usrloc applies each member in turn).
+        """
+        return super().takes_batches(node) or kamailio_version(node.agent) is not None
 
     # -- sync ---------------------------------------------------------------------------------
 
